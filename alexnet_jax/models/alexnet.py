@@ -1,0 +1,383 @@
+"""The AlexNet family: the 2012 two-column net and four one-column relatives.
+
+Every number is from ../shared/reference/paper_facts.md (cited as "facts §x").
+
+* `AlexNet2012` ("alexnet") — Krizhevsky, Sutskever & Hinton 2012 as trained on two GPUs
+  (facts §1.2): each column is written once and run per column; the columns meet only at
+  conv3, fc6, fc7 and fc8 through an `exchange` function.  On one device the exchange is a
+  concatenation; `alexnet_jax.parallel` supplies an all-gather over the mesh's `model` axis so
+  that each column lives on its own device, exactly as in 2012.
+* `AlexNetHalf` ("alexnet_half") — the paper's one-GPU comparison net (K12 §3.2, footnote 2).
+* `AlexNetOWT` ("alexnet_owt") — torchvision's one-column net (facts §3.1).
+* `AlexNetKeras` ("alexnet_keras") — the Keras-style net users bring (four conv layers).
+* `AlexNetBN` ("alexnet_bn") — the PyTorch-style net with BatchNorm after every conv.
+
+Input sizes.  The paper's "224" does not give 55x55 conv1 maps with an 11x11/4 valid conv; the
+author's code (cuda-convnet) sizes outputs with a ceiling, i.e. it behaves like a 224 input with
+3 pixels of zero padding on the bottom/right (facts §1.3).  So `input_size=227` uses VALID
+padding, and `input_size=224` pads conv1 with ((0, 3), (0, 3)); both give 55x55.  Small inputs
+(CIFAR-sized tests and CPU experiments, `input_size < 100`) use a "small stem": conv1 5x5 with
+stride 1 (<= 32 px) or 2 (otherwise), padding 2; everything after conv1 is unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from alexnet_jax.models.layers import adaptive_avg_pool, constant, conv_out, dropout, lrn, max_pool, normal
+
+DN = ("NHWC", "HWIO", "NHWC")
+COLUMNS = 2  # the two GPUs of 2012
+MODEL_AXIS = "model"  # mesh axis name that carries the columns (see alexnet_jax.parallel)
+
+
+def _w(n: int, width: float) -> int:
+    return max(1, int(round(n * width)))
+
+
+def stem(input_size: int, paper_kernel: int = 11) -> tuple[int, int, tuple[tuple[int, int], tuple[int, int]]]:
+    """(kernel, stride, padding) of conv1 for an input size (see the module docstring)."""
+    if input_size >= 100:
+        # cuda-convnet's ceil sizing: 1 + ceil((size - k) / 4) outputs, padding on the high side.
+        out = 1 + math.ceil((input_size - paper_kernel) / 4)
+        hi = (out - 1) * 4 + paper_kernel - input_size
+        return paper_kernel, 4, ((0, hi), (0, hi))
+    stride = 1 if input_size <= 32 else 2
+    return 5, stride, ((2, 2), (2, 2))
+
+
+# ------------------------------------------------------------------------------------------------
+# Column layers: parameters of all columns stacked on a leading axis, computation per column.
+# ------------------------------------------------------------------------------------------------
+class ColumnConv(nnx.Module):
+    """`columns` independent convolutions; kernel_CHWIO[c] belongs to column c.
+
+    The leading column axis is the one `alexnet_jax.parallel` shards over the `model` mesh
+    axis, so on a 2-device mesh each device holds exactly its column's kernels.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, padding="SAME",
+                 bias: float = 0.0, std: float = 0.01, columns: int = COLUMNS, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.stride, self.padding, self.dtype = stride, padding, dtype
+        self.kernel = nnx.Param(normal(std)(rngs.params(), (columns, kernel, kernel, in_ch, out_ch)),
+                                out_sharding=(MODEL_AXIS, None, None, None, None))
+        self.bias = nnx.Param(constant(bias)(rngs.params(), (columns, out_ch)),
+                              out_sharding=(MODEL_AXIS, None))
+
+    def __call__(self, c: int, x_BHWC: jax.Array) -> jax.Array:
+        kernel_HWIO = self.kernel[c].astype(self.dtype)
+        y = jax.lax.conv_general_dilated(x_BHWC.astype(self.dtype), kernel_HWIO, (self.stride,) * 2,
+                                         self.padding, dimension_numbers=DN)
+        return y + self.bias[c].astype(self.dtype)
+
+
+class ColumnDense(nnx.Module):
+    """`columns` independent dense layers; kernel_CIO[c] belongs to column c."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias: float = 0.0, std: float = 0.01,
+                 columns: int = COLUMNS, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.kernel = nnx.Param(normal(std)(rngs.params(), (columns, in_features, out_features)),
+                                out_sharding=(MODEL_AXIS, None, None))
+        self.bias = nnx.Param(constant(bias)(rngs.params(), (columns, out_features)),
+                              out_sharding=(MODEL_AXIS, None))
+
+    def __call__(self, c: int, x_BI: jax.Array) -> jax.Array:
+        return x_BI.astype(self.dtype) @ self.kernel[c].astype(self.dtype) + self.bias[c].astype(self.dtype)
+
+
+def concat_columns(hs: Sequence[jax.Array]) -> jax.Array:
+    """The one-device exchange: every column's maps side by side on the channel axis."""
+    return jnp.concatenate(list(hs), axis=-1)
+
+
+Exchange = Callable[[Sequence[jax.Array]], jax.Array]
+
+
+class AlexNet2012(nnx.Module):
+    """The 2012 two-column AlexNet (K12 §3.5, Fig. 2; facts §1.2, §1.6).
+
+    Per column (GPU)            conv1 48@11x11/4 -> ReLU -> LRN -> maxpool 3/2
+                                conv2 128@5x5 (same column only) -> ReLU -> LRN -> maxpool 3/2
+      == exchange ==            conv3 192@3x3 over BOTH columns' 256 maps -> ReLU
+                                conv4 192@3x3 (same column) -> ReLU
+                                conv5 128@3x3 (same column) -> ReLU -> maxpool 3/2
+      == exchange ==            fc6 2048 over both columns' 9216 inputs -> ReLU -> dropout 0.5
+      == exchange ==            fc7 2048 over both columns' 4096 -> ReLU -> dropout 0.5
+      == exchange ==            fc8 1000 over 4096 (one layer, replicated on every column device)
+
+    * LRN k=2, n=5, alpha=1e-4, beta=0.75 (K12 §3.3) after the ReLU of conv1 and conv2, each column
+      normalising only its own 48 / 128 maps, as the two GPUs did (cuda-convnet2 rnorm1a/b with
+      channels=48; facts §2.2).  alpha is applied per element as printed (see layers.lrn).
+    * Dropout 0.5 on the outputs of fc6 and fc7 — "the first two fully-connected layers" (K12 §4.2),
+      i.e. on the inputs of fc7 and fc8, which is where cuda-convnet2 puts dropout1/dropout2
+      (fc1000 inputs=dropout2a,dropout2b; facts §2.2).  torchvision instead drops *before* fc6/fc7.
+    * Init (K12 §5): weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 in conv1,
+      conv3, fc8.
+    * 60,965,224 parameters and 724,406,816 multiply-adds at 227x227 (facts §5.1).
+    * fc8 placement: cuda-convnet2 ran fc1000 on GPU 0 only; we keep one fc8 and replicate it on
+      both column devices, so each computes the logits from the gathered fc7 (the same 2,048
+      floats per image per direction as the paper) and no logits need gathering back; it costs
+      4.1M redundant multiply-adds (0.6%) and a duplicate copy of fc8's 4.1M parameters.
+    """
+
+    def __init__(self, *, num_classes: int = 1000, input_size: int = 227, width: float = 1.0,
+                 dtype=jnp.float32, dropout_rate: float = 0.5, rngs: nnx.Rngs):
+        self.num_classes, self.input_size, self.dtype, self.dropout_rate = num_classes, input_size, dtype, dropout_rate
+        c1, c2, c3, c4, c5, f = (_w(n, width) for n in (48, 128, 192, 192, 128, 2048))
+        k, s, pad = stem(input_size)
+        self.conv1_padding = pad
+        col = dict(dtype=dtype, rngs=rngs)
+        self.conv1 = ColumnConv(3, c1, k, stride=s, padding=pad, bias=0.0, **col)
+        self.conv2 = ColumnConv(c1, c2, 5, padding=((2, 2), (2, 2)), bias=1.0, **col)
+        self.conv3 = ColumnConv(COLUMNS * c2, c3, 3, padding=((1, 1), (1, 1)), bias=0.0, **col)
+        self.conv4 = ColumnConv(c3, c4, 3, padding=((1, 1), (1, 1)), bias=1.0, **col)
+        self.conv5 = ColumnConv(c4, c5, 3, padding=((1, 1), (1, 1)), bias=1.0, **col)
+        hw = conv_out(input_size, k, s, *pad[0])
+        for _ in range(3):  # the three overlapping 3/2 max-pools
+            hw = conv_out(hw, 3, 2, 0, 0)
+        if hw < 1:
+            raise ValueError(f"input_size {input_size} is too small for AlexNet (pool5 would be empty)")
+        self.pool5_hw = hw
+        self.fc6 = ColumnDense(hw * hw * COLUMNS * c5, f, bias=1.0, **col)
+        self.fc7 = ColumnDense(COLUMNS * f, f, bias=1.0, **col)
+        self.fc8 = nnx.Linear(COLUMNS * f, num_classes, kernel_init=normal(0.01), bias_init=constant(0.0),
+                              dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+    # --- the per-column halves of the network (one GPU's work between two exchanges) -----------
+    def column_conv12(self, c: int, x_BHWC: jax.Array) -> jax.Array:
+        """conv1 -> ReLU -> LRN -> pool -> conv2 -> ReLU -> LRN -> pool, column c only."""
+        with jax.named_scope("conv1"):
+            h = jax.nn.relu(self.conv1(c, x_BHWC))
+        with jax.named_scope("lrn1"):
+            h = max_pool(lrn(h))
+        with jax.named_scope("conv2"):
+            h = jax.nn.relu(self.conv2(c, h))
+        with jax.named_scope("lrn2"):
+            return max_pool(lrn(h))
+
+    def column_conv345(self, c: int, pool2_all_BHWC: jax.Array) -> jax.Array:
+        """conv3 (reads all columns) -> conv4 -> conv5 (own column) -> pool5, column c."""
+        with jax.named_scope("conv3"):
+            h = jax.nn.relu(self.conv3(c, pool2_all_BHWC))
+        with jax.named_scope("conv4"):
+            h = jax.nn.relu(self.conv4(c, h))
+        with jax.named_scope("conv5"):
+            h = jax.nn.relu(self.conv5(c, h))
+        with jax.named_scope("pool5"):
+            return max_pool(h)
+
+    def dropout_masks(self, key: jax.Array, batch: int) -> tuple[jax.Array, jax.Array]:
+        """Keep-masks for fc6 and fc7 outputs, shape (columns, batch, features), for all columns.
+
+        Drawn for the whole network at once (not per device) so that every mesh layout draws the
+        same masks from the same key.
+        """
+        f = self.fc6.kernel.shape[-1]
+        k6, k7 = jax.random.split(key)
+        p = 1.0 - self.dropout_rate
+        return (jax.random.bernoulli(k6, p, (COLUMNS, batch, f)), jax.random.bernoulli(k7, p, (COLUMNS, batch, f)))
+
+    def _drop(self, h: jax.Array, keep: jax.Array | None) -> jax.Array:
+        if keep is None:
+            return h
+        return jnp.where(keep, h / (1.0 - self.dropout_rate), 0).astype(h.dtype)
+
+    def __call__(self, x_BHWC: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None,
+                 dropout_masks: tuple[jax.Array, jax.Array] | None = None,
+                 exchange: Exchange = concat_columns, column_offset: int = 0) -> jax.Array:
+        """Forward pass.  `exchange` joins the columns' maps (all-gather on a mesh).
+
+        The loop runs over the columns whose parameters are present: both on one device, one per
+        device under `alexnet_jax.parallel` (which passes that device's masks and column offset).
+        """
+        local = self.conv1.kernel.shape[0]
+        keep6 = keep7 = None
+        if train and self.dropout_rate > 0:
+            if dropout_masks is None:
+                if dropout_key is None:
+                    raise ValueError("training mode needs a dropout_key (or dropout_masks)")
+                dropout_masks = self.dropout_masks(dropout_key, x_BHWC.shape[0])
+                dropout_masks = tuple(m[column_offset:column_offset + local] for m in dropout_masks)
+            keep6, keep7 = dropout_masks
+        cols = range(local)
+        x = x_BHWC.astype(self.dtype)
+        h = [self.column_conv12(c, x) for c in cols]               # GPU-local
+        h = exchange(h)                                            # conv3 sees both columns
+        h = [self.column_conv345(c, h) for c in cols]              # GPU-local
+        h = exchange(h).reshape(x.shape[0], -1)                    # fc6 sees both columns
+        with jax.named_scope("fc6"):
+            h = [self._drop(jax.nn.relu(self.fc6(c, h)), None if keep6 is None else keep6[c]) for c in cols]
+        h = exchange(h)                                            # fc7 sees both columns
+        with jax.named_scope("fc7"):
+            h = [self._drop(jax.nn.relu(self.fc7(c, h)), None if keep7 is None else keep7[c]) for c in cols]
+        h = exchange(h)                                            # fc8 sees both columns
+        with jax.named_scope("fc8"):
+            return self.fc8(h).astype(jnp.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# One-column nets
+# ------------------------------------------------------------------------------------------------
+class _OneColumn(nnx.Module):
+    """Shared machinery: a conv stack described as data, then a classifier."""
+
+    # convs: (name, out_channels, kernel, stride, padding, lrn_after, pool_after)
+    # fcs:   (name, out_features, dropout_before)
+    def _build(self, convs, fcs, *, input_size, width, dtype, rngs, conv_kernel_init, conv_bias,
+               fc_kernel_init, fc_bias, batchnorm=False, adaptive_pool=None):
+        self.dtype = dtype
+        in_ch, hw = 3, input_size
+        self.conv_names, self.fc_names = [], []
+        for name, ch, k, s, pad, lrn_after, pool_after in convs:
+            ch = _w(ch, width)
+            conv = nnx.Conv(in_ch, ch, (k, k), strides=(s, s), padding=pad, kernel_init=conv_kernel_init,
+                            bias_init=constant(conv_bias.get(name, 0.0)), dtype=dtype,
+                            param_dtype=jnp.float32, rngs=rngs)
+            setattr(self, name, conv)
+            if batchnorm:
+                setattr(self, f"bn_{name}", nnx.BatchNorm(ch, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                                                          param_dtype=jnp.float32, rngs=rngs))
+            hw = -(-hw // s) if pad == "SAME" else conv_out(hw, k, s, *pad[0])
+            if pool_after:
+                hw = conv_out(hw, 3, 2, 0, 0)
+            self.conv_names.append((name, lrn_after, pool_after))
+            in_ch = ch
+        if hw < 1:
+            raise ValueError(f"input_size {input_size} is too small for this network")
+        self.adaptive_pool = adaptive_pool
+        features = (adaptive_pool[0] * adaptive_pool[1] if adaptive_pool else hw * hw) * in_ch
+        self.flat_features = features
+        for name, out, drop_before in fcs:
+            out = out if name == fcs[-1][0] else _w(out, width)
+            setattr(self, name, nnx.Linear(features, out, kernel_init=fc_kernel_init,
+                                           bias_init=constant(fc_bias.get(name, 0.0)), dtype=dtype,
+                                           param_dtype=jnp.float32, rngs=rngs))
+            self.fc_names.append((name, drop_before))
+            features = out
+        self.batchnorm = batchnorm
+
+    def __call__(self, x_BHWC: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None,
+                 dropout_rate: float = 0.5) -> jax.Array:
+        h = x_BHWC.astype(self.dtype)
+        for name, lrn_after, pool_after in self.conv_names:
+            with jax.named_scope(name):
+                h = getattr(self, name)(h)
+                if self.batchnorm:
+                    h = getattr(self, f"bn_{name}")(h, use_running_average=not train)
+                h = jax.nn.relu(h)
+                if lrn_after:
+                    h = lrn(h)
+                if pool_after:
+                    h = max_pool(h)
+        if self.adaptive_pool:
+            h = adaptive_avg_pool(h, self.adaptive_pool)
+        h = h.reshape(h.shape[0], -1)
+        keys = list(jax.random.split(dropout_key, len(self.fc_names))) if dropout_key is not None else None
+        for i, (name, drop_before) in enumerate(self.fc_names):
+            with jax.named_scope(name):
+                if drop_before:
+                    h = dropout(h, dropout_rate, keys[i] if keys else None, train)
+                h = getattr(self, name)(h)
+                if i < len(self.fc_names) - 1:
+                    h = jax.nn.relu(h)
+        return h.astype(jnp.float32)
+
+
+_SAME1 = ((1, 1), (1, 1))
+_SAME2 = ((2, 2), (2, 2))
+_VALID = ((0, 0), (0, 0))
+
+
+class AlexNetHalf(_OneColumn):
+    """The one-GPU comparison net of K12 §3.2 and footnote 2 (facts §1.9).
+
+    "A net with half as many kernels in each convolutional layer trained on one GPU", except that
+    the last conv layer keeps all 256 kernels and the FC layers are not halved, so the two nets
+    have roughly the same number of parameters: conv 48-128-192-192-256, fc 4096-4096-1000, one
+    column with full connectivity, LRN over all maps, the paper's init (N(0, 0.01); biases 1 in
+    conv2/4/5 and fc6/7) and dropout on the outputs of fc6 and fc7 as in `AlexNet2012`.
+    """
+
+    def __init__(self, *, num_classes: int = 1000, input_size: int = 227, width: float = 1.0,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        self.num_classes, self.input_size = num_classes, input_size
+        k, s, pad = stem(input_size)
+        convs = [("conv1", 48, k, s, pad, True, True), ("conv2", 128, 5, 1, _SAME2, True, True),
+                 ("conv3", 192, 3, 1, _SAME1, False, False), ("conv4", 192, 3, 1, _SAME1, False, False),
+                 ("conv5", 256, 3, 1, _SAME1, False, True)]
+        ones = {n: 1.0 for n in ("conv2", "conv4", "conv5", "fc6", "fc7")}
+        # dropout on the outputs of fc6 and fc7 == before fc7 and fc8
+        fcs = [("fc6", 4096, False), ("fc7", 4096, True), ("fc8", num_classes, True)]
+        self._build(convs, fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
+                    conv_kernel_init=normal(0.01), conv_bias=ones, fc_kernel_init=normal(0.01), fc_bias=ones)
+
+
+class AlexNetOWT(_OneColumn):
+    """torchvision's `alexnet` (facts §3.1): the "one weird trick" one-column net.
+
+    conv 64@11x11/4 pad 2 -> pool -> 192@5x5 pad 2 -> pool -> 384, 256, 256 @3x3 pad 1 -> pool ->
+    adaptive average pool 6x6 -> dropout -> fc 4096 -> dropout -> fc 4096 -> fc num_classes.
+    No LRN, no groups; 61,100,840 parameters and 714,188,480 multiply-adds at 224 (facts §5.2).
+    """
+
+    def __init__(self, *, num_classes: int = 1000, input_size: int = 224, width: float = 1.0,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        self.num_classes, self.input_size = num_classes, input_size
+        k, s, pad = (11, 4, _SAME2) if input_size >= 100 else stem(input_size)
+        convs = [("conv1", 64, k, s, pad, False, True), ("conv2", 192, 5, 1, _SAME2, False, True),
+                 ("conv3", 384, 3, 1, _SAME1, False, False), ("conv4", 256, 3, 1, _SAME1, False, False),
+                 ("conv5", 256, 3, 1, _SAME1, False, True)]
+        fcs = [("fc6", 4096, True), ("fc7", 4096, True), ("fc8", num_classes, False)]
+        init = nnx.initializers.lecun_normal()
+        self._build(convs, fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
+                    conv_kernel_init=init, conv_bias={}, fc_kernel_init=init, fc_bias={},
+                    adaptive_pool=(6, 6))
+
+
+class AlexNetKeras(_OneColumn):
+    """The Keras-style one-column net users bring, kept exactly as written.
+
+    conv 64@11x11/4 valid on 224 -> max-pool 3/2 -> 192@5x5 same -> max-pool -> 384@3x3 same ->
+    256@3x3 same -> max-pool -> dense 4096 -> dense 4096 -> dense 1000 (softmax in the loss).
+    As written it has only FOUR conv layers (AlexNet has five) and no dropout: we keep it faithful.
+    """
+
+    def __init__(self, *, num_classes: int = 1000, input_size: int = 224, width: float = 1.0,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        self.num_classes, self.input_size = num_classes, input_size
+        k, s, pad = (11, 4, _VALID) if input_size >= 100 else stem(input_size)
+        convs = [("conv1", 64, k, s, pad, False, True), ("conv2", 192, 5, 1, "SAME", False, True),
+                 ("conv3", 384, 3, 1, "SAME", False, False), ("conv4", 256, 3, 1, "SAME", False, True)]
+        fcs = [("fc5", 4096, False), ("fc6", 4096, False), ("fc7", num_classes, False)]
+        init = nnx.initializers.glorot_uniform()  # Keras' default
+        self._build(convs, fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
+                    conv_kernel_init=init, conv_bias={}, fc_kernel_init=init, fc_bias={})
+
+
+class AlexNetBN(_OneColumn):
+    """The PyTorch-style AlexNet with BatchNorm after every conv (conv -> BN -> ReLU -> pool).
+
+    96@11x11/4 valid on 227 -> pool -> 256@5x5 pad 2 -> pool -> 384, 384, 256 @3x3 pad 1 -> pool
+    -> dropout -> 9216->4096 -> dropout -> 4096->4096 -> 4096->num_classes (default 10).
+    BatchNorm uses batch statistics in training and running averages (momentum 0.9, i.e. torch's
+    0.1) in evaluation.
+    """
+
+    def __init__(self, *, num_classes: int = 10, input_size: int = 227, width: float = 1.0,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        self.num_classes, self.input_size = num_classes, input_size
+        k, s, pad = (11, 4, _VALID) if input_size >= 100 else stem(input_size)
+        convs = [("conv1", 96, k, s, pad, False, True), ("conv2", 256, 5, 1, _SAME2, False, True),
+                 ("conv3", 384, 3, 1, _SAME1, False, False), ("conv4", 384, 3, 1, _SAME1, False, False),
+                 ("conv5", 256, 3, 1, _SAME1, False, True)]
+        fcs = [("fc6", 4096, True), ("fc7", 4096, True), ("fc8", num_classes, False)]
+        init = nnx.initializers.he_uniform()
+        self._build(convs, fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
+                    conv_kernel_init=init, conv_bias={}, fc_kernel_init=init, fc_bias={}, batchnorm=True)
