@@ -169,25 +169,23 @@ class Subsampling(nnx.Module):
 
 
 class SparseC3(nnx.Module):
-    """C3 with LC98 Table I connectivity (`C3_TABLE`), exactly, with no masked (dead) weights.
+    """C3 with LC98 Table I connectivity (`C3_TABLE`), exactly, with no dead trainable weights.
 
-    The S2 channels each group of maps reads are gathered along the channel axis and convolved with
-    a grouped convolution (one group per C3 map):
-      * maps 0-5 (contiguous triples): gather 18 channels, `feature_group_count=6`, kernel (5,5,3,6);
-      * maps 6-14 (quadruples):        gather 36 channels, `feature_group_count=9`, kernel (5,5,4,9);
-      * map 15 (all six):              an ordinary conv, kernel (5,5,6,1).
-    Outputs are concatenated in map order 0..15.  Parameters: 25*(18+36+6) + 16 = 1,516; MACs on a
-    14x14 input: 10*10*25*60 = 150,000.  Init U(-2.4/F, 2.4/F) with F = 25 * (inputs of that map),
-    i.e. 75 / 100 / 150, for the kernel and for that map's bias.
+    Parameters are only the connections Table I has: kernels (5,5,3,6) for maps 0-5 (contiguous
+    triples), (5,5,4,9) for maps 6-14 (quadruples) and (5,5,6,1) for map 15 (all six), plus 16
+    biases: 25*(18+36+6) + 16 = 1,516.  The forward pass assembles them into the dense (5,5,6,16)
+    kernel with structural zeros and runs one ordinary convolution: the 150,000 multiply-adds of
+    the paper's connections plus 90,000 with zeros (240,000 executed).  That is 20x faster on
+    XLA:CPU than the formulations that execute only the 150,000 (a grouped convolution over
+    gathered maps, whose kernel gradient is ~60x slower, or per-group contractions), and the
+    gradient reaching each structural zero goes nowhere.  Init U(-2.4/F, 2.4/F) with
+    F = 25 * (inputs of that map), i.e. 75 / 100 / 150, for the kernel and for that map's bias.
     """
 
     def __init__(self, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.dtype = dtype
         tri, quad, full = C3_TABLE[:6], C3_TABLE[6:15], C3_TABLE[15]
         assert all(len(t) == 3 for t in tri) and all(len(q) == 4 for q in quad) and len(full) == 6
-        # static gather indices (plain Python tuples so they are not treated as state)
-        self.tri_idx = tuple(i for t in tri for i in t)
-        self.quad_idx = tuple(i for q in quad for i in q)
         self.kernel_tri_HWIO = nnx.Param(_uniform_fanin(rngs.params(), (5, 5, 3, 6), 75))
         self.kernel_quad_HWIO = nnx.Param(_uniform_fanin(rngs.params(), (5, 5, 4, 9), 100))
         self.kernel_full_HWIO = nnx.Param(_uniform_fanin(rngs.params(), (5, 5, 6, 1), 150))
@@ -195,16 +193,28 @@ class SparseC3(nnx.Module):
         fan_in = np.array([25.0 * len(t) for t in C3_TABLE], np.float32)
         self.bias_C = nnx.Param(u * jnp.asarray(INIT_SCALE / fan_in))
 
+    def dense_kernel_HWIO(self) -> jax.Array:
+        """The (5, 5, 6, 16) kernel Table I implies: each map's own weights where it is connected,
+        structural zeros elsewhere (assembled by static stacking, so no gradient reaches a zero)."""
+        zero = jnp.zeros((5, 5), jnp.float32)
+        tri, quad, full = self.kernel_tri_HWIO[...], self.kernel_quad_HWIO[...], self.kernel_full_HWIO[...]
+        columns = []
+        for m, inputs in enumerate(C3_TABLE):
+            if m < 6:
+                own = lambda j, m=m, inputs=inputs: tri[:, :, inputs.index(j), m]
+            elif m < 15:
+                own = lambda j, m=m, inputs=inputs: quad[:, :, inputs.index(j), m - 6]
+            else:
+                own = lambda j: full[:, :, j, 0]
+            columns.append(jnp.stack([own(j) if j in inputs else zero for j in range(6)], axis=-1))
+        return jnp.stack(columns, axis=-1)
+
     def __call__(self, x_BHWC: jax.Array) -> jax.Array:
         x = x_BHWC.astype(self.dtype)
         if x.shape[-1] != 6:
             raise ValueError(f"sparse C3 needs 6 S2 maps, got {x.shape[-1]}")
-        k = lambda p: p[...].astype(self.dtype)
-        a_tri = _conv(x[..., list(self.tri_idx)], k(self.kernel_tri_HWIO), groups=6)
-        a_quad = _conv(x[..., list(self.quad_idx)], k(self.kernel_quad_HWIO), groups=9)
-        a_full = _conv(x, k(self.kernel_full_HWIO))
-        a = jnp.concatenate([a_tri, a_quad, a_full], axis=-1)
-        return squash(a + k(self.bias_C))
+        a = _conv(x, self.dense_kernel_HWIO().astype(self.dtype))
+        return squash(a + self.bias_C[...].astype(self.dtype))
 
 
 class Dense(nnx.Module):
