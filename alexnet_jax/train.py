@@ -57,9 +57,12 @@ def create_train_state(config: Config, mesh, tx: optax.GradientTransformation):
     """(graphdef, TrainState), every array created directly in its sharded layout."""
     model = parallel.create_sharded(model_builder(config), mesh)
     graphdef, params, extra = nnx.split(model, nnx.Param, ...)
-    # momentum buffers follow their parameters' shardings (each column's velocity on its device)
-    opt_state = jax.jit(tx.init)(params)
+    # momentum buffers take their parameters' shardings (each column's velocity on its device)
     rep = parallel.replicated(mesh)
+    opt_shardings = optax.tree_utils.tree_map_params(
+        tx, lambda _, p: p.sharding, jax.eval_shape(tx.init, params), params, transform_non_params=lambda _: rep,
+        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     state = TrainState(step=jax.device_put(jnp.int32(0), rep), params=params, extra=extra, opt_state=opt_state,
                        rng=jax.device_put(jax.random.key_data(jax.random.key(config.seed + 1)), rep))
     return graphdef, state
