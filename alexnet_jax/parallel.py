@@ -18,8 +18,10 @@ inputs and kernels and runs the whole conv everywhere: openxla/xla#47945), so th
 placed by hand: the model's per-column code runs inside `jax.shard_map`, and the model's
 `exchange` hook becomes an explicit `all_gather` over the `model` axis.  With `model = 1` the
 same code runs with both columns on each device (the all-gather over a size-1 axis is a no-op).
-In the backward pass JAX transposes each all-gather into a reduce-scatter of the gradient, so
-the communication of the backward pass sits at the same four places.
+In the backward pass JAX transposes the all-gathers feeding conv3, fc6 and fc7 (gathered as
+`varying`) into reduce-scatters of the gradient, each device receiving the other column's
+contribution to its own maps: the paper's volume, per image per direction.  The fc8 gather is
+`invarying` (fc8 is replicated), so its gradient needs no communication (tests/test_parallel.py).
 
 The other models (LeNet, the one-column AlexNets) are data-parallel over every device of the
 mesh (their batch is split over both axes) through ordinary jit sharding propagation.
@@ -140,12 +142,11 @@ def create_sharded(build: Callable[[], nnx.Module], mesh: Mesh) -> nnx.Module:
             return build()
 
     abstract = nnx.eval_shape(_build)
+    check_model_fits(abstract, mesh)
     graphdef, abs_state = nnx.split(abstract)
     shardings = state_shardings(abs_state, mesh)
     state = jax.jit(lambda: nnx.state(_build()), out_shardings=shardings)()
-    model = nnx.merge(graphdef, state)
-    check_model_fits(model, mesh)
-    return model
+    return nnx.merge(graphdef, state)
 
 
 def abstract_state(build: Callable[[], nnx.Module], mesh: Mesh):
@@ -156,18 +157,24 @@ def abstract_state(build: Callable[[], nnx.Module], mesh: Mesh):
 
     graphdef, abs_state = nnx.split(nnx.eval_shape(_build))
     shardings = state_shardings(abs_state, mesh)
-    return graphdef, jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  abs_state, shardings)
+    return graphdef, jax.tree.map(lambda v, s: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)),
+                                  abs_state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 # ------------------------------------------------------------------------------------------------
 # The forward pass on a mesh
 # ------------------------------------------------------------------------------------------------
-def gather_columns(hs: list[jax.Array]) -> jax.Array:
+EXCHANGE_LAYERS = ("conv3", "fc6", "fc7", "fc8")  # the layers that read both columns, in call order
+
+
+def gather_columns(hs: list[jax.Array], to: str = "invarying") -> jax.Array:
     """The cross-column exchange inside shard_map: all-gather every column's maps over `model`,
-    then lay the columns side by side on the channel axis (column 0's maps first)."""
+    then lay the columns side by side on the channel axis (column 0's maps first).
+
+    `to="varying"` where the result feeds per-column layers (its transpose is a reduce-scatter),
+    `"invarying"` where it feeds the replicated fc8 (whose logits must be the same on all columns)."""
     local = jnp.stack(hs)                                               # (local columns, B, ..., C)
-    every = jax.lax.all_gather(local, MODEL, axis=0, tiled=True, to="invarying")  # (2, B, ..., C)
+    every = jax.lax.all_gather(local, MODEL, axis=0, tiled=True, to=to)  # (2, B, ..., C)
     return jnp.concatenate([every[i] for i in range(every.shape[0])], axis=-1)
 
 
@@ -184,7 +191,14 @@ def apply(model: nnx.Module, x_BHWC: jax.Array, *, mesh: Mesh | None, train: boo
 
     def per_device(state, x, masks):
         local_model = nnx.merge(graphdef, state)
-        return local_model(x, train=train, dropout_masks=masks if use_masks else None, exchange=gather_columns)
+        layers = iter(EXCHANGE_LAYERS)
+
+        def exchange(hs):  # named after the layer it feeds, so HLO metadata (comms.py) can attribute it
+            name = next(layers, "exchange")
+            with jax.named_scope(name):
+                return gather_columns(hs, to="invarying" if name == "fc8" else "varying")
+
+        return local_model(x, train=train, dropout_masks=masks if use_masks else None, exchange=exchange)
 
     fn = jax.shard_map(per_device, mesh=mesh, in_specs=(specs, ROLES.images_BHWC, mask_specs),
                        out_specs=ROLES.logits_BK)
@@ -197,8 +211,13 @@ def apply(model: nnx.Module, x_BHWC: jax.Array, *, mesh: Mesh | None, train: boo
 def global_batch(batch: dict[str, np.ndarray], model, mesh: Mesh) -> dict[str, jax.Array]:
     """Assemble per-process numpy batches into global arrays sharded over the batch axis."""
     spec = batch_spec(model, mesh)
+    n = batch_divisor(model, mesh)
     out = {}
     for k, v in batch.items():
+        if jax.process_count() == 1 and np.shape(v)[0] % n:
+            raise ValueError(f"batch of {np.shape(v)[0]} ({k!r}) is not divisible by the {n} devices that split "
+                             f"the batch (mesh data={mesh.shape[DATA]} x model={mesh.shape[MODEL]}); "
+                             f"choose a multiple of {n}")
         sharding = NamedSharding(mesh, P(spec[0], *([None] * (v.ndim - 1))))
         out[k] = jax.make_array_from_process_local_data(sharding, np.asarray(v))
     return out

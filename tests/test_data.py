@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import gzip
 import importlib
 import io
@@ -315,16 +316,30 @@ def test_not_prepared_error_names_command(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------------
-# training iterator
+# training iterator (both paths: in-memory numpy and streaming grain)
 # ----------------------------------------------------------------------------------------------------
+PIPELINES = ("memory", "stream")
+
+
+@pytest.fixture(params=PIPELINES)
+def pipeline(request, monkeypatch):
+    """Runs a test on the in-memory path (the default for the tiny datasets) and on the streaming path."""
+    if request.param == "stream":
+        monkeypatch.setenv(P.IN_MEMORY_ENV, "0")
+    else:
+        monkeypatch.delenv(P.IN_MEMORY_ENV, raising=False)
+    return request.param
+
+
 def take(it, n):
     return [next(it) for _ in range(n)]
 
 
-def test_train_iter_determinism_and_epochs(mnist_dir):
+def test_train_iter_determinism_and_epochs(mnist_dir, pipeline):
     dd, arrays = mnist_dir
     cfg = mnist_cfg(dd)
     it = D.make_train_iter(cfg, batch_size=8)
+    assert it.pipeline == pipeline
     assert it.steps_per_epoch == N_TRAIN // 8
     a = take(it, 16)
     b = take(D.make_train_iter(cfg, batch_size=8), 16)
@@ -347,22 +362,47 @@ def test_train_iter_determinism_and_epochs(mnist_dir):
     np.testing.assert_allclose(a[0]["image"][0, ..., 0], first / 255.0, atol=1e-6)
 
 
-def test_train_iter_process_shards_disjoint(mnist_dir):
+@pytest.mark.parametrize("process_count", [2, 3])
+def test_train_iter_process_shards_disjoint(mnist_dir, pipeline, process_count):
     dd, _ = mnist_dir
     shards = []
-    for p in range(2):
-        it = D.make_train_iter(mnist_cfg(dd), batch_size=8, process_index=p, process_count=2)
-        assert it.steps_per_epoch == N_TRAIN // 2 // 8
-        shards.append(np.concatenate([ids_of(b) for b in take(it, it.steps_per_epoch)]))
-    assert len(set(shards[0])) == len(shards[0]) == N_TRAIN // 2
-    assert not set(shards[0]) & set(shards[1])
-    assert set(shards[0]) | set(shards[1]) == set(range(N_TRAIN))
+    share = N_TRAIN // process_count
+    for p in range(process_count):
+        it = D.make_train_iter(mnist_cfg(dd), batch_size=4, process_index=p, process_count=process_count)
+        assert it.steps_per_epoch == share // 4
+        ids = np.concatenate([ids_of(b) for b in take(it, it.steps_per_epoch)])
+        assert len(set(ids)) == len(ids) == it.steps_per_epoch * 4
+        shards.append(set(ids))
+    for i in range(process_count):
+        for j in range(i):
+            assert not shards[i] & shards[j]
+    if process_count == 2:
+        assert set.union(*shards) == set(range(N_TRAIN))
 
 
-@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])   # 2 worker procs: ~15 s
-def test_train_iter_resume_exact(mnist_dir, workers):
+def test_memory_train_epochs_across_batches(mnist_dir):
+    """Batches that straddle epochs: every run of N_TRAIN stream positions is one epoch's permutation."""
     dd, _ = mnist_dir
-    cfg = mnist_cfg(dd, num_workers=workers)
+    it = D.make_train_iter(mnist_cfg(dd), batch_size=24)
+    assert isinstance(it, D.ArrayTrainIterator) and it.steps_per_epoch == N_TRAIN // 24
+    ids = np.concatenate([ids_of(b) for b in take(it, 8)])          # 192 = 3 epochs
+    for e in range(3):
+        assert sorted(ids[e * N_TRAIN:(e + 1) * N_TRAIN]) == list(range(N_TRAIN))
+    state = json.loads(it.get_state())
+    assert (state["step"], state["epoch"], state["position"]) == (8, 3, 0)
+    # processes share each epoch's permutation and take disjoint slices of it
+    its = [D.make_train_iter(mnist_cfg(dd), batch_size=8, process_index=p, process_count=2) for p in (0, 1)]
+    both = np.concatenate([x.epoch_indices(1) for x in its])
+    np.testing.assert_array_equal(it.arrays.images[both, 0, 0, 0], ids[N_TRAIN:2 * N_TRAIN])
+
+
+@pytest.mark.parametrize("pipeline,workers", [("memory", 0), ("stream", 0),
+                                              pytest.param("stream", 2, marks=pytest.mark.slow)],
+                         indirect=["pipeline"])   # 2 worker procs: ~15 s
+@pytest.mark.parametrize("augment", ["none", "lenet_affine"])
+def test_train_iter_resume_exact(mnist_dir, pipeline, workers, augment):
+    dd, _ = mnist_dir
+    cfg = mnist_cfg(dd, num_workers=workers, augment=augment, input_size=32)
     it = D.make_train_iter(cfg, batch_size=8)
     take(it, 5)
     state = it.get_state()
@@ -379,11 +419,31 @@ def test_train_iter_resume_exact(mnist_dir, workers):
         D.make_train_iter(cfg, batch_size=4).set_state(state)
 
 
-def test_bad_image_reported_and_skipped(mnist_dir, monkeypatch, caplog):
+def test_state_across_pipelines(mnist_dir, monkeypatch, caplog):
+    """A streaming (grain) state, e.g. an older checkpoint, resumes the in-memory path after as many
+    examples (warned); an in-memory state is refused by the streaming path."""
+    dd, _ = mnist_dir
+    cfg = mnist_cfg(dd)
+    monkeypatch.setenv(P.IN_MEMORY_ENV, "0")
+    stream = D.make_train_iter(cfg, batch_size=8)
+    take(stream, 3)
+    grain_state = stream.get_state()
+    monkeypatch.delenv(P.IN_MEMORY_ENV)
+    mem = D.make_train_iter(cfg, batch_size=8)
+    with caplog.at_level(logging.WARNING):
+        mem.set_state(grain_state)
+    assert mem.step == 3 and "streaming-pipeline" in caplog.text
+    with pytest.raises(ValueError, match="memory"):
+        stream.set_state(mem.get_state())
+
+
+def test_bad_image_reported_and_skipped(mnist_dir, pipeline, monkeypatch, caplog):
     dd, _ = mnist_dir
     cfg = mnist_cfg(dd)
     import tensorflow_datasets as tfds
 
+    monkeypatch.setattr(P, "DISK_CACHE", False)                     # decode afresh (no cached split)
+    monkeypatch.setattr(P, "_ARRAY_SPLITS", collections.OrderedDict())
     bad_id = {split: int(tfds.data_source("mnist", split=split, data_dir=str(dd))[7]["image"][0, 0, 0])
               for split in ("train", "test")}
     orig = P.RecordSource._record
@@ -396,22 +456,25 @@ def test_bad_image_reported_and_skipped(mnist_dir, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         ids = np.concatenate([ids_of(b) for b in take(D.make_train_iter(cfg, batch_size=8), 16)])
         ev = D.make_eval_iter(cfg, "test", batch_size=4)
-        masks = [b["mask"] for b in ev]
+        batches = list(ev)
     assert bad_id["train"] not in ids and len(set(ids)) == N_TRAIN - 1
     assert "train#7" in caplog.text and "test#7" in caplog.text
-    assert sum(m.sum() for m in masks) == N_TEST - 1
+    assert sum(b["mask"].sum() for b in batches) == N_TEST - 1
+    bad = [b["image"][~b["mask"]] for b in batches]
+    assert all((x == 0).all() for x in bad)                         # masked slots are zeros
 
 
 # ----------------------------------------------------------------------------------------------------
 # eval iterator
 # ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("process_count,batch_size", [(1, 4), (2, 4), (3, 2)])
-def test_eval_iter_every_example_once(mnist_dir, process_count, batch_size):
+def test_eval_iter_every_example_once(mnist_dir, pipeline, process_count, batch_size):
     dd, arrays = mnist_dir
     seen, nbatches = [], set()
     for p in range(process_count):
         ev = D.make_eval_iter(mnist_cfg(dd), "test", batch_size=batch_size, process_index=p,
                               process_count=process_count)
+        assert ev.pipeline == pipeline
         batches = list(ev)
         nbatches.add(len(batches))
         assert len(batches) == len(ev)
@@ -422,6 +485,109 @@ def test_eval_iter_every_example_once(mnist_dir, process_count, batch_size):
         assert [x.tolist() for x in ids_of(batches[0])] == [x.tolist() for x in ids_of(list(ev)[0])]
     assert len(nbatches) == 1                                 # same number of batches on every process
     assert sorted(seen) == list(range(N_TEST))
+
+
+def _eval_batches(cfg, split, monkeypatch, pipeline, **kw):
+    if pipeline == "stream":
+        monkeypatch.setenv(P.IN_MEMORY_ENV, "0")
+    else:
+        monkeypatch.delenv(P.IN_MEMORY_ENV, raising=False)
+    ev = D.make_eval_iter(cfg, split, **kw)
+    assert ev.pipeline == pipeline
+    return list(ev)
+
+
+@pytest.mark.parametrize("dataset,augment,input_size,ten_crop,process_count", [
+    ("mnist", "none", 28, False, 1), ("mnist", "lenet", 32, False, 3),
+    ("mnist", "lenet_affine", 32, False, 1),
+    ("cifar10", "cifar", 32, False, 2), ("cifar10", "cifar", 24, True, 1), ("cifar10", "cifar", 40, False, 1),
+    ("cifar10", "none", 24, False, 1)])
+def test_memory_and_stream_eval_identical(mnist_dir, cifar_dir, monkeypatch, dataset, augment, input_size,
+                                          ten_crop, process_count):
+    dd = mnist_dir[0] if dataset == "mnist" else cifar_dir
+    cfg = Config(dataset=dataset, data_dir=str(dd), augment=augment, input_size=input_size, num_workers=0)
+    split = "test" if dataset == "mnist" else "validation"
+    for p in range(process_count):
+        kw = dict(batch_size=3, process_index=p, process_count=process_count, ten_crop=ten_crop)
+        mem = _eval_batches(cfg, split, monkeypatch, "memory", **kw)
+        stream = _eval_batches(cfg, split, monkeypatch, "stream", **kw)
+        assert len(mem) == len(stream) > 1
+        for x, y in zip(mem, stream, strict=True):
+            assert x["image"].shape == y["image"].shape and x["image"].dtype == y["image"].dtype
+            for k in ("image", "label", "mask"):
+                np.testing.assert_array_equal(x[k], y[k])
+
+
+@pytest.mark.parametrize("augment,input_size", [("cifar", 32), ("cifar", 24), ("lenet_affine", 32)])
+def test_memory_train_batch_equals_per_example_preprocessing(mnist_dir, cifar_dir, augment, input_size):
+    """In-memory batch = the records decoded as the streaming path does, then transformed one by one with
+    the same draws (for cifar: an independent reference of pad / crop / flip)."""
+    dd = cifar_dir if augment == "cifar" else mnist_dir[0]
+    cfg = Config(dataset="cifar10" if augment == "cifar" else "mnist", data_dir=str(dd), augment=augment,
+                 input_size=input_size, seed=5)
+    it = D.make_train_iter(cfg, batch_size=8)
+    assert isinstance(it, D.ArrayTrainIterator)
+    take(it, 2)
+    b = next(it)
+    idx, params = it.batch_indices(2), it.batch_params(2)
+    pre = it.preprocessor
+    src = P.RecordSource(D.dataset_dir(cfg.dataset, cfg.data_dir), "train")
+    recs = src.__getitems__(idx)
+    np.testing.assert_array_equal(b["label"], [r["label"] for r in recs])
+    for i, rec in enumerate(recs):
+        img = pre.decode(rec["image"])
+        one = {k: v[i:i + 1] for k, v in params.items()}
+        np.testing.assert_array_equal(b["image"][i], pre.train_batch(img[None], one)[0])
+        if augment == "cifar":
+            x = img.astype(np.float32)
+            if img.shape[0] != pre.base_size:
+                pytest.fail("cifar images are stored 32x32")
+            x = (x - pre.mean) / np.float32(255.0)
+            x = np.pad(x, ((4, 4), (4, 4), (0, 0)))
+            t, l = params["top"][i], params["left"][i]
+            x = x[t:t + input_size, l:l + input_size]
+            np.testing.assert_array_equal(b["image"][i], x[:, ::-1] if params["flip"][i] else x)
+
+
+def test_array_split_disk_cache(mnist_dir, monkeypatch):
+    dd, arrays = mnist_dir
+    cfg = mnist_cfg(dd)
+    path = D.dataset_dir("mnist", str(dd))
+    pre = D.make_preprocessor(cfg, path)
+    monkeypatch.setattr(P, "_ARRAY_SPLITS", collections.OrderedDict())
+    a = D.load_array_split(path, "test", pre)
+    cached = path / "cache" / "test_native_28x28x1.npz"
+    assert cached.is_file() and not list((path / "cache").glob("*.tmp"))
+    assert a.images.shape == (N_TEST, 28, 28, 1) and a.valid.all()
+    order = a.images[:, 0, 0, 0]
+    np.testing.assert_array_equal(a.images[..., 0], arrays["test"][0][order])
+    np.testing.assert_array_equal(a.labels, arrays["test"][1][order])
+    assert D.load_array_split(path, "test", pre) is a                 # kept in memory
+
+    def no_decode(*args, **kw):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(P, "_ARRAY_SPLITS", collections.OrderedDict())
+    monkeypatch.setattr(P, "_decode_split", no_decode)
+    b = D.load_array_split(path, "test", pre)                          # from the .npz
+    np.testing.assert_array_equal(b.images, a.images)
+    monkeypatch.setattr(P, "_ARRAY_SPLITS", collections.OrderedDict())
+    monkeypatch.setattr(P, "_fingerprint", lambda p: "changed dataset")
+    with pytest.raises(AssertionError, match="decoded again"):        # stale cache: decoded afresh
+        D.load_array_split(path, "test", pre)
+    monkeypatch.setenv(P.IN_MEMORY_ENV, str(N_TEST * 28 * 28 - 1))    # one byte too many: streaming
+    assert D.load_array_split(path, "test", pre) is None
+
+
+def test_path_choice(mnist_dir, imagenet_tree_dir, monkeypatch):
+    dd, _ = mnist_dir
+    assert isinstance(D.make_train_iter(mnist_cfg(dd), batch_size=8), D.ArrayTrainIterator)
+    assert isinstance(D.make_eval_iter(mnist_cfg(dd), "test", batch_size=8), D.ArrayEvalIterator)
+    cfg = Config(dataset="imagenet2012", data_dir=str(imagenet_tree_dir), augment="alexnet", input_size=224)
+    path = D.dataset_dir("imagenet2012", str(imagenet_tree_dir))
+    assert D.load_array_split(path, "validation", D.make_preprocessor(cfg, path)) is None   # variable size
+    monkeypatch.setenv(P.IN_MEMORY_ENV, "0")
+    assert isinstance(D.make_train_iter(mnist_cfg(dd), batch_size=8), D.TrainIterator)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -466,8 +632,20 @@ def _coord_image() -> np.ndarray:
     return np.stack([r, c, np.zeros_like(r)], -1).astype(np.uint8)
 
 
+def _train_outputs(pre, img, rng, n, mode):
+    """n training outputs of one image: one at a time (streaming path) or in batches (in-memory path)."""
+    if mode == "single":
+        for _ in range(n):
+            yield pre.train(img, rng)
+        return
+    for start in range(0, n, 20):
+        k = min(20, n - start)
+        yield from pre.train_batch(np.repeat(img[None], k, axis=0), pre.draw(rng, k))
+
+
+@pytest.mark.parametrize("mode", ["single", "batch"])
 @pytest.mark.parametrize("augment,input_size,span", [("alexnet", 224, 32), ("cifar", 32, 8)])
-def test_crop_offsets_uniform_and_flip_rate(augment, input_size, span):
+def test_crop_offsets_uniform_and_flip_rate(augment, input_size, span, mode):
     """Pixels hold their (row, col) coordinates, so each output reveals its crop offset and flip."""
     n = 3000
     rng = np.random.default_rng(6)
@@ -478,8 +656,8 @@ def test_crop_offsets_uniform_and_flip_rate(augment, input_size, span):
         img = _coord_image()[:32, :32] + np.array([1, 1, 0], np.uint8)
         pre, scale, shift = P.Preprocessor("cifar", input_size, 3, mean=np.zeros(3, np.float32)), 255, 1 - 4
     tops, lefts, flips = [], [], []
-    for _ in range(n):
-        x = np.rint(pre.train(img, rng) * scale).astype(int)
+    for out in _train_outputs(pre, img, rng, n, mode):
+        x = np.rint(out * scale).astype(int)
         flipped = x[16, 15, 1] > x[16, 17, 1]
         if flipped:
             x = x[:, ::-1]
@@ -529,6 +707,27 @@ def test_lenet_scaling_and_padding():
     assert all(o.shape == (32, 32, 1) and o.min() >= -0.1 - 1e-5 and o.max() <= 1.175 + 1e-5 for o in outs)
     assert not all(np.allclose(o, x) for o in outs)
     np.testing.assert_array_equal(pre.eval(img), x)
+
+
+def test_warp_affine_matches_scipy():
+    """The batched bilinear warp of lenet_affine = scipy.ndimage.affine_transform, order=1, mode=constant."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(8)
+    x = rng.random((16, 32, 30, 2)).astype(np.float32)
+    params = P.affine_params(rng, 16)
+    got = P.warp_affine_batch(x, params)
+    for i in range(16):
+        sy, sx, sh, ty, tx = params[i]
+        inv = np.linalg.inv(np.array([[sy, 0.0], [sh, sx]]))
+        ctr = (np.array(x.shape[1:3], np.float64) - 1) / 2
+        off = ctr - inv @ (ctr + np.array([ty, tx]))
+        for c in range(2):
+            want = ndimage.affine_transform(x[i, ..., c], inv, offset=off, order=1, mode="constant", cval=0.0)
+            np.testing.assert_allclose(got[i, ..., c], want, atol=1e-6)
+        np.testing.assert_array_equal(P.apply_affine(x[i], params[i]), got[i])
+    ident = np.array([[1.0, 1.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(P.warp_affine_batch(x[:1], ident), x[:1])
 
 
 def test_digits_lenet_pipeline(digits_dir):

@@ -52,6 +52,13 @@ from PIL import Image
 
 log = logging.getLogger(__name__)
 
+if __name__ == "__main__":
+    # `python -m alexnet_jax.data.prepare`: runpy has already imported this module through the package, and
+    # defining the builders a second time here would register `digits` twice; run the package's copy.
+    from alexnet_jax.data.prepare import main as _main
+
+    raise SystemExit(_main())
+
 DATASETS = ("digits", "mnist", "cifar10", "imagenet2012")
 VERSIONS = {"digits": "1.0.0", "mnist": "3.0.1", "cifar10": "3.0.2", "imagenet2012": "5.1.0"}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

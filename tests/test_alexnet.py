@@ -1,0 +1,645 @@
+"""The AlexNet family checked against the published numbers and independent arithmetic.
+
+References (../shared/reference/paper_facts.md): §1.2 (two-GPU connectivity, per-GPU widths,
+cross-GPU traffic), §1.3 (224 vs 227; conv1 padding), §1.4 / §2.3 (per-column LRN), §1.5 / K12 §4.2
+(dropout), §1.6 / K12 §5 (init), §1.9 (the one-GPU comparison net), §3.1 (torchvision), §5 (params
+and MACs).  Expected values are published numbers or arithmetic written out in this file — never
+the code's own output.  Full-size (227 / 224) nets are only traced (eval_shape / make_jaxpr), except
+for one module-scoped real construction per init-statistics test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from alexnet_jax.models import create_model
+from alexnet_jax.models.alexnet import concat_columns
+from alexnet_jax.models.layers import lrn, max_pool
+
+ALL_MODELS = ["alexnet", "alexnet_half", "alexnet_owt", "alexnet_keras", "alexnet_bn"]
+DEFAULT_CLASSES = {"alexnet": 1000, "alexnet_half": 1000, "alexnet_owt": 1000, "alexnet_keras": 1000,
+                   "alexnet_bn": 10}
+SMALL = dict(width=0.125)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def abstract_model(name, **kw):
+    """A full-size model with ShapeDtypeStruct leaves (nothing is materialised)."""
+    with nnx.use_eager_sharding(False):
+        return nnx.eval_shape(lambda: create_model(name, **kw))
+
+
+def real_model(name, **kw):
+    with nnx.use_eager_sharding(False):
+        return create_model(name, **kw)
+
+
+def n_leaves(module, kind=nnx.Param) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(module, kind)))
+
+
+def logits_shape(model, batch, size):
+    graphdef, state = nnx.split(model)
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    return jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+
+
+def jit_apply(model, x, **kw):
+    graphdef, state = nnx.split(model)
+    return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, **kw))(state, x)
+
+
+def _walk(jaxpr):
+    for eqn in jaxpr.eqns:
+        subs = []
+        for v in eqn.params.values():
+            for item in (v if isinstance(v, (tuple, list)) else (v,)):
+                if isinstance(item, jax.extend.core.ClosedJaxpr):
+                    subs.append(item.jaxpr)
+                elif isinstance(item, jax.extend.core.Jaxpr):
+                    subs.append(item)
+        if subs:
+            for s in subs:
+                yield from _walk(s)
+        else:
+            yield eqn
+
+
+LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc5", "fc6", "fc7", "fc8")
+
+
+def traced_macs(model, size) -> dict[str, int]:
+    """Per-layer multiply-adds of one image, counted from the traced forward (this file's own walker).
+
+    conv: output elements x (kh*kw*in_channels/groups); dot: output elements x contracted length.
+    """
+    graphdef, state = nnx.split(model)
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    closed = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x))(state, x)
+    out: dict[str, int] = {}
+    for eqn in _walk(closed.jaxpr):
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            o, rhs = eqn.outvars[0].aval, eqn.invars[1].aval
+            dn = eqn.params["dimension_numbers"]
+            cout = rhs.shape[dn.rhs_spec[0]]
+            assert o.shape[dn.out_spec[1]] == cout
+            n = math.prod(o.shape) * (math.prod(rhs.shape) // cout)
+        elif name == "dot_general":
+            o, lhs = eqn.outvars[0].aval, eqn.invars[0].aval
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            n = math.prod(o.shape) * math.prod(lhs.shape[d] for d in contract)
+        else:
+            continue
+        scopes = [p for p in str(eqn.source_info.name_stack).split("/") if p in LAYER_NAMES]
+        assert scopes, f"{name} outside any layer scope: {eqn.source_info.name_stack}"
+        out[scopes[-1]] = out.get(scopes[-1], 0) + n
+    return out
+
+
+def per_layer_params(model) -> dict[str, int]:
+    return {n: n_leaves(getattr(model, n)) for n in LAYER_NAMES if hasattr(model, n)}
+
+
+# Independent arithmetic ------------------------------------------------------------------------
+def out_len(n, k, s, lo, hi):
+    return math.floor((n + lo + hi - k) / s) + 1
+
+
+def conv_row(hw, cout, k, cin):
+    """(MACs, params) of a conv with a hw x hw output: hw^2 * cout * k^2 * cin, cout * (k^2 * cin + 1)."""
+    return hw * hw * cout * k * k * cin, cout * (k * k * cin + 1)
+
+
+def fc_row(fin, fout):
+    return fin * fout, fin * fout + fout
+
+
+# paper_facts §5.1 (two-GPU AlexNet; the same at 224 with cuda-convnet's 55x55 conv1)
+K12_TABLE = {
+    "conv1": (105_415_200, 34_944), "conv2": (223_948_800, 307_456), "conv3": (149_520_384, 885_120),
+    "conv4": (112_140_288, 663_936), "conv5": (74_760_192, 442_624), "fc6": (37_748_736, 37_752_832),
+    "fc7": (16_777_216, 16_781_312), "fc8": (4_096_000, 4_097_000),
+}
+# paper_facts §5.2 (torchvision alexnet, 224)
+OWT_TABLE = {
+    "conv1": (70_276_800, 23_296), "conv2": (223_948_800, 307_392), "conv3": (112_140_288, 663_936),
+    "conv4": (149_520_384, 884_992), "conv5": (99_680_256, 590_080), "fc6": (37_748_736, 37_752_832),
+    "fc7": (16_777_216, 16_781_312), "fc8": (4_096_000, 4_097_000),
+}
+
+
+def half_table():
+    """K12 §3.2 fn. 2: half the kernels except the last conv layer (256); FC layers not halved.
+
+    conv 48-128-192-192-256 with FULL connectivity (one GPU), fc 4096-4096-1000; 55x55 conv1.
+    """
+    s1 = 55
+    s2 = out_len(s1, 3, 2, 0, 0)          # 27
+    s3 = out_len(s2, 3, 2, 0, 0)          # 13
+    s5 = out_len(s3, 3, 2, 0, 0)          # 6
+    return {
+        "conv1": conv_row(s1, 48, 11, 3), "conv2": conv_row(s2, 128, 5, 48),
+        "conv3": conv_row(s3, 192, 3, 128), "conv4": conv_row(s3, 192, 3, 192),
+        "conv5": conv_row(s3, 256, 3, 192), "fc6": fc_row(s5 * s5 * 256, 4096),
+        "fc7": fc_row(4096, 4096), "fc8": fc_row(4096, 1000),
+    }
+
+
+def keras_table():
+    """Module docstring: 64@11x11/4 VALID on 224 -> pool -> 192@5x5 same -> pool -> 384@3x3 same ->
+    256@3x3 same -> pool -> dense 4096 -> 4096 -> 1000 (four conv layers)."""
+    s1 = out_len(224, 11, 4, 0, 0)        # 54
+    s2 = out_len(s1, 3, 2, 0, 0)          # 26
+    s3 = out_len(s2, 3, 2, 0, 0)          # 12
+    s4 = out_len(s3, 3, 2, 0, 0)          # 5
+    return {
+        "conv1": conv_row(s1, 64, 11, 3), "conv2": conv_row(s2, 192, 5, 64),
+        "conv3": conv_row(s3, 384, 3, 192), "conv4": conv_row(s3, 256, 3, 384),
+        "fc5": fc_row(s4 * s4 * 256, 4096), "fc6": fc_row(4096, 4096), "fc7": fc_row(4096, 1000),
+    }
+
+
+BN_CHANNELS = (96, 256, 384, 384, 256)
+
+
+def bn_table(num_classes=10):
+    """Module docstring: 96@11x11/4 valid on 227 -> pool -> 256@5x5 p2 -> pool -> 384, 384, 256 @3x3 p1
+    -> pool -> 9216 -> 4096 -> 4096 -> num_classes; conv layers keep their biases."""
+    s1 = out_len(227, 11, 4, 0, 0)        # 55
+    s2 = out_len(s1, 3, 2, 0, 0)          # 27
+    s3 = out_len(s2, 3, 2, 0, 0)          # 13
+    s5 = out_len(s3, 3, 2, 0, 0)          # 6
+    return {
+        "conv1": conv_row(s1, 96, 11, 3), "conv2": conv_row(s2, 256, 5, 96),
+        "conv3": conv_row(s3, 384, 3, 256), "conv4": conv_row(s3, 384, 3, 384),
+        "conv5": conv_row(s3, 256, 3, 384), "fc6": fc_row(s5 * s5 * 256, 4096),
+        "fc7": fc_row(4096, 4096), "fc8": fc_row(4096, num_classes),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# output shapes and dtypes
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("size", [227, 224])
+@pytest.mark.parametrize("classes", [None, 7])
+def test_full_size_output_shape(name, size, classes):
+    model = abstract_model(name, input_size=size, num_classes=classes)
+    k = classes or DEFAULT_CLASSES[name]
+    assert model.num_classes == k
+    out = logits_shape(model, 2, size)
+    assert out.shape == (2, k) and out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_small_forward_shapes_and_jit_agree(name):
+    """Real forwards at 32 and 64 (width 0.125); eager and jitted functional calls agree."""
+    x32 = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    m = real_model(name, input_size=32, num_classes=5, **SMALL)
+    eager = m(x32)
+    jitted = jit_apply(m, x32)
+    assert eager.shape == jitted.shape == (2, 5) and eager.dtype == jnp.float32
+    assert np.all(np.isfinite(np.asarray(eager)))
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=1e-5, atol=1e-5)
+    m64 = real_model(name, input_size=64, **SMALL)
+    y64 = jit_apply(m64, jax.random.normal(jax.random.key(2), (3, 64, 64, 3)))
+    assert y64.shape == (3, DEFAULT_CLASSES[name]) and y64.dtype == jnp.float32
+    assert np.all(np.isfinite(np.asarray(y64)))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_bfloat16_compute_float32_params_and_logits(name):
+    m = real_model(name, input_size=32, dtype="bfloat16", **SMALL)
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(m, nnx.Param))} == {jnp.dtype(jnp.float32)}
+    x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
+    y = jit_apply(m, x)
+    assert y.dtype == jnp.float32 and y.shape == (2, DEFAULT_CLASSES[name])
+    assert np.all(np.isfinite(np.asarray(y)))
+    # the convolutions and matmuls really run in bfloat16
+    graphdef, state = nnx.split(m)
+    closed = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x))(state, x)
+    heavy = [e for e in _walk(closed.jaxpr) if e.primitive.name in ("conv_general_dilated", "dot_general")]
+    assert heavy and all(v.aval.dtype == jnp.bfloat16 for e in heavy for v in e.invars)
+
+
+# ---------------------------------------------------------------------------------------------
+# published parameter and MAC counts
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [227, 224])
+def test_alexnet_published_counts(size):
+    """paper_facts §5.1: 60,965,224 params, 724,406,816 MACs, row by row, at 227 and at 224."""
+    model = abstract_model("alexnet", input_size=size)
+    assert sum(p for _, p in K12_TABLE.values()) == 60_965_224
+    assert sum(m for m, _ in K12_TABLE.values()) == 724_406_816
+    assert n_leaves(model) == 60_965_224
+    macs = traced_macs(model, size)
+    assert sum(macs.values()) == 724_406_816
+    assert macs == {k: m for k, (m, _) in K12_TABLE.items()}
+    assert per_layer_params(model) == {k: p for k, (_, p) in K12_TABLE.items()}
+
+
+def test_alexnet_kernel_depths_encode_connectivity():
+    """paper_facts §1.2: conv2 5x5x48, conv4/conv5 3x3x192 (own GPU), conv3 3x3x256 (both GPUs)."""
+    m = abstract_model("alexnet")
+    assert m.conv1.kernel.shape == (2, 11, 11, 3, 48)
+    assert m.conv2.kernel.shape == (2, 5, 5, 48, 128)
+    assert m.conv3.kernel.shape == (2, 3, 3, 256, 192)
+    assert m.conv4.kernel.shape == (2, 3, 3, 192, 192)
+    assert m.conv5.kernel.shape == (2, 3, 3, 192, 128)
+    assert m.fc6.kernel.shape == (2, 6 * 6 * 256, 2048)
+    assert m.fc7.kernel.shape == (2, 4096, 2048)
+    assert m.fc8.kernel.shape == (4096, 1000)
+
+
+def test_alexnet_owt_published_counts():
+    model = abstract_model("alexnet_owt")
+    assert model.input_size == 224
+    assert n_leaves(model) == 61_100_840
+    macs = traced_macs(model, 224)
+    assert sum(macs.values()) == 714_188_480
+    assert macs == {k: m for k, (m, _) in OWT_TABLE.items()}
+    assert per_layer_params(model) == {k: p for k, (_, p) in OWT_TABLE.items()}
+
+
+@pytest.mark.parametrize("size", [227, 224])
+def test_alexnet_half_counts(size):
+    table = half_table()
+    model = abstract_model("alexnet_half", input_size=size)
+    assert n_leaves(model) == sum(p for _, p in table.values())
+    assert traced_macs(model, size) == {k: m for k, (m, _) in table.items()}
+    assert per_layer_params(model) == {k: p for k, (_, p) in table.items()}
+    # footnote 2: "roughly the same number of parameters" as the two-GPU net
+    assert abs(sum(p for _, p in table.values()) / 60_965_224 - 1) < 0.05
+
+
+def test_alexnet_keras_counts():
+    table = keras_table()
+    model = abstract_model("alexnet_keras")
+    assert model.input_size == 224
+    assert n_leaves(model) == sum(p for _, p in table.values())
+    assert traced_macs(model, 224) == {k: m for k, (m, _) in table.items()}
+    assert per_layer_params(model) == {k: p for k, (_, p) in table.items()}
+
+
+def test_alexnet_bn_counts():
+    table = bn_table()
+    model = abstract_model("alexnet_bn")
+    assert model.input_size == 227 and model.num_classes == 10
+    bn_scale_bias = 2 * sum(BN_CHANNELS)           # gamma and beta per channel are parameters
+    assert n_leaves(model) == sum(p for _, p in table.values()) + bn_scale_bias
+    assert n_leaves(model, nnx.BatchStat) == 2 * sum(BN_CHANNELS)   # running mean / var: not params
+    for name, ch in zip(("conv1", "conv2", "conv3", "conv4", "conv5"), BN_CHANNELS):
+        bn = getattr(model, f"bn_{name}")
+        assert n_leaves(bn) == 2 * ch and n_leaves(bn, nnx.BatchStat) == 2 * ch
+    assert traced_macs(model, 227) == {k: m for k, (m, _) in table.items()}
+    assert per_layer_params(model) == {k: p for k, (_, p) in table.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# conv1 sizing: 227 VALID, 224 + 3 px bottom/right (paper_facts §1.3)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["alexnet", "alexnet_half"])
+@pytest.mark.parametrize("size, pad", [(227, ((0, 0), (0, 0))), (224, ((0, 3), (0, 3)))])
+def test_conv1_is_55x55(name, size, pad):
+    m = abstract_model(name, input_size=size)
+    assert tuple(map(tuple, m.conv1.padding)) == pad
+    assert out_len(size, 11, 4, *pad[0]) == 55
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    graphdef, state = nnx.split(m)
+    if name == "alexnet":
+        assert m.conv1_padding == pad
+        y = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).conv1(0, x), state, x)
+        assert y.shape == (1, 55, 55, 48)
+    else:
+        y = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).conv1(x), state, x)
+        assert y.shape == (1, 55, 55, 48)
+
+
+def test_owt_conv1_padding_2():
+    m = abstract_model("alexnet_owt")
+    assert tuple(map(tuple, m.conv1.padding)) == ((2, 2), (2, 2))
+    graphdef, state = nnx.split(m)
+    y = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).conv1(x), state,
+                       jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+    assert y.shape == (1, 55, 55, 64)
+
+
+def test_conv1_at_224_is_zero_padded_bottom_right():
+    """cuda-convnet's ceil sizing == a 224 image padded with 3 zero pixels at the bottom/right."""
+    m = real_model("alexnet", input_size=224, **SMALL)
+    x = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype(np.float32)
+    y = np.asarray(m.conv1(1, jnp.asarray(x)), np.float64)
+    assert y.shape == (1, 55, 55, 6)
+    xp = np.zeros((227, 227, 3))
+    xp[:224, :224] = x[0]
+    w = np.asarray(m.conv1.kernel[1], np.float64)          # (11, 11, 3, 6)
+    b = np.asarray(m.conv1.bias[1], np.float64)
+    for i, j in [(0, 0), (54, 54), (54, 0), (0, 54), (27, 13)]:
+        want = np.einsum("hwc,hwco->o", xp[4 * i:4 * i + 11, 4 * j:4 * j + 11], w) + b
+        np.testing.assert_allclose(y[0, i, j], want, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# two-column connectivity (K12 §3.2 / §3.5, paper_facts §1.2)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_alexnet():
+    return real_model("alexnet", input_size=32, seed=0, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def x_small():
+    return jax.random.normal(jax.random.key(42), (2, 32, 32, 3))
+
+
+def _cot(y, seed):
+    """A random cotangent: a zero vector-Jacobian product then means a zero Jacobian (a.s.)."""
+    return jax.random.normal(jax.random.key(seed), y.shape, y.dtype)
+
+
+def _vjp(fn, *args, seed=0):
+    y, pull = jax.vjp(fn, *args)
+    return pull(_cot(y, seed))
+
+
+def tapped(model, x, inject=None, **kw):
+    """Run the model with an exchange that records (and optionally perturbs) each column's maps."""
+    records = []
+
+    def exchange(hs):
+        i = len(records)
+        hs = [h + inject[(i, c)] if inject and (i, c) in inject else h for c, h in enumerate(hs)]
+        records.append(hs)
+        return concat_columns(hs)
+
+    logits = model(x, exchange=exchange, **kw)
+    return records, logits
+
+
+def test_conv2_reads_only_its_own_column(small_alexnet, x_small):
+    m = small_alexnet
+    conv1_maps = [m.conv1(c, x_small) for c in range(2)]
+
+    def conv2_from_conv1(a0, a1):
+        # the model's own per-column stages: ReLU -> LRN -> pool -> conv2 (model.conv2(c, .))
+        return [m.conv2(c, max_pool(lrn(jax.nn.relu(a)))) for c, a in enumerate((a0, a1))]
+
+    out = conv2_from_conv1(*conv1_maps)
+    for c in range(2):  # the construction is the model's column_conv12
+        np.testing.assert_allclose(np.asarray(max_pool(lrn(jax.nn.relu(out[c])))),
+                                   np.asarray(m.column_conv12(c, x_small)), rtol=1e-5, atol=1e-7)
+    g0, g1 = _vjp(lambda a0, a1: conv2_from_conv1(a0, a1)[0], *conv1_maps)
+    assert np.all(np.asarray(g1) == 0.0)            # column 1's conv1 maps never reach column 0
+    assert np.abs(np.asarray(g0)).max() > 0
+    h0, h1 = _vjp(lambda a0, a1: conv2_from_conv1(a0, a1)[1], *conv1_maps, seed=1)
+    assert np.all(np.asarray(h0) == 0.0) and np.abs(np.asarray(h1)).max() > 0
+
+
+def test_conv3_reads_both_columns(small_alexnet, x_small):
+    m = small_alexnet
+    pools = [m.column_conv12(c, x_small) for c in range(2)]
+    g0, g1 = _vjp(lambda p0, p1: m.conv3(0, concat_columns([p0, p1])), *pools)
+    assert np.abs(np.asarray(g0)).max() > 0 and np.abs(np.asarray(g1)).max() > 0
+    # ... and in the full forward: column 0's pool5 depends on column 1's pool2 (first exchange)
+    delta = jnp.zeros_like(pools[1])
+    g = _vjp(lambda d: tapped(m, x_small, {(0, 1): d})[0][1][0], delta)[0]
+    assert np.abs(np.asarray(g)).max() > 0
+
+
+def _param_grads(model, x, select, seed=0):
+    """d select(records, logits) / d params of the real forward, as a pure dict of arrays."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def f(p):
+        return select(*tapped(nnx.merge(graphdef, p, rest), x))
+
+    return nnx.to_pure_dict(_vjp(f, params, seed=seed)[0])
+
+
+def _nz(a):
+    return bool(np.abs(np.asarray(a)).max() > 0)
+
+
+def test_column_isolation_in_the_real_forward(small_alexnet, x_small):
+    m, x = small_alexnet, x_small
+    # column 0's pool2 (handed to the first exchange): only column 0's conv1 / conv2 matter
+    g = _param_grads(m, x, lambda rec, _: rec[0][0])
+    for layer in ("conv1", "conv2"):
+        for leaf in ("kernel", "bias"):
+            assert _nz(g[layer][leaf][0]) and not _nz(g[layer][leaf][1]), (layer, leaf)
+    # column 0's pool5 (second exchange): conv3 reads both columns, conv4 / conv5 only their own
+    g = _param_grads(m, x, lambda rec, _: rec[1][0], seed=1)
+    for layer in ("conv1", "conv2"):
+        assert _nz(g[layer]["kernel"][0]) and _nz(g[layer]["kernel"][1]), layer
+    for layer in ("conv3", "conv4", "conv5"):
+        for leaf in ("kernel", "bias"):
+            assert _nz(g[layer][leaf][0]) and not _nz(g[layer][leaf][1]), (layer, leaf)
+    # column 0's fc6 output receives both columns' pool5; fc7 both fc6 halves; fc8 both fc7 halves
+    g = _param_grads(m, x, lambda rec, _: rec[2][0], seed=2)
+    assert _nz(g["conv5"]["kernel"][0]) and _nz(g["conv5"]["kernel"][1])
+    assert _nz(g["fc6"]["kernel"][0]) and not _nz(g["fc6"]["kernel"][1])
+    g = _param_grads(m, x, lambda rec, _: rec[3][0], seed=3)
+    assert _nz(g["fc6"]["kernel"][0]) and _nz(g["fc6"]["kernel"][1])
+    assert _nz(g["fc7"]["kernel"][0]) and not _nz(g["fc7"]["kernel"][1])
+    g = _param_grads(m, x, lambda rec, logits: logits, seed=4)
+    assert _nz(g["fc7"]["kernel"][0]) and _nz(g["fc7"]["kernel"][1])
+
+
+def test_lrn_is_per_column(small_alexnet):
+    """Each GPU normalises only its own maps (CC2 rnorm1a/b, channels=48), not Caffe's single LRN
+    over all 96 channels that crosses the 47|48 boundary (paper_facts §2.3)."""
+    m = small_alexnet
+    x = 300.0 * jax.random.normal(jax.random.key(5), (2, 32, 32, 3))   # large maps: LRN matters
+    a = [jax.nn.relu(m.conv1(c, x)) for c in range(2)]
+    n = a[0].shape[-1]                                                  # 6 maps per column here
+    bumped = a[1] * 3.0 + 1.0                                           # perturb column 1's maps
+    per_col = lrn(a[0])
+    # per-column LRN of column 0 ignores column 1 entirely
+    np.testing.assert_array_equal(np.asarray(lrn(a[0])), np.asarray(per_col))
+    # a single LRN over the concatenated 2n channels: column 0's last map depends on column 1
+    joint = lrn(jnp.concatenate([a[0], a[1]], -1))[..., :n]
+    joint_b = lrn(jnp.concatenate([a[0], bumped], -1))[..., :n]
+    np.testing.assert_array_equal(np.asarray(joint[..., :n - 2]), np.asarray(joint_b[..., :n - 2]))
+    assert np.abs(np.asarray(joint[..., n - 1] - joint_b[..., n - 1])).max() > 1e-3
+    assert np.abs(np.asarray(joint[..., n - 1] - per_col[..., n - 1])).max() > 1e-3
+    # the model's column 0 is the per-column variant, not the joint one
+    def conv2_stage(h):
+        return max_pool(lrn(jax.nn.relu(m.conv2(0, max_pool(h)))))
+
+    got = np.asarray(m.column_conv12(0, x))
+    np.testing.assert_allclose(got, np.asarray(conv2_stage(per_col)), rtol=1e-5, atol=1e-6)
+    assert np.abs(got - np.asarray(conv2_stage(joint))).max() > 1e-4
+    # and perturbing column 1's parameters leaves column 0's output bit-identical
+    g = _param_grads(m, x, lambda rec, _: rec[0][0])
+    assert not _nz(g["conv1"]["kernel"][1])
+
+
+# ---------------------------------------------------------------------------------------------
+# the exchange hook
+# ---------------------------------------------------------------------------------------------
+def test_exchange_called_four_times_full_size():
+    """conv3, fc6, fc7, fc8: per-column 13x13x128, 6x6x128, 2048, 2048 (paper_facts §1.2)."""
+    m = abstract_model("alexnet")
+    graphdef, state = nnx.split(m)
+    seen = []
+
+    def exchange(hs):
+        seen.append([tuple(h.shape) for h in hs])
+        return concat_columns(hs)
+
+    out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, exchange=exchange), state,
+                         jax.ShapeDtypeStruct((2, 227, 227, 3), jnp.float32))
+    assert out.shape == (2, 1000)
+    assert seen == [[(2, 13, 13, 128)] * 2, [(2, 6, 6, 128)] * 2, [(2, 2048)] * 2, [(2, 2048)] * 2]
+    # floats each GPU receives per image: 21,632 / 4,608 / 2,048 / 2,048 (paper_facts §1.2)
+    assert [math.prod(s[1][1:]) for s in seen] == [21_632, 4_608, 2_048, 2_048]
+
+
+def test_exchange_called_four_times_small(small_alexnet, x_small):
+    records, logits = tapped(small_alexnet, x_small)
+    assert len(records) == 4
+    assert [[tuple(h.shape) for h in r] for r in records] == [
+        [(2, 7, 7, 16)] * 2, [(2, 3, 3, 16)] * 2, [(2, 256)] * 2, [(2, 256)] * 2]
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(small_alexnet(x_small)), rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# dropout (K12 §4.2: p = 0.5 on the first two FC layers)
+# ---------------------------------------------------------------------------------------------
+def test_dropout_masks(small_alexnet):
+    k = jax.random.key(7)
+    m6, m7 = small_alexnet.dropout_masks(k, 16)
+    assert m6.shape == m7.shape == (2, 16, 256) and m6.dtype == jnp.bool_
+    for mask in (m6, m7):
+        assert abs(float(np.mean(np.asarray(mask))) - 0.5) < 0.03
+    assert not np.array_equal(np.asarray(m6), np.asarray(m7))
+    again = small_alexnet.dropout_masks(k, 16)
+    assert np.array_equal(np.asarray(again[0]), np.asarray(m6))
+    other = small_alexnet.dropout_masks(jax.random.key(8), 16)
+    assert not np.array_equal(np.asarray(other[0]), np.asarray(m6))
+
+
+def test_alexnet_dropout_on_fc6_fc7_outputs(small_alexnet, x_small):
+    m, x, k = small_alexnet, x_small, jax.random.key(9)
+    keep6, keep7 = m.dropout_masks(k, x.shape[0])
+    ev, ev_logits = tapped(m, x)
+    tr, tr_logits = tapped(m, x, train=True, dropout_key=k)
+    for c in range(2):
+        # inverted dropout: kept fc6 units are scaled by 1/(1-0.5), dropped ones are zero
+        want6 = np.where(np.asarray(keep6[c]), 2.0 * np.asarray(ev[2][c]), 0.0)
+        np.testing.assert_allclose(np.asarray(tr[2][c]), want6, rtol=1e-6, atol=1e-7)
+        fc7 = np.asarray(jax.nn.relu(m.fc7(c, concat_columns(tr[2]))))
+        np.testing.assert_allclose(np.asarray(tr[3][c]), np.where(np.asarray(keep7[c]), 2.0 * fc7, 0.0),
+                                   rtol=1e-5, atol=1e-7)
+    assert not np.allclose(np.asarray(tr_logits), np.asarray(ev_logits))
+    # same key -> same output; different key -> different output
+    np.testing.assert_array_equal(np.asarray(m(x, train=True, dropout_key=k)), np.asarray(tr_logits))
+    assert not np.allclose(np.asarray(m(x, train=True, dropout_key=jax.random.key(10))), np.asarray(tr_logits))
+    # explicit masks are the same as the key
+    np.testing.assert_array_equal(np.asarray(m(x, train=True, dropout_masks=(keep6, keep7))),
+                                  np.asarray(tr_logits))
+    # eval: deterministic, no dropout even when a key is passed
+    np.testing.assert_array_equal(np.asarray(m(x)), np.asarray(ev_logits))
+    np.testing.assert_array_equal(np.asarray(m(x, train=False, dropout_key=k)), np.asarray(ev_logits))
+    with pytest.raises(ValueError):
+        m(x, train=True)
+
+
+def _random_bits_shapes(model, x, **kw):
+    graphdef, state = nnx.split(model)
+    closed = jax.make_jaxpr(lambda s, x, k: nnx.merge(graphdef, s)(x, dropout_key=k, **kw))(
+        state, x, jax.random.key(0))
+    return [tuple(e.outvars[0].aval.shape) for e in _walk(closed.jaxpr) if e.primitive.name == "random_bits"]
+
+
+@pytest.mark.parametrize("name", ["alexnet_half", "alexnet_owt", "alexnet_keras"])
+def test_one_column_dropout(name):
+    m = real_model(name, input_size=32, **SMALL)
+    x = jax.random.normal(jax.random.key(11), (2, 32, 32, 3))
+    k = jax.random.key(12)
+    ev = jit_apply(m, x)
+    np.testing.assert_array_equal(np.asarray(jit_apply(m, x)), np.asarray(ev))
+    tr = jit_apply(m, x, train=True, dropout_key=k)
+    np.testing.assert_array_equal(np.asarray(jit_apply(m, x, train=True, dropout_key=k)), np.asarray(tr))
+    bits = _random_bits_shapes(m, jax.ShapeDtypeStruct(x.shape, x.dtype), train=True)
+    if name == "alexnet_keras":       # the Keras layout as written has no dropout
+        assert bits == []
+        np.testing.assert_array_equal(np.asarray(tr), np.asarray(ev))
+        return
+    assert not np.allclose(np.asarray(tr), np.asarray(ev))
+    assert not np.allclose(np.asarray(jit_apply(m, x, train=True, dropout_key=jax.random.key(13))),
+                           np.asarray(tr))
+    if name == "alexnet_half":        # on the outputs of fc6 and fc7 (4096 * 0.125 = 512 units each)
+        assert bits == [(2, 512), (2, 512)]
+    else:                             # torchvision: before fc6 (6*6*32 flat features) and before fc7
+        assert bits == [(2, 6 * 6 * 32), (2, 512)]
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm (alexnet_bn)
+# ---------------------------------------------------------------------------------------------
+def test_alexnet_bn_train_updates_stats_and_eval_uses_them():
+    m = real_model("alexnet_bn", input_size=32, **SMALL)
+    x = jax.random.normal(jax.random.key(14), (4, 32, 32, 3)) + 0.5
+    before = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(m, nnx.BatchStat))}
+    assert before
+    conv1_out = np.asarray(m.conv1(x), np.float64)
+    m(x, train=True, dropout_key=jax.random.key(15))
+    after = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(m, nnx.BatchStat))}
+    assert before.keys() == after.keys()
+    assert all(not np.array_equal(before[k], after[k]) for k in before)
+    # momentum 0.9 from a zero initial mean: running mean = 0.1 * batch mean of the conv1 output
+    np.testing.assert_allclose(np.asarray(m.bn_conv1.mean), 0.1 * conv1_out.mean(axis=(0, 1, 2)),
+                               rtol=1e-4, atol=1e-6)
+    # eval: each example's logits do not depend on the rest of the batch
+    pair = x[:2]
+    ev = np.asarray(m(pair))
+    for i in range(2):
+        np.testing.assert_allclose(ev[i], np.asarray(m(pair[i:i + 1]))[0], rtol=1e-5, atol=1e-5)
+    frozen = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(m, nnx.BatchStat))}
+    # train (batch statistics; dropout off to isolate BN): they do
+    tr = np.asarray(m(pair, train=True, dropout_rate=0.0))
+    alone = np.asarray(m(pair[:1], train=True, dropout_rate=0.0))[0]
+    assert np.abs(tr[0] - alone).max() > 1e-4
+    # eval mode left the running statistics untouched
+    assert all(np.array_equal(frozen[k], after[k]) for k in frozen)
+
+
+# ---------------------------------------------------------------------------------------------
+# initialisation (K12 §5; paper_facts §1.6)
+# ---------------------------------------------------------------------------------------------
+BIAS_ONE = {"conv2", "conv4", "conv5", "fc6", "fc7"}
+BIAS_ZERO = {"conv1", "conv3", "fc8"}
+
+
+@pytest.fixture(scope="module", params=["alexnet", "alexnet_half"])
+def full_model(request):
+    with nnx.use_eager_sharding(False):
+        return request.param, nnx.jit(lambda: create_model(request.param, seed=0))()
+
+
+def test_init_statistics(full_model):
+    name, m = full_model
+    assert n_leaves(m) == (60_965_224 if name == "alexnet" else sum(p for _, p in half_table().values()))
+    for layer in sorted(BIAS_ONE | BIAS_ZERO):
+        mod = getattr(m, layer)
+        w = np.asarray(mod.kernel[...], np.float64)
+        b = np.asarray(mod.bias[...])
+        # per column for the two-column layers (fc8 and all of alexnet_half are one-column)
+        cols = [w[c] for c in range(2)] if (name == "alexnet" and layer != "fc8") else [w]
+        for wc in cols:
+            wc = wc.ravel()
+            assert abs(wc.std() / 0.01 - 1) < 0.02, (layer, wc.std())
+            assert abs(wc.mean()) < 5 * 0.01 / math.sqrt(wc.size), (layer, wc.mean())
+            # Gaussian, not truncated / uniform: P(|w| < sigma) = 0.6827
+            assert abs(np.mean(np.abs(wc) < 0.01) - 0.6827) < 0.01, layer
+        assert np.all(b == (1.0 if layer in BIAS_ONE else 0.0)), layer

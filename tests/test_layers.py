@@ -1,0 +1,179 @@
+"""LRN and pooling layers against float64 numpy references written from the papers' formulas.
+
+References: paper_facts.md §1.4 (K12 §3.3 LRN formula and constants; PyTorch's convention),
+§1.5 (overlapping 3/2 max-pooling), §3.1 / §5.2 (torch AdaptiveAvgPool2d semantics).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax.models.layers import adaptive_avg_pool, conv_out, lrn, max_pool
+
+
+# ---------------------------------------------------------------------------------------------
+# numpy references (float64, explicit loops over channels)
+# ---------------------------------------------------------------------------------------------
+def np_lrn_paper(a: np.ndarray, *, k: float, n: int, alpha: float, beta: float) -> np.ndarray:
+    """K12 §3.3: b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta."""
+    a = np.asarray(a, np.float64)
+    N = a.shape[-1]
+    b = np.empty_like(a)
+    for i in range(N):
+        lo, hi = max(0, i - n // 2), min(N - 1, i + n // 2)
+        s = np.zeros(a.shape[:-1], np.float64)
+        for j in range(lo, hi + 1):
+            s += a[..., j] ** 2
+        b[..., i] = a[..., i] / (k + alpha * s) ** beta
+    return b
+
+
+def np_lrn_torch(a: np.ndarray, *, size: int, alpha: float, beta: float, k: float) -> np.ndarray:
+    """torch.nn.LocalResponseNorm: b_c = a_c / (k + alpha/n * sum_{c'=c-n//2}^{c+(n-1)//2} a_c'^2)^beta."""
+    a = np.asarray(a, np.float64)
+    N = a.shape[-1]
+    b = np.empty_like(a)
+    for c in range(N):
+        s = np.zeros(a.shape[:-1], np.float64)
+        for j in range(c - size // 2, c + (size - 1) // 2 + 1):
+            if 0 <= j < N:
+                s += a[..., j] ** 2
+        b[..., c] = a[..., c] / (k + alpha / size * s) ** beta
+    return b
+
+
+def np_adaptive_avg_pool(x: np.ndarray, oh: int, ow: int) -> np.ndarray:
+    """torch AdaptiveAvgPool2d: bin i spans [floor(i*H/o), ceil((i+1)*H/o))."""
+    x = np.asarray(x, np.float64)
+    B, H, W, C = x.shape
+    out = np.zeros((B, oh, ow, C))
+    for i in range(oh):
+        h0, h1 = int(np.floor(i * H / oh)), int(np.ceil((i + 1) * H / oh))
+        for j in range(ow):
+            w0, w1 = int(np.floor(j * W / ow)), int(np.ceil((j + 1) * W / ow))
+            out[:, i, j, :] = x[:, h0:h1, w0:w1, :].mean(axis=(1, 2))
+    return out
+
+
+def np_max_pool(x: np.ndarray, z: int = 3, s: int = 2) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    B, H, W, C = x.shape
+    oh, ow = (H - z) // s + 1, (W - z) // s + 1
+    out = np.empty((B, oh, ow, C))
+    for i in range(oh):
+        for j in range(ow):
+            out[:, i, j, :] = x[:, i * s:i * s + z, j * s:j * s + z, :].max(axis=(1, 2))
+    return out
+
+
+def _rel_close(got, want, rtol):
+    got = np.asarray(got, np.float64)
+    err = np.abs(got - want) / np.maximum(np.abs(want), 1e-30)
+    assert err.max() <= rtol, f"max relative error {err.max():.3g} > {rtol}"
+
+
+def _large(shape, seed):
+    # values large enough that alpha * sum(a^2) is comparable to k = 2 (so the denominator matters)
+    return np.random.default_rng(seed).normal(0.0, 60.0, shape).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# LRN
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("N", [7, 48])
+@pytest.mark.parametrize("beta", [0.75, 0.5])
+def test_lrn_matches_paper_formula(N, beta):
+    x = _large((2, 3, 4, N), seed=N)
+    want = np_lrn_paper(x, k=2.0, n=5, alpha=1e-4, beta=beta)
+    # the denominator is far from k**beta, i.e. the normalisation is doing real work
+    denom = x.astype(np.float64) / want
+    assert denom.max() > 1.5 * 2.0 ** beta
+    got = lrn(jnp.asarray(x), k=2.0, n=5, alpha=1e-4, beta=beta)
+    assert got.dtype == jnp.float32 and got.shape == x.shape
+    _rel_close(got, want, 1e-6)
+
+
+def test_lrn_defaults_are_the_paper_constants():
+    x = _large((1, 2, 2, 11), seed=3)
+    _rel_close(lrn(jnp.asarray(x)), np_lrn_paper(x, k=2.0, n=5, alpha=1e-4, beta=0.75), 1e-6)
+
+
+@pytest.mark.parametrize("n", [3, 7])
+def test_lrn_other_window_sizes(n):
+    x = _large((2, 2, 2, 12), seed=n)
+    _rel_close(lrn(jnp.asarray(x), n=n), np_lrn_paper(x, k=2.0, n=n, alpha=1e-4, beta=0.75), 1e-6)
+
+
+def test_lrn_alpha_over_n_is_pytorch_convention():
+    """PyTorch divides alpha by the window size: our alpha=1e-4/5 == torch LRN(5, 1e-4, 0.75, k=2)."""
+    x = _large((2, 3, 3, 48), seed=7)
+    torch_ref = np_lrn_torch(x, size=5, alpha=1e-4, beta=0.75, k=2.0)
+    _rel_close(lrn(jnp.asarray(x), alpha=1e-4 / 5), torch_ref, 1e-6)
+    # ... and the printed formula (our default) is torch's with alpha = 5e-4
+    _rel_close(lrn(jnp.asarray(x)), np_lrn_torch(x, size=5, alpha=5e-4, beta=0.75, k=2.0), 1e-6)
+    # the two conventions really differ on these inputs
+    assert np.abs(np_lrn_paper(x, k=2.0, n=5, alpha=1e-4, beta=0.75) - torch_ref).max() > 1e-2
+
+
+def test_lrn_bfloat16_keeps_dtype():
+    x = _large((1, 2, 2, 9), seed=11)
+    got = lrn(jnp.asarray(x, jnp.bfloat16))
+    assert got.dtype == jnp.bfloat16
+    want = np_lrn_paper(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64), k=2.0, n=5, alpha=1e-4, beta=0.75)
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-2)
+
+
+def test_lrn_is_channelwise_local():
+    """Changing channel j only affects channels within n//2 of j."""
+    x = _large((1, 1, 1, 16), seed=5)
+    y0 = np.asarray(lrn(jnp.asarray(x)))
+    x2 = x.copy()
+    x2[..., 8] *= 3.0
+    y1 = np.asarray(lrn(jnp.asarray(x2)))
+    changed = np.nonzero(np.abs(y1 - y0)[0, 0, 0] > 0)[0]
+    assert changed.tolist() == [6, 7, 8, 9, 10]
+
+
+# ---------------------------------------------------------------------------------------------
+# pooling
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("hw_in, hw_out", [((13, 13), (6, 6)), ((5, 5), (6, 6)), ((1, 1), (6, 6)),
+                                           ((6, 6), (6, 6)), ((13, 5), (6, 6)), ((7, 9), (3, 4))])
+def test_adaptive_avg_pool_torch_semantics(hw_in, hw_out):
+    x = np.random.default_rng(sum(hw_in)).normal(size=(2, *hw_in, 3)).astype(np.float32)
+    got = adaptive_avg_pool(jnp.asarray(x), hw_out)
+    assert got.shape == (2, *hw_out, 3)
+    np.testing.assert_allclose(np.asarray(got, np.float64), np_adaptive_avg_pool(x, *hw_out),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_adaptive_avg_pool_identity_at_6x6():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 6, 6, 4)), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(adaptive_avg_pool(x, (6, 6))), np.asarray(x))
+
+
+def test_max_pool_overlapping_sizes():
+    """K12 §3.4: z=3, s=2 everywhere; AlexNet's maps go 55 -> 27 -> 13 -> 6 (paper_facts §1.2)."""
+    sizes = [55]
+    for _ in range(3):
+        sizes.append((sizes[-1] - 3) // 2 + 1)
+    assert sizes == [55, 27, 13, 6]
+    for a, b in zip(sizes, sizes[1:]):
+        y = jax.eval_shape(max_pool, jax.ShapeDtypeStruct((2, a, a, 5), jnp.float32))
+        assert y.shape == (2, b, b, 5)
+        assert conv_out(a, 3, 2, 0, 0) == b
+
+
+def test_max_pool_values_overlap():
+    x = np.random.default_rng(1).normal(size=(2, 13, 13, 3)).astype(np.float32)
+    got = max_pool(jnp.asarray(x))
+    want = np_max_pool(x)
+    assert got.shape == want.shape == (2, 6, 6, 3)
+    np.testing.assert_array_equal(np.asarray(got, np.float64), want)
+    # the windows overlap: a maximum on a shared row/column shows up in two neighbouring outputs
+    x2 = np.zeros((1, 5, 5, 1), np.float32)
+    x2[0, 2, 2, 0] = 1.0
+    np.testing.assert_array_equal(np.asarray(max_pool(jnp.asarray(x2)))[0, :, :, 0], np.ones((2, 2)))

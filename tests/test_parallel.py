@@ -1,0 +1,513 @@
+"""The mesh proof: the two-column AlexNet on 1x1, 1x2, 2x1 and 2x2 meshes is the same computation, its
+communication is exactly the paper's (K12 Fig. 2; paper_facts.md §1.2), parameters live on their column's
+device, checkpoints move between meshes, one-column nets run data-parallel, and bad shapes fail clearly.
+
+Multi-device runs need forced CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=4), which
+must be set before JAX starts its backend.  Other test modules start JAX in the pytest process with
+whatever devices it has, so every multi-device computation here runs in a subprocess: this file run
+as a script (`python tests/test_parallel.py TASK OUTDIR [JSON]`) performs one task and writes its
+results to OUTDIR; the tests only read them.  A task used by several tests runs once per pytest run
+(shared across pytest-xdist workers through a lock file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MESHES = [(1, 1), (1, 2), (2, 1), (2, 2)]
+COLUMN_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+EXCHANGES = ("conv3", "fc6", "fc7", "fc8")
+LOCAL_ONLY = ("conv1", "conv2", "conv4", "conv5", "lrn1", "lrn2", "pool5")
+PAPER_FLOATS = {"conv3": 21_632, "fc6": 4_608, "fc7": 2_048, "fc8": 2_048}   # paper_facts.md §1.2
+SMALL = dict(model="alexnet", num_classes=10, input_size=64, width=0.125, batch_size=8, lr=0.01, seed=0)
+TIMEOUT = 600
+T0 = time.perf_counter()
+
+
+# ================================================================================================
+# Parent side: run a task in a subprocess with 4 forced CPU devices
+# ================================================================================================
+def run_task(task: str, out: Path, devices: int = 4, **kw) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, __file__, task, str(out), json.dumps(kw)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    if p.returncode != 0:
+        raise AssertionError(f"task {task} failed (rc {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
+    return json.loads((out / "result.json").read_text())
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    import fcntl
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def shared_task(tmp_path_factory, name: str, task: str, **kw) -> tuple[dict, Path]:
+    """Run `task` once per pytest run, even when several xdist workers ask for it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        out = tmp_path_factory.getbasetemp() / name
+        return (json.loads((out / "result.json").read_text()) if (out / "result.json").exists()
+                else run_task(task, out, **kw)), out
+    shared = tmp_path_factory.getbasetemp().parent      # common to all workers of this run
+    out = shared / name
+    with _locked(shared / f"{name}.lock"):
+        if not (out / "result.json").exists():
+            run_task(task, out, **kw)
+    return json.loads((out / "result.json").read_text()), out
+
+
+@pytest.fixture(scope="module")
+def meshes8(tmp_path_factory):
+    return shared_task(tmp_path_factory, "meshes8", "meshes", steps=8)
+
+
+def _params(out: Path, d: int, m: int) -> dict[str, np.ndarray]:
+    with open(out / f"params_{d}x{m}.pkl", "rb") as f:
+        return pickle.load(f)
+
+
+def _assert_meshes_agree(res: dict, out: Path, steps: int, tol: float = 1e-5) -> None:
+    ref = np.asarray(res["losses"]["1x1"])
+    assert len(ref) == steps and np.all(np.isfinite(ref))
+    assert ref[-1] < ref[0], "training on fixed batches should lower the loss"
+    p_ref = _params(out, 1, 1)
+    for d, m in MESHES[1:]:
+        got = np.asarray(res["losses"][f"{d}x{m}"])
+        rel = np.max(np.abs(got - ref) / np.abs(ref))
+        assert rel <= tol, f"{d}x{m}: losses differ from 1x1 by {rel:.2e} relative"
+        p = _params(out, d, m)
+        assert p.keys() == p_ref.keys()
+        worst = max(float(np.max(np.abs(p[k] - p_ref[k]))) for k in p_ref)
+        assert worst <= tol, f"{d}x{m}: final parameters differ from 1x1 by {worst:.2e}"
+
+
+# ================================================================================================
+# 1. Equivalence
+# ================================================================================================
+def test_meshes_train_identically_8_steps(meshes8):
+    res, out = meshes8
+    _assert_meshes_agree(res, out, 8)
+
+
+@pytest.mark.slow
+def test_meshes_train_identically_32_steps(tmp_path):
+    res = run_task("meshes", tmp_path / "m32", steps=32)
+    _assert_meshes_agree(res, tmp_path / "m32", 32)
+
+
+# ================================================================================================
+# 2. Communication
+# ================================================================================================
+def _check_forward(rep: dict) -> None:
+    cs = [c for c in rep["collectives"] if c["group_size"] > 1]
+    assert [c["op"] for c in cs] == ["all-gather"] * 4, cs
+    assert {c["axis"] for c in cs} == {"model"}
+    assert sorted(c["layer"] for c in cs) == sorted(EXCHANGES)
+
+
+def _check_train(rep: dict, param_sizes: list[int]) -> None:
+    cs = [c for c in rep["collectives"] if c["group_size"] > 1]
+    model = [c for c in cs if c["axis"] == "model"]
+    data = [c for c in cs if c["axis"] == "data"]
+    assert len(model) + len(data) == len(cs), f"collectives over both axes at once: {cs}"
+    # along `model`: the 4 forward all-gathers and, in the backward pass, their transposes only
+    fwd = [c for c in model if not c["backward"]]
+    bwd = [c for c in model if c["backward"]]
+    assert sorted((c["op"], c["layer"]) for c in fwd) == sorted(("all-gather", x) for x in EXCHANGES)
+    assert {c["layer"] for c in bwd} <= set(EXCHANGES) and bwd, bwd
+    assert not {c["layer"] for c in model} & set(LOCAL_ONLY)
+    # fc8 is replicated: the gradient of its gathered input needs no exchange; conv3/fc6/fc7 reduce-scatter
+    # back exactly what they gathered (each device gets the other column's gradient for its own maps)
+    assert sorted((c["op"], c["layer"]) for c in bwd) == [("reduce-scatter", x) for x in ("conv3", "fc6", "fc7")]
+    for c in bwd:
+        g = next(f for f in fwd if f["layer"] == c["layer"])
+        assert c["sent"] == g["sent"], (c, g)
+    # along `data`: one gradient all-reduce per parameter (+ scalar metrics), nothing else
+    assert {c["op"] for c in data} <= {"all-reduce"}
+    grads = [c for c in data if _dims(c["shape"])]                   # non-scalar buffers
+    assert sorted(int(np.prod(_dims(c["shape"]))) for c in grads) == sorted(param_sizes)
+    assert all(c["backward"] and c["layer"] for c in grads), grads
+    assert len(data) - len(grads) <= 4, "only scalar metrics (loss, accuracy) besides the gradients"
+
+
+def _dims(shape: str) -> list[int]:
+    """'f32[2,4,7]' -> [2, 4, 7]; 'f32[]' -> []."""
+    return [int(v) for v in shape.split("[")[1].rstrip("]").split(",") if v]
+
+
+def test_communication_small_model(meshes8):
+    res, _ = meshes8
+    for name in ("1x2", "2x2"):
+        _check_forward(res["comms"][name]["forward"])
+        sizes = res["comms"][name]["param_sizes_per_device"]
+        rep = res["comms"][name]["train"]
+        _check_train(rep, sizes if name == "2x2" else [])
+        if name == "1x2":   # no data axis: its degenerate (size-1) all-reduces move nothing
+            assert not [c for c in rep["collectives"] if c["axis"] == "data"]
+            assert all(c["sent"] == 0 for c in rep["collectives"] if c["axis"] == "none")
+
+
+def test_communication_bytes_match_paper_full_size(tmp_path):
+    """Width 1.0, 227x227: compiled only (never run).  An all-gather's result holds both columns' maps; each
+    device sends its own half and receives the other's, which is the paper's floats per image per direction."""
+    res = run_task("fullsize", tmp_path)
+    for name, batch in (("1x2", 2), ("2x2", 4)):
+        per_image = res[name]["per_image"]
+        images_per_gather = batch // res[name]["data"]
+        for layer, floats in PAPER_FLOATS.items():
+            row = per_image[layer]
+            assert row["result_bytes"] == 2 * floats * 4, (name, layer, row)     # both halves, float32
+            assert row["sent_bytes"] == floats * 4, (name, layer, row)           # one half per direction
+            assert row["shape"][:2] == [2, images_per_gather]
+        assert set(per_image) == set(PAPER_FLOATS)
+
+
+# ================================================================================================
+# 3. Where every parameter lives
+# ================================================================================================
+def test_parameter_shardings_1x2(meshes8):
+    res, _ = meshes8
+    shard = res["shardings_1x2"]
+    assert set(shard["params"]) and len(shard["momentum"]) == len(shard["params"])
+    for path, info in shard["params"].items():
+        layer = path.split("/")[0]
+        if layer in COLUMN_LAYERS:
+            assert info["spec"][0] == "model" and all(s is None for s in info["spec"][1:]), (path, info)
+            # device 0 holds column 0, device 1 column 1, equal to the one-device model's slices
+            assert info["shards"] == [[0, 0, 1], [1, 1, 2]], (path, info)
+            assert info["max_diff_vs_1x1_slice"] == 0.0
+        else:
+            assert layer == "fc8" and all(s is None for s in info["spec"]), (path, info)
+            assert info["replicated"] and info["max_diff_vs_1x1_slice"] == 0.0
+    for path, (vspec, pspec, same) in shard["momentum"].items():
+        assert same and vspec == pspec, (path, vspec, pspec)
+
+
+# ================================================================================================
+# 4. Checkpoints move between meshes
+# ================================================================================================
+def test_checkpoints_move_between_meshes(tmp_path):
+    res = run_task("checkpoint", tmp_path)
+    for name in ("1x2->1x1", "1x2->2x2", "2x2->1x2", "1x1->1x2"):
+        r = res[name]
+        assert r["max_abs_diff"] == 0.0 and r["leaves"] > 10, (name, r)
+        assert r["shardings_match_target"], (name, r)
+    assert res["1x2->2x2"]["conv1_kernel_spec"][0] == "model"
+    assert res["1x2->1x1"]["continues"], "training continues from the restored state"
+
+
+# ================================================================================================
+# 5. One-column nets are data-parallel over every device
+# ================================================================================================
+def test_one_column_models_data_parallel_2x2(tmp_path):
+    res = run_task("onecolumn", tmp_path)
+    for name in ("alexnet_owt", "lenet5"):
+        r = res[name]
+        assert r["batch_shard_rows"] == [r["batch"] // 4] * 4, r        # the batch is split 4 ways
+        assert r["loss_max_rel_diff"] <= 1e-5 and r["param_max_abs_diff"] <= 1e-5, r
+        assert r["collective_ops"] and set(r["collective_ops"]) <= {"all-reduce"}, r
+        assert set(r["collective_axes"]) == {"data+model"}, r
+
+
+# ================================================================================================
+# 6. Bad input fails clearly
+# ================================================================================================
+def test_bad_shapes_fail_clearly(tmp_path):
+    res = run_task("errors", tmp_path)
+    assert "needs 8 devices but 4 are available" in res["mesh_too_big"]
+    assert "xla_force_host_platform_device_count=8" in res["mesh_too_big"]
+    assert "not divisible by the 4 devices" in res["batch_6_on_data_4"], res
+    assert "divisible" in res["train_batch_6_on_data_4"] and "multiple of 4" in res["train_batch_6_on_data_4"]
+    assert "needs mesh model axis 1 or 2, got 3" in res["model_axis_3"], res
+
+
+# ================================================================================================
+# Child side: the tasks (run with forced host devices)
+# ================================================================================================
+def _small_config(**kw):
+    from alexnet_jax.config import Config
+    return Config(**dict(SMALL, **kw))
+
+
+def _synthetic(config, n: int = 4, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    s, b = config.input_size, config.batch_size
+    return [{"image": rng.normal(size=(b, s, s, 3)).astype(np.float32),
+             "label": rng.integers(0, config.num_classes, b).astype(np.int32)} for _ in range(n)]
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+    import jax
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
+        keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path]
+        out["/".join(str(k) for k in keys if k not in (None, "value"))] = np.asarray(leaf)
+    return out
+
+
+def _trainer(config, mesh):
+    """(graphdef, state, tx, step_fn, model_probe) for `config` on `mesh`."""
+    from flax import nnx
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from alexnet_jax import optim, parallel, train
+    tx = optim.optimizer_from_config(config, steps_per_epoch=100)
+    graphdef, state = train.create_train_state(config, mesh, tx)
+    probe = nnx.eval_shape(lambda: train._no_eager(train.model_builder(config)))
+    spec = NamedSharding(mesh, P(parallel.batch_spec(probe, mesh)[0]))
+    step = train.make_train_step(graphdef, tx, mesh, train.state_shardings(state), {"image": spec, "label": spec})
+    return graphdef, state, tx, step, probe
+
+
+def _train(config, mesh, batches, steps):
+    from alexnet_jax import parallel
+    graphdef, state, tx, step, probe = _trainer(config, mesh)
+    compiled = step.lower(state, parallel.global_batch(batches[0], probe, mesh)).compile()
+    losses = []
+    for i in range(steps):
+        state, metrics = compiled(state, parallel.global_batch(batches[i % len(batches)], probe, mesh))
+        losses.append(float(metrics["loss"]))
+    return state, losses, compiled, graphdef
+
+
+def task_meshes(out: Path, steps: int) -> dict:
+    import jax
+    from flax import nnx
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from alexnet_jax import comms, optim, parallel, train
+    config = _small_config()
+    batches = _synthetic(config)
+    res = {"losses": {}, "comms": {}, "shardings_1x2": {}}
+    init_1x1 = None
+    for d, m in MESHES:
+        mesh = parallel.make_mesh(d, m)
+        name = f"{d}x{m}"
+        if (d, m) in ((1, 1), (1, 2)):
+            tx = optim.optimizer_from_config(config, steps_per_epoch=100)
+            _, st = train.create_train_state(config, mesh, tx)
+            if (d, m) == (1, 1):
+                init_1x1 = _flat(st.params)
+            else:
+                res["shardings_1x2"] = _sharding_report(st, tx, init_1x1)
+        state, losses, compiled, graphdef = _train(config, mesh, batches, steps)
+        res["losses"][name] = losses
+        print(f"{name}: {time.perf_counter() - T0:.1f} s", file=sys.stderr, flush=True)
+        with open(out / f"params_{name}.pkl", "wb") as f:
+            pickle.dump(_flat(state.params), f)
+        if m == 2:
+            x = jax.device_put(batches[0]["image"], NamedSharding(mesh, P("data")))
+            fwd = jax.jit(lambda p, e, x: parallel.apply(nnx.merge(graphdef, p, e), x, mesh=mesh, train=False))
+            res["comms"][name] = {
+                "train": comms.analyze(compiled, mesh).to_dict(),
+                "forward": comms.analyze(fwd.lower(state.params, state.extra, x).compile(), mesh).to_dict(),
+                "param_sizes_per_device": [int(np.prod(x.addressable_shards[0].data.shape))
+                                           for x in jax.tree.leaves(state.params)]}
+    return res
+
+
+def _sharding_report(state, tx, ref: dict) -> dict:
+    import jax
+    import optax
+    params = {}
+    leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    for (path, x), key in zip(leaves, _flat(state.params)):
+        full = ref[key]
+        shards = sorted([s.device.id, *(lambda i: [i.start or 0, i.stop if i.stop is not None else full.shape[0]])(
+            s.index[0] if s.index else slice(None))] for s in x.addressable_shards)
+        diff = max(float(np.max(np.abs(np.asarray(s.data) - full[s.index]))) for s in x.addressable_shards)
+        params[key] = {"spec": list(x.sharding.spec) + [None] * (x.ndim - len(x.sharding.spec)),
+                       "shards": shards, "max_diff_vs_1x1_slice": diff,
+                       "replicated": x.sharding.is_fully_replicated}
+    momentum = {}
+
+    def visit(v, p):
+        momentum[len(momentum)] = (list(v.sharding.spec), list(p.sharding.spec),
+                                   bool(v.sharding.is_equivalent_to(p.sharding, p.ndim)))
+        return v
+
+    optax.tree_utils.tree_map_params(tx, visit, state.opt_state, state.params, transform_non_params=lambda x: x)
+    return {"params": params, "momentum": {str(k): v for k, v in momentum.items()}}
+
+
+def task_fullsize(out: Path) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from alexnet_jax import comms, parallel, train
+    from alexnet_jax.config import Config
+    config = Config(model="alexnet", num_classes=1000, input_size=227, width=1.0)
+    res = {}
+    for d, m, batch in ((1, 2, 2), (2, 2, 4)):
+        mesh = parallel.make_mesh(d, m)
+        graphdef, abstract = parallel.abstract_state(train.model_builder(config), mesh)
+        fwd = jax.jit(lambda s, x: parallel.apply(nnx.merge(graphdef, s), x, mesh=mesh, train=False))
+        x = jax.ShapeDtypeStruct((batch, 227, 227, 3), jnp.float32, sharding=NamedSharding(mesh, P("data")))
+        rep = comms.analyze(fwd.lower(abstract, x).compile(), mesh)
+        cs = [c for c in rep.collectives if c.group_size > 1]
+        assert all(c.op == "all-gather" and c.axis == "model" for c in cs), cs
+        images = batch / d
+        res[f"{d}x{m}"] = {"data": d, "table": comms.format_table(rep, batch), "per_image": {
+            c.layer: {"shape": _dims(c.shape),
+                      "result_bytes": c.bytes / images, "sent_bytes": c.sent / images} for c in cs}}
+    return res
+
+
+def task_checkpoint(out: Path) -> dict:
+    import jax
+    from jax.sharding import SingleDeviceSharding
+
+    from alexnet_jax import checkpoint as ckpt_lib
+    from alexnet_jax import optim, parallel, train
+    config = _small_config(batch_size=8)
+    batches = _synthetic(config)
+
+    def save(workdir: Path, state, step: int, cfg):
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(cfg.to_json())
+        ck = ckpt_lib.Checkpointer(str(workdir / "checkpoints"))
+        ck.save(step, state, {"data_state": ""})
+        ck.close()
+
+    def compare(a, b, target) -> dict:
+        la, lb, lt = jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(target)
+        diff = max(float(np.max(np.abs(np.asarray(jax.device_get(x), np.float64) -
+                                       np.asarray(jax.device_get(y), np.float64)))) for x, y in zip(la, lb))
+        same = all(y.sharding.is_equivalent_to(t.sharding, t.ndim) for y, t in zip(lb, lt))
+        return {"max_abs_diff": diff, "leaves": len(la), "shardings_match_target": bool(same)}
+
+    res = {}
+    # train 3 steps on 1x2, save
+    mesh12 = parallel.make_mesh(1, 2)
+    state, _, compiled, _ = _train(config.replace(mesh_data=1, mesh_model=2), mesh12, batches, 3)
+    saved = jax.device_get(state)
+    wd = out / "run_1x2"
+    save(wd, state, 3, config.replace(mesh_data=1, mesh_model=2))
+    # restore on 1x1 and on 2x2 through train.restore_model
+    for d, m in ((1, 1), (2, 2)):
+        mesh = parallel.make_mesh(d, m)
+        _, _, _, step, st, graphdef, _ = train.restore_model(str(wd), mesh=mesh)
+        tx = optim.optimizer_from_config(config, steps_per_epoch=1)
+        _, target = train.create_train_state(config.replace(mesh_data=d, mesh_model=m), mesh, tx)
+        r = compare(saved, st, target)
+        r["step"] = step
+        r["conv1_kernel_spec"] = list(st.params["conv1"]["kernel"].sharding.spec)
+        if (d, m) == (1, 1):
+            assert all(isinstance(x.sharding, SingleDeviceSharding) or x.sharding.num_devices == 1
+                       for x in jax.tree.leaves(st))
+            # training continues from the restored state on the new mesh
+            _, _, _, step_fn, probe = _trainer(config, mesh)
+            st2, metrics = step_fn(st, parallel.global_batch(batches[3], probe, mesh))
+            r["continues"] = bool(np.isfinite(float(metrics["loss"]))) and int(st2.step) == 4
+        if (d, m) == (2, 2):
+            st22 = st
+        res[f"1x2->{d}x{m}"] = r
+    # and back: save from 2x2, restore onto 1x2 with Checkpointer.restore against a 1x2 state
+    saved22 = jax.device_get(st22)
+    wd2 = out / "run_2x2"
+    save(wd2, st22, 3, config.replace(mesh_data=2, mesh_model=2))
+    tx = optim.optimizer_from_config(config, steps_per_epoch=1)
+    _, target12 = train.create_train_state(config, mesh12, tx)
+    ck = ckpt_lib.Checkpointer(str(wd2 / "checkpoints"))
+    st12, _, _ = ck.restore(target12)
+    ck.close()
+    res["2x2->1x2"] = compare(saved22, st12, target12)
+    # and from one device onto two columns
+    mesh11 = parallel.make_mesh(1, 1)
+    _, st11 = train.create_train_state(config, mesh11, tx)
+    st11 = st11.replace(step=st11.step + 7)
+    saved11 = jax.device_get(st11)
+    wd3 = out / "run_1x1"
+    save(wd3, st11, 7, config.replace(mesh_data=1, mesh_model=1))
+    _, _, _, _, st, _, _ = train.restore_model(str(wd3), mesh=mesh12)
+    res["1x1->1x2"] = compare(saved11, st, target12)
+    return res
+
+
+def task_onecolumn(out: Path) -> dict:
+    from alexnet_jax import comms, parallel
+    from alexnet_jax.config import Config
+    res = {}
+    cfgs = {"alexnet_owt": Config(model="alexnet_owt", num_classes=10, input_size=64, width=0.125,
+                                  batch_size=8, lr=0.01),
+            "lenet5": Config(model="lenet5", num_classes=10, input_size=32, batch_size=8, lr=0.01)}
+    for name, config in cfgs.items():
+        batches = _synthetic(config)
+        one, l1, _, _ = _train(config, parallel.make_mesh(1, 1), batches, 5)
+        mesh = parallel.make_mesh(2, 2)
+        four, l4, compiled, _ = _train(config, mesh, batches, 5)
+        _, _, _, _, probe = _trainer(config, mesh)
+        gb = parallel.global_batch(batches[0], probe, mesh)
+        rep = comms.analyze(compiled, mesh)
+        cs = [c for c in rep.collectives if c.group_size > 1]
+        p1, p4 = _flat(one.params), _flat(four.params)
+        res[name] = {
+            "batch": config.batch_size,
+            "batch_shard_rows": sorted(s.data.shape[0] for s in gb["image"].addressable_shards),
+            "loss_max_rel_diff": float(np.max(np.abs(np.array(l4) - l1) / np.abs(l1))),
+            "param_max_abs_diff": max(float(np.max(np.abs(p1[k] - p4[k]))) for k in p1),
+            "collective_ops": sorted({c.op for c in cs}), "collective_axes": sorted({c.axis for c in cs})}
+    return res
+
+
+def task_errors(out: Path) -> dict:
+    import optax
+
+    from alexnet_jax import parallel, train
+    from alexnet_jax.config import Config
+    res = {}
+
+    def message(fn) -> str:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            return f"{type(e).__name__}: {e}"
+        return "no error"
+
+    res["mesh_too_big"] = message(lambda: parallel.make_mesh(4, 2))
+    config = _small_config(batch_size=6)
+    batch = _synthetic(config, n=1)[0]
+    mesh = parallel.make_mesh(4, 1)
+    _, _, _, step, probe = _trainer(config, mesh)
+    res["batch_6_on_data_4"] = message(lambda: parallel.global_batch(batch, probe, mesh))
+    # the user-facing path refuses before any data is read
+    cfg = _small_config(batch_size=6, mesh_data=4, mesh_model=1, dataset="digits", data_dir=str(out / "tfds"))
+    res["train_batch_6_on_data_4"] = message(lambda: train.train_and_evaluate(cfg, str(out / "wd"), progress=False))
+    res["model_axis_3"] = message(lambda: train.create_train_state(_small_config(), parallel.make_mesh(1, 3),
+                                                                   optax.sgd(0.1)))
+    return res
+
+
+TASKS = {"meshes": task_meshes, "fullsize": task_fullsize, "checkpoint": task_checkpoint,
+         "onecolumn": task_onecolumn, "errors": task_errors}
+
+if __name__ == "__main__":
+    task, out = sys.argv[1], Path(sys.argv[2])
+    kw = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    out.mkdir(parents=True, exist_ok=True)
+    result = TASKS[task](out, **kw)
+    result["seconds"] = time.perf_counter() - T0
+    (out / "result.json").write_text(json.dumps(result, indent=1, default=str))

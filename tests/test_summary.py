@@ -1,0 +1,103 @@
+"""`alexnet_jax.summary` and the `summary` CLI against the published counts (paper_facts.md §4.1, §5)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import alexnet_jax.summary as summary_mod
+from alexnet_jax.cli import main
+
+_REAL_SUMMARIZE = summary_mod.summarize
+
+# paper_facts §5.1 (two-GPU AlexNet, 227x227): layer -> (MACs, params)
+ALEXNET_TABLE = {
+    "conv1": (105_415_200, 34_944), "conv2": (223_948_800, 307_456), "conv3": (149_520_384, 885_120),
+    "conv4": (112_140_288, 663_936), "conv5": (74_760_192, 442_624), "fc6": (37_748_736, 37_752_832),
+    "fc7": (16_777_216, 16_781_312), "fc8": (4_096_000, 4_097_000),
+}
+# paper_facts §5.2 (torchvision alexnet, 224x224)
+OWT_TABLE = {
+    "conv1": (70_276_800, 23_296), "conv2": (223_948_800, 307_392), "conv3": (112_140_288, 663_936),
+    "conv4": (149_520_384, 884_992), "conv5": (99_680_256, 590_080), "fc6": (37_748_736, 37_752_832),
+    "fc7": (16_777_216, 16_781_312), "fc8": (4_096_000, 4_097_000),
+}
+# paper_facts §4.1 (LC98): trainable parameters per layer; the RBF centres are fixed
+LENET_PARAMS = {"C1": 156, "S2": 12, "C3": 1516, "S4": 32, "C5": 48120, "F6": 10164}
+
+_cache: dict = {}
+
+
+def cached_summary(name, **kw):
+    """summarize() is slow on CPU (it builds the full model), so share results within a worker."""
+    key = (name, tuple(sorted(kw.items())))
+    if key not in _cache:
+        _cache[key] = _REAL_SUMMARIZE(name, **kw)
+    return _cache[key]
+
+
+def _rows(s):
+    return {r["layer"]: (r["macs"], r["params"]) for r in s["layers"]}
+
+
+def test_alexnet_published_counts():
+    s = cached_summary("alexnet", input_size=None, num_classes=None, width=1.0)
+    assert s["input_size"] == 227 and s["num_classes"] == 1000
+    assert s["params"] == 60_965_224
+    assert s["macs"] == 724_406_816
+    assert _rows(s) == ALEXNET_TABLE
+    assert sum(m for m, _ in ALEXNET_TABLE.values()) == 724_406_816
+    assert sum(p for _, p in ALEXNET_TABLE.values()) == 60_965_224
+    # per-column output shapes: 48 / 128 / 192 / 192 / 128 maps per GPU (paper_facts §1.2)
+    shapes = {r["layer"]: r["output_shape"] for r in s["layers"]}
+    assert shapes["conv1"] == [55, 55, 48] and shapes["conv2"] == [27, 27, 128]
+    assert shapes["conv5"] == [13, 13, 128] and shapes["fc8"] == [1000]
+
+
+def test_alexnet_owt_published_counts():
+    s = cached_summary("alexnet_owt")
+    assert s["input_size"] == 224
+    assert s["params"] == 61_100_840
+    assert s["macs"] == 714_188_480
+    assert _rows(s) == OWT_TABLE
+
+
+def test_lenet5_rbf_published_params():
+    s = cached_summary("lenet5", head="rbf")
+    assert s["params"] == 60_000
+    rows = {r["layer"]: r["params"] for r in s["layers"]}
+    for layer, n in LENET_PARAMS.items():
+        assert rows[layer] == n, layer
+
+
+def test_cli_summary_alexnet(capsys, monkeypatch):
+    calls = []
+
+    def spy(name, **kw):  # the real summarize, memoised; records what the CLI asked for
+        calls.append((name, kw))
+        return cached_summary(name, **kw)
+
+    monkeypatch.setattr(summary_mod, "summarize", spy)
+    assert main(["summary", "alexnet"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert calls == [("alexnet", {"input_size": None, "num_classes": None, "width": 1.0})]
+    last = json.loads(out[-1])
+    assert last["model"] == "alexnet"
+    assert last["params"] == 60_965_224
+    assert last["macs"] == 724_406_816
+    # the table above it: a row per layer and a total row with the same numbers (thousands separators)
+    table = "\n".join(out[:-1])
+    for layer in ALEXNET_TABLE:
+        assert any(line.split()[0] == layer for line in out[:-1] if line.strip()), layer
+    total = [line for line in out[:-1] if line.startswith("total")]
+    assert total and "60,965,224" in total[0] and "724,406,816" in total[0]
+    assert "alexnet" in table.splitlines()[0]
+
+
+@pytest.mark.slow
+def test_alexnet_224_published_counts():
+    """paper_facts §5.1: the same count holds at 224 with cuda-convnet's 55x55 conv1."""
+    s = _REAL_SUMMARIZE("alexnet", input_size=224)
+    assert (s["params"], s["macs"]) == (60_965_224, 724_406_816)
+    assert _rows(s) == ALEXNET_TABLE
