@@ -130,7 +130,8 @@ def _groups(rest: str, num_devices: int) -> list[tuple[int, ...]]:
     if inner is not None:
         if not inner.strip():
             return [tuple(range(num_devices))]
-        return [tuple(int(v) for v in g.split(",") if v.strip()) for g in re.findall(r"\{([\d,\s]*)\}", inner)]
+        return [tuple(int(v) for v in g.split(",") if v.strip())
+                for g in re.findall(r"\{([\d,\s]*)\}", inner)]
     m = re.search(r"replica_groups=\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", rest)
     if m:  # iota form: [groups,size]<=[reshape dims]T(perm)
         dims = [int(v) for v in m.group(1).split(",")]
@@ -192,7 +193,7 @@ def analyze(compiled_or_text, mesh) -> Report:
         arrays = _result_arrays(op, bool(m.group("start")), m.group("shape"))
         om = _OP_NAME.search(rest)
         names = _split_op_names(om.group(1) if om else "", len(arrays))
-        for (dt, dims), op_name in zip(arrays, names):
+        for (dt, dims), op_name in zip(arrays, names, strict=True):
             out.append(Collective(op=op, name=m.group("name"), shape=f"{dt}[{','.join(map(str, dims))}]",
                                   bytes=_nbytes(dt, dims), group_size=g, groups=tuple(groups),
                                   axis=_axis(groups, mesh_shape), layer=_layer(op_name),

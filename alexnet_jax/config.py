@@ -17,6 +17,7 @@ class Config:
     width: float = 1.0
     dtype: str = "float32"            # compute dtype: float32 | bfloat16 (parameters stay float32)
     head: str = "softmax"             # lenet5 only: softmax | rbf
+    init: str = "paper"               # alexnet / alexnet_half only: paper (N(0, 0.01), biases 1) | he
     # data
     dataset: str = "digits"           # TFDS name: digits | mnist | cifar10 | imagenet2012
     data_dir: str = ""                # "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets

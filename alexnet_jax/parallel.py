@@ -215,12 +215,30 @@ def global_batch(batch: dict[str, np.ndarray], model, mesh: Mesh) -> dict[str, j
     out = {}
     for k, v in batch.items():
         if jax.process_count() == 1 and np.shape(v)[0] % n:
-            raise ValueError(f"batch of {np.shape(v)[0]} ({k!r}) is not divisible by the {n} devices that split "
-                             f"the batch (mesh data={mesh.shape[DATA]} x model={mesh.shape[MODEL]}); "
+            raise ValueError(f"batch of {np.shape(v)[0]} ({k!r}) is not divisible by the {n} devices that "
+                             f"split the batch (mesh data={mesh.shape[DATA]} x model={mesh.shape[MODEL]}); "
                              f"choose a multiple of {n}")
         sharding = NamedSharding(mesh, P(spec[0], *([None] * (v.ndim - 1))))
         out[k] = jax.make_array_from_process_local_data(sharding, np.asarray(v))
     return out
+
+
+def batch_feed(model, mesh: Mesh, batch_size: int) -> tuple[int, int]:
+    """(index, count): this process feeds the index-th of `count` equal, contiguous slices of the global
+    batch, the rows its devices hold.  Processes whose devices hold the same rows (columns of one data
+    replica on different processes) must read the same data: with data=1 every process feeds the whole
+    batch, (0, 1).  One process: (0, 1)."""
+    sharding = NamedSharding(mesh, P(batch_spec(model, mesh)[0]))
+    rows = sorted({(i[0].start or 0, batch_size if i[0].stop is None else i[0].stop)
+                   for i in sharding.addressable_devices_indices_map((batch_size,)).values()})
+    if not rows:
+        raise ValueError(f"process {jax.process_index()} has no device in the mesh {dict(mesh.shape)}")
+    start, stop = rows[0][0], rows[-1][1]
+    n = stop - start
+    if any(a[1] != b[0] for a, b in zip(rows, rows[1:], strict=False)) or batch_size % n or start % n:
+        raise ValueError(f"process {jax.process_index()} holds batch rows {rows} of {batch_size}, not one "
+                         f"contiguous equal slice; lay the mesh out so each process's devices are adjacent")
+    return start // n, batch_size // n
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

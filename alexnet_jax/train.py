@@ -27,7 +27,6 @@ import optax
 from flax import nnx
 
 from alexnet_jax import checkpoint as ckpt_lib
-from alexnet_jax import data as data_lib
 from alexnet_jax import optim, parallel
 from alexnet_jax.config import Config
 from alexnet_jax.models import create_model
@@ -49,6 +48,8 @@ class TrainState:
 # ------------------------------------------------------------------------------------------------
 def model_builder(config: Config) -> Callable[[], nnx.Module]:
     extra = {"head": config.head} if config.model == "lenet5" else {}
+    if config.model in ("alexnet", "alexnet_half"):
+        extra["init"] = config.init
     return lambda: create_model(config.model, num_classes=config.num_classes, input_size=config.input_size,
                                 width=config.width, dtype=config.dtype, seed=config.seed, **extra)
 
@@ -216,6 +217,8 @@ class NonFiniteLossError(FloatingPointError):
 # ------------------------------------------------------------------------------------------------
 def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming from its checkpoints) and return the final metrics."""
+    from alexnet_jax import data as data_lib  # lazy: `bench` builds steps without tfds/grain installed
+
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     primary = jax.process_index() == 0
@@ -233,9 +236,11 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {divisor} devices that "
                          f"split the batch (mesh data={mesh.shape['data']} x model={mesh.shape['model']}); "
                          f"choose a multiple of {divisor}")
-    per_process = config.batch_size // jax.process_count()
-    train_iter = data_lib.make_train_iter(config, batch_size=per_process, process_index=jax.process_index(),
-                                          process_count=jax.process_count(), seed=config.seed)
+    # processes holding the same batch rows (one column each) read the same data
+    feed_index, feed_count = parallel.batch_feed(model_probe, mesh, config.batch_size)
+    per_process = config.batch_size // feed_count
+    train_iter = data_lib.make_train_iter(config, batch_size=per_process, process_index=feed_index,
+                                          process_count=feed_count, seed=config.seed)
     steps_per_epoch = train_iter.steps_per_epoch
     total_steps = config.num_steps or max(1, math.ceil(config.num_epochs * steps_per_epoch))
     eval_every = max(1, round(config.eval_every_epochs * steps_per_epoch))
@@ -270,8 +275,8 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -
     writer = MetricWriter(workdir, enabled=primary)
 
     def eval_batches(split):
-        return data_lib.make_eval_iter(config, split, batch_size=per_process, process_index=jax.process_index(),
-                                       process_count=jax.process_count(), ten_crop=config.ten_crop)
+        return data_lib.make_eval_iter(config, split, batch_size=per_process, process_index=feed_index,
+                                       process_count=feed_count, ten_crop=config.ten_crop)
 
     def data_state_b64() -> str:
         return base64.b64encode(train_iter.get_state()).decode()
@@ -422,12 +427,15 @@ def restore_model(workdir: str, *, mesh=None, step: int | None = None):
 
 def evaluate_workdir(workdir: str, *, split: str | None = None, ten_crop: bool | None = None,
                      mesh=None) -> dict[str, Any]:
+    from alexnet_jax import data as data_lib
+
     config, model, _, step, state, graphdef, mesh = restore_model(workdir, mesh=mesh)
     if ten_crop is not None:
         config = config.replace(ten_crop=ten_crop)
     split = split or config.eval_split
-    per_process = config.batch_size // jax.process_count()
-    batches = data_lib.make_eval_iter(config, split, batch_size=per_process, process_index=jax.process_index(),
-                                      process_count=jax.process_count(), ten_crop=config.ten_crop)
+    feed_index, feed_count = parallel.batch_feed(model, mesh, config.batch_size)
+    per_process = config.batch_size // feed_count
+    batches = data_lib.make_eval_iter(config, split, batch_size=per_process, process_index=feed_index,
+                                      process_count=feed_count, ten_crop=config.ten_crop)
     res = evaluate(make_eval_step(graphdef, mesh), state, batches, model, mesh)
     return dict(res, split=split, step=step, ten_crop=config.ten_crop)

@@ -542,7 +542,7 @@ def test_memory_train_batch_equals_per_example_preprocessing(mnist_dir, cifar_di
             x = img.astype(np.float32)
             if img.shape[0] != pre.base_size:
                 pytest.fail("cifar images are stored 32x32")
-            x = (x - pre.mean) / np.float32(255.0)
+            x = x - pre.mean
             x = np.pad(x, ((4, 4), (4, 4), (0, 0)))
             t, l = params["top"][i], params["left"][i]
             x = x[t:t + input_size, l:l + input_size]

@@ -122,7 +122,8 @@ def test_lrn_bfloat16_keeps_dtype():
     x = _large((1, 2, 2, 9), seed=11)
     got = lrn(jnp.asarray(x, jnp.bfloat16))
     assert got.dtype == jnp.bfloat16
-    want = np_lrn_paper(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64), k=2.0, n=5, alpha=1e-4, beta=0.75)
+    xb = np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64)
+    want = np_lrn_paper(xb, k=2.0, n=5, alpha=1e-4, beta=0.75)
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-2)
 
 
@@ -161,7 +162,7 @@ def test_max_pool_overlapping_sizes():
     for _ in range(3):
         sizes.append((sizes[-1] - 3) // 2 + 1)
     assert sizes == [55, 27, 13, 6]
-    for a, b in zip(sizes, sizes[1:]):
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
         y = jax.eval_shape(max_pool, jax.ShapeDtypeStruct((2, a, a, 5), jnp.float32))
         assert y.shape == (2, b, b, 5)
         assert conv_out(a, 3, 2, 0, 0) == b

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from flax import nnx
 
 import alexnet_jax.summary as summary_mod
 from alexnet_jax.cli import main
-
-_REAL_SUMMARIZE = summary_mod.summarize
+from alexnet_jax.models import create_model
 
 # paper_facts §5.1 (two-GPU AlexNet, 227x227): layer -> (MACs, params)
 ALEXNET_TABLE = {
@@ -26,23 +26,21 @@ OWT_TABLE = {
 # paper_facts §4.1 (LC98): trainable parameters per layer; the RBF centres are fixed
 LENET_PARAMS = {"C1": 156, "S2": 12, "C3": 1516, "S4": 32, "C5": 48120, "F6": 10164}
 
-_cache: dict = {}
-
-
-def cached_summary(name, **kw):
-    """summarize() is slow on CPU (it builds the full model), so share results within a worker."""
-    key = (name, tuple(sorted(kw.items())))
-    if key not in _cache:
-        _cache[key] = _REAL_SUMMARIZE(name, **kw)
-    return _cache[key]
+@pytest.fixture
+def abstract_models(monkeypatch):
+    """summarize() materialises the full model (~61M random numbers, seconds on a CPU) although it
+    only needs shapes: build it with nnx.eval_shape instead.  Everything summarize counts (the
+    traced jaxpr, the parameter shapes) is unchanged; the CLI test below runs the real path."""
+    monkeypatch.setattr(summary_mod, "create_model",
+                        lambda *a, **kw: nnx.eval_shape(lambda: create_model(*a, **kw)))
 
 
 def _rows(s):
     return {r["layer"]: (r["macs"], r["params"]) for r in s["layers"]}
 
 
-def test_alexnet_published_counts():
-    s = cached_summary("alexnet", input_size=None, num_classes=None, width=1.0)
+def test_alexnet_published_counts(abstract_models):
+    s = summary_mod.summarize("alexnet")
     assert s["input_size"] == 227 and s["num_classes"] == 1000
     assert s["params"] == 60_965_224
     assert s["macs"] == 724_406_816
@@ -55,8 +53,8 @@ def test_alexnet_published_counts():
     assert shapes["conv5"] == [13, 13, 128] and shapes["fc8"] == [1000]
 
 
-def test_alexnet_owt_published_counts():
-    s = cached_summary("alexnet_owt")
+def test_alexnet_owt_published_counts(abstract_models):
+    s = summary_mod.summarize("alexnet_owt")
     assert s["input_size"] == 224
     assert s["params"] == 61_100_840
     assert s["macs"] == 714_188_480
@@ -64,24 +62,16 @@ def test_alexnet_owt_published_counts():
 
 
 def test_lenet5_rbf_published_params():
-    s = cached_summary("lenet5", head="rbf")
+    s = summary_mod.summarize("lenet5", head="rbf")
     assert s["params"] == 60_000
     rows = {r["layer"]: r["params"] for r in s["layers"]}
     for layer, n in LENET_PARAMS.items():
         assert rows[layer] == n, layer
 
 
-def test_cli_summary_alexnet(capsys, monkeypatch):
-    calls = []
-
-    def spy(name, **kw):  # the real summarize, memoised; records what the CLI asked for
-        calls.append((name, kw))
-        return cached_summary(name, **kw)
-
-    monkeypatch.setattr(summary_mod, "summarize", spy)
+def test_cli_summary_alexnet(capsys):
     assert main(["summary", "alexnet"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert calls == [("alexnet", {"input_size": None, "num_classes": None, "width": 1.0})]
     last = json.loads(out[-1])
     assert last["model"] == "alexnet"
     assert last["params"] == 60_965_224
@@ -95,9 +85,8 @@ def test_cli_summary_alexnet(capsys, monkeypatch):
     assert "alexnet" in table.splitlines()[0]
 
 
-@pytest.mark.slow
-def test_alexnet_224_published_counts():
+def test_alexnet_224_published_counts(abstract_models):
     """paper_facts §5.1: the same count holds at 224 with cuda-convnet's 55x55 conv1."""
-    s = _REAL_SUMMARIZE("alexnet", input_size=224)
+    s = summary_mod.summarize("alexnet", input_size=224)
     assert (s["params"], s["macs"]) == (60_965_224, 724_406_816)
     assert _rows(s) == ALEXNET_TABLE

@@ -15,7 +15,7 @@ from alexnet_jax.optim import LENET_PAPER_EPOCH_BOUNDARIES, LENET_PAPER_FACTORS
 
 def get_config() -> Config:
     return Config(model="lenet5", head="rbf", num_classes=10, input_size=32, dataset="mnist",
-                  augment="lenet", batch_size=32, num_epochs=20, lr=0.01, lr_schedule="steps",
+                  augment="lenet", batch_size=32, num_epochs=20, lr=0.005, lr_schedule="steps",
                   lr_boundaries=tuple(float(b) for b in LENET_PAPER_EPOCH_BOUNDARIES),
                   lr_factors=LENET_PAPER_FACTORS, weight_decay=0.0, eval_every_epochs=1,
                   checkpoint_every_steps=2000, log_every_steps=200)

@@ -43,7 +43,8 @@ Preprocessing (``config.augment``; all outputs float32 NHWC, labels int32):
                   bilinear, background fill: per-axis scale U(0.85, 1.15) (independent -> squeezing),
                   horizontal shear U(-0.3, 0.3) (column shift per row), translation U(-2, 2) px per axis.
 ``cifar``         base size S = max(input_size, 32) (images resized bilinearly when S != stored size);
-                  x = (image - mean) / 255 where mean is the per-pixel mean image of the training split
+                  x = image - mean, centred raw RGB in 0..255 units like ``alexnet`` (K12 §2: the paper's
+                  init, N(0, 0.01) weights, assumes raw pixel scale), where mean is the per-pixel mean image of the training split
                   (computed once and cached next to the dataset) when input_size == 32, else the fixed
                   CIFAR-10 per-channel mean (125.3, 123.0, 113.9).  Train: zero-pad 4 px (zero = the mean
                   after centring), random input_size crop, horizontal flip p=0.5.  Eval: centre crop.
@@ -206,15 +207,15 @@ def warp_affine_batch(x: np.ndarray, params: np.ndarray) -> np.ndarray:
     # forward map of centred (row, col): row' = sy row + ty; col' = sh row + sx col + tx; sample its inverse
     dr = np.arange(h, dtype=np.float64)[None, :, None] - cr - ty
     dc = np.arange(w, dtype=np.float64)[None, None, :] - cc - tx
-    c = dc / sx - dr * (sh / (sy * sx)) + cc
-    r = np.broadcast_to(dr / sy + cr, c.shape)
+    c = dc / sx - dr * (sh / (sy * sx)) + cc                   # (N, H, W)
+    r = dr / sy + cr                                          # (N, H, 1): constant along a row
     inside = (r >= 0) & (r <= h - 1) & (c >= 0) & (c <= w - 1)
     r0 = np.clip(np.floor(r), 0, max(h - 2, 0)).astype(np.intp)
     c0 = np.clip(np.floor(c), 0, max(w - 2, 0)).astype(np.intp)
     fr, fc = (r - r0)[..., None], (c - c0)[..., None]
     dy, dx = (w if h > 1 else 0), (1 if w > 1 else 0)   # to the next row / column
     flat = x.reshape(n * h * w, -1)
-    i00 = (np.arange(n)[:, None, None] * (h * w) + r0 * w + c0).ravel()
+    i00 = (np.arange(n)[:, None, None] * (h * w) + r0 * w + c0).ravel()   # (N, H, W) flat
     v = [flat[i].reshape(n, h, w, -1) for i in (i00, i00 + dx, i00 + dy, i00 + dy + dx)]
     out = (v[0] * (1 - fc) + v[1] * fc) * (1 - fr) + (v[2] * (1 - fc) + v[3] * fc) * fr
     return np.where(inside[..., None], out, 0.0).astype(x.dtype)
@@ -304,8 +305,6 @@ class Preprocessor:
         x = imgs.astype(np.float32)
         if self.mean is not None:
             x -= self.mean
-        if a == "cifar":
-            x /= np.float32(255.0)
         return x
 
     def base(self, img: np.ndarray) -> np.ndarray:

@@ -62,9 +62,10 @@ class ColumnConv(nnx.Module):
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, padding="SAME",
-                 bias: float = 0.0, std: float = 0.01, columns: int = COLUMNS, dtype=jnp.float32,
+                 bias: float = 0.0, std: float | None = 0.01, columns: int = COLUMNS, dtype=jnp.float32,
                  rngs: nnx.Rngs):
         self.stride, self.padding, self.dtype = stride, padding, dtype
+        std = std if std is not None else (2.0 / (kernel * kernel * in_ch)) ** 0.5  # None: He normal
         self.kernel = nnx.Param(normal(std)(rngs.params(), (columns, kernel, kernel, in_ch, out_ch)),
                                 out_sharding=(MODEL_AXIS, None, None, None, None))
         self.bias = nnx.Param(constant(bias)(rngs.params(), (columns, out_ch)),
@@ -80,9 +81,10 @@ class ColumnConv(nnx.Module):
 class ColumnDense(nnx.Module):
     """`columns` independent dense layers; kernel_CIO[c] belongs to column c."""
 
-    def __init__(self, in_features: int, out_features: int, *, bias: float = 0.0, std: float = 0.01,
+    def __init__(self, in_features: int, out_features: int, *, bias: float = 0.0, std: float | None = 0.01,
                  columns: int = COLUMNS, dtype=jnp.float32, rngs: nnx.Rngs):
         self.dtype = dtype
+        std = std if std is not None else (2.0 / in_features) ** 0.5  # None: He normal
         self.kernel = nnx.Param(normal(std)(rngs.params(), (columns, in_features, out_features)),
                                 out_sharding=(MODEL_AXIS, None, None))
         self.bias = nnx.Param(constant(bias)(rngs.params(), (columns, out_features)),
@@ -90,6 +92,27 @@ class ColumnDense(nnx.Module):
 
     def __call__(self, c: int, x_BI: jax.Array) -> jax.Array:
         return x_BI.astype(self.dtype) @ self.kernel[c].astype(self.dtype) + self.bias[c].astype(self.dtype)
+
+
+def _init_rule(init: str) -> tuple[float | None, float]:
+    """(weight std, the bias of conv2/4/5 and fc6/7) for an init rule.
+
+    "paper": N(0, 0.01) weights and biases 1 (K12 §5), built for full-width nets on centred raw
+    pixels.  "he": He-normal weights (std sqrt(2 / fan_in)), zero biases and inputs divided by
+    the ImageNet channel std (unit scale, which He init assumes), for narrow nets
+    (width << 1), where the paper's fixed std 0.01 shrinks the signal at every layer until the
+    constant biases drown it and training never starts (measured: chance accuracy after an
+    epoch at width 0.125 on CIFAR-10).
+    """
+    if init == "paper":
+        return 0.01, 1.0
+    if init == "he":
+        return None, 0.0
+    raise ValueError(f"unknown init {init!r}; valid: paper, he")
+
+
+def _kernel_init(std: float | None):
+    return normal(std) if std is not None else nnx.initializers.he_normal()
 
 
 def concat_columns(hs: Sequence[jax.Array]) -> jax.Array:
@@ -128,26 +151,28 @@ class AlexNet2012(nnx.Module):
     """
 
     def __init__(self, *, num_classes: int = 1000, input_size: int = 227, width: float = 1.0,
-                 dtype=jnp.float32, dropout_rate: float = 0.5, rngs: nnx.Rngs):
+                 dtype=jnp.float32, dropout_rate: float = 0.5, init: str = "paper", rngs: nnx.Rngs):
         self.num_classes, self.input_size, self.dtype, self.dropout_rate = num_classes, input_size, dtype, dropout_rate
         c1, c2, c3, c4, c5, f = (_w(n, width) for n in (48, 128, 192, 192, 128, 2048))
         k, s, pad = stem(input_size)
         self.conv1_padding = pad
-        col = dict(dtype=dtype, rngs=rngs)
+        std, one = _init_rule(init)
+        self.input_std = IMAGENET_STD if init == "he" else None
+        col = dict(dtype=dtype, rngs=rngs, std=std)
         self.conv1 = ColumnConv(3, c1, k, stride=s, padding=pad, bias=0.0, **col)
-        self.conv2 = ColumnConv(c1, c2, 5, padding=((2, 2), (2, 2)), bias=1.0, **col)
+        self.conv2 = ColumnConv(c1, c2, 5, padding=((2, 2), (2, 2)), bias=one, **col)
         self.conv3 = ColumnConv(COLUMNS * c2, c3, 3, padding=((1, 1), (1, 1)), bias=0.0, **col)
-        self.conv4 = ColumnConv(c3, c4, 3, padding=((1, 1), (1, 1)), bias=1.0, **col)
-        self.conv5 = ColumnConv(c4, c5, 3, padding=((1, 1), (1, 1)), bias=1.0, **col)
+        self.conv4 = ColumnConv(c3, c4, 3, padding=((1, 1), (1, 1)), bias=one, **col)
+        self.conv5 = ColumnConv(c4, c5, 3, padding=((1, 1), (1, 1)), bias=one, **col)
         hw = conv_out(input_size, k, s, *pad[0])
         for _ in range(3):  # the three overlapping 3/2 max-pools
             hw = conv_out(hw, 3, 2, 0, 0)
         if hw < 1:
             raise ValueError(f"input_size {input_size} is too small for AlexNet (pool5 would be empty)")
         self.pool5_hw = hw
-        self.fc6 = ColumnDense(hw * hw * COLUMNS * c5, f, bias=1.0, **col)
-        self.fc7 = ColumnDense(COLUMNS * f, f, bias=1.0, **col)
-        self.fc8 = nnx.Linear(COLUMNS * f, num_classes, kernel_init=normal(0.01), bias_init=constant(0.0),
+        self.fc6 = ColumnDense(hw * hw * COLUMNS * c5, f, bias=one, **col)
+        self.fc7 = ColumnDense(COLUMNS * f, f, bias=one, **col)
+        self.fc8 = nnx.Linear(COLUMNS * f, num_classes, kernel_init=_kernel_init(std), bias_init=constant(0.0),
                               dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
     # --- the per-column halves of the network (one GPU's work between two exchanges) -----------
@@ -208,6 +233,8 @@ class AlexNet2012(nnx.Module):
             keep6, keep7 = dropout_masks
         cols = range(local)
         x = x_BHWC.astype(self.dtype)
+        if self.input_std is not None:  # "he" init: unit-scale inputs (see _init_rule)
+            x = x / jnp.asarray(self.input_std, self.dtype)
         h = [self.column_conv12(c, x) for c in cols]               # GPU-local
         h = exchange(h)                                            # conv3 sees both columns
         h = [self.column_conv345(c, h) for c in cols]              # GPU-local
@@ -231,8 +258,9 @@ class _OneColumn(nnx.Module):
     # convs: (name, out_channels, kernel, stride, padding, lrn_after, pool_after)
     # fcs:   (name, out_features, dropout_before)
     def _build(self, convs, fcs, *, input_size, width, dtype, rngs, conv_kernel_init, conv_bias,
-               fc_kernel_init, fc_bias, batchnorm=False, adaptive_pool=None):
+               fc_kernel_init, fc_bias, batchnorm=False, adaptive_pool=None, input_std=None):
         self.dtype = dtype
+        self.input_std = input_std
         in_ch, hw = 3, input_size
         self.conv_names, self.fc_names = [], []
         for name, ch, k, s, pad, lrn_after, pool_after in convs:
@@ -266,6 +294,8 @@ class _OneColumn(nnx.Module):
     def __call__(self, x_BHWC: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None,
                  dropout_rate: float = 0.5) -> jax.Array:
         h = x_BHWC.astype(self.dtype)
+        if self.input_std is not None:  # centred raw RGB -> unit scale, as torchvision's Normalize
+            h = h / jnp.asarray(self.input_std, self.dtype)
         for name, lrn_after, pool_after in self.conv_names:
             with jax.named_scope(name):
                 h = getattr(self, name)(h)
@@ -290,6 +320,12 @@ class _OneColumn(nnx.Module):
         return h.astype(jnp.float32)
 
 
+# Inputs.  Every pipeline feeds AlexNets centred raw RGB in 0..255 units (K12 §2; the paper's
+# N(0, 0.01) init assumes that scale).  The nets built for unit-variance inputs (torchvision, Keras,
+# the BatchNorm net: default Glorot/LeCun/He inits) divide by the ImageNet per-channel standard
+# deviation first, which is exactly torchvision's Normalize(mean, std) given centred pixels.
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
 _SAME1 = ((1, 1), (1, 1))
 _SAME2 = ((2, 2), (2, 2))
 _VALID = ((0, 0), (0, 0))
@@ -306,17 +342,19 @@ class AlexNetHalf(_OneColumn):
     """
 
     def __init__(self, *, num_classes: int = 1000, input_size: int = 227, width: float = 1.0,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+                 dtype=jnp.float32, init: str = "paper", rngs: nnx.Rngs):
         self.num_classes, self.input_size = num_classes, input_size
+        std, one = _init_rule(init)
         k, s, pad = stem(input_size)
         convs = [("conv1", 48, k, s, pad, True, True), ("conv2", 128, 5, 1, _SAME2, True, True),
                  ("conv3", 192, 3, 1, _SAME1, False, False), ("conv4", 192, 3, 1, _SAME1, False, False),
                  ("conv5", 256, 3, 1, _SAME1, False, True)]
-        ones = {n: 1.0 for n in ("conv2", "conv4", "conv5", "fc6", "fc7")}
+        ones = {n: one for n in ("conv2", "conv4", "conv5", "fc6", "fc7")}
         # dropout on the outputs of fc6 and fc7 == before fc7 and fc8
         fcs = [("fc6", 4096, False), ("fc7", 4096, True), ("fc8", num_classes, True)]
         self._build(convs, fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
-                    conv_kernel_init=normal(0.01), conv_bias=ones, fc_kernel_init=normal(0.01), fc_bias=ones)
+                    conv_kernel_init=_kernel_init(std), conv_bias=ones, fc_kernel_init=_kernel_init(std),
+                    fc_bias=ones, input_std=IMAGENET_STD if init == "he" else None)
 
 
 class AlexNetOWT(_OneColumn):
@@ -338,7 +376,7 @@ class AlexNetOWT(_OneColumn):
         init = nnx.initializers.lecun_normal()
         self._build(convs, fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
                     conv_kernel_init=init, conv_bias={}, fc_kernel_init=init, fc_bias={},
-                    adaptive_pool=(6, 6))
+                    adaptive_pool=(6, 6), input_std=IMAGENET_STD)
 
 
 class AlexNetKeras(_OneColumn):
@@ -358,7 +396,7 @@ class AlexNetKeras(_OneColumn):
         fcs = [("fc5", 4096, False), ("fc6", 4096, False), ("fc7", num_classes, False)]
         init = nnx.initializers.glorot_uniform()  # Keras' default
         self._build(convs, fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
-                    conv_kernel_init=init, conv_bias={}, fc_kernel_init=init, fc_bias={})
+                    conv_kernel_init=init, conv_bias={}, fc_kernel_init=init, fc_bias={}, input_std=IMAGENET_STD)
 
 
 class AlexNetBN(_OneColumn):
@@ -380,4 +418,5 @@ class AlexNetBN(_OneColumn):
         fcs = [("fc6", 4096, True), ("fc7", 4096, True), ("fc8", num_classes, False)]
         init = nnx.initializers.he_uniform()
         self._build(convs, fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
-                    conv_kernel_init=init, conv_bias={}, fc_kernel_init=init, fc_bias={}, batchnorm=True)
+                    conv_kernel_init=init, conv_bias={}, fc_kernel_init=init, fc_bias={}, batchnorm=True,
+                    input_std=IMAGENET_STD)

@@ -1,0 +1,425 @@
+"""The analysis tools (alexnet_jax/tools): pure functions on known answers, the per-layer forward taps
+against the models' own forward pass, and every tool run on a tiny checkpoint trained here.
+
+One tiny workdir is trained once per test session (shared by the xdist workers through a file lock)
+by the real trainer in a subprocess: a 1000-way two-column AlexNet2012 (input 64, width 0.0625,
+augment=alexnet) on a 20-image imagenet2012-style wnid folder tree prepared here, with the columns on
+2 forced CPU devices (mesh_model=2).  Every tool then runs in this process on one CPU device, restoring
+the 2-device checkpoint onto 1 device.  (A single training keeps the file within its time budget on a
+shared 2-core machine: nearly all of a training's time is compiling, and a one-device run would restore
+through the same code.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = Path(__file__).resolve().parents[2] / "shared/data/imagenet_samples/imagenet_samples_100.tar"
+WNIDS = ("n01440764", "n01530575", "n01601694", "n01641577")
+CONFIG = dict(model="alexnet", num_classes=1000, input_size=64, width=0.0625, dataset="imagenet2012",
+              augment="alexnet", eval_split="validation", batch_size=8, num_steps=2, log_every_steps=1,
+              mesh_model=2)
+
+_TRAIN = """
+import json, sys
+from alexnet_jax.config import Config
+from alexnet_jax.data import prepare
+from alexnet_jax.train import train_and_evaluate
+spec = json.loads(sys.argv[1])
+prepare("imagenet2012", spec["source"], spec["data_dir"])
+print(json.dumps(train_and_evaluate(Config.from_dict(spec["config"]), spec["workdir"], progress=False)))
+"""
+
+
+def _build(root: Path) -> dict:
+    """Image tree -> TFDS imagenet2012 (train 16, validation 4) -> 2 training steps on 2 CPU devices."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    src = root / "imagenet_src"
+    for i in range(20):
+        d = src / "train" / WNIDS[i % 4]
+        d.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(d / f"{WNIDS[i % 4]}_{i}.JPEG")
+    spec = dict(source=str(src), data_dir=str(root / "tfds"), workdir=str(root / "run"),
+                config=dict(CONFIG, data_dir=str(root / "tfds")))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    r = subprocess.run([sys.executable, "-c", _TRAIN, json.dumps(spec)], env=env, cwd=str(ROOT), text=True,
+                       capture_output=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"training failed:\n{r.stderr[-4000:]}")
+    return dict(spec, src=str(src), result=json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory) -> dict:
+    """The trained workdir, built once and shared by the xdist workers (file lock)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tools_run"
+    root.mkdir(exist_ok=True)
+    ready, failed = root / "ready.json", root / "failed.txt"
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if ready.exists():
+                return json.loads(ready.read_text())
+            if failed.exists():
+                pytest.fail(failed.read_text())
+            try:
+                out = _build(root)
+            except Exception as e:
+                failed.write_text(str(e))
+                raise
+            ready.write_text(json.dumps(out))
+            return out
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _tool(module, argv: list[str], capsys) -> dict:
+    """Run a tool's `run` in this process; returns its final JSON line."""
+    p = argparse.ArgumentParser()
+    module.add_arguments(p)
+    assert module.run(p.parse_args(argv)) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    return json.loads(lines[-1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure functions
+# ------------------------------------------------------------------------------------------------
+def test_colour_specificity_known_kernels():
+    from alexnet_jax.tools.filters import colour_specificity
+
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(6, 11, 11))
+    grey = np.stack([g, g, g], -1)                                    # same pattern in R, G, B
+    assert np.all(colour_specificity(grey) == 0.0)                    # exactly
+    assert colour_specificity(np.ones((1, 5, 5, 3)))[0] == 0.0        # constant: defined as 0, not NaN
+
+    a = g - g.mean(axis=(1, 2), keepdims=True)                        # zero-mean spatial patterns
+    zero = np.zeros_like(a)
+    for ch in range(3):
+        single = np.stack([a if c == ch else zero for c in range(3)], -1)
+        np.testing.assert_allclose(colour_specificity(single), 2 / 3, rtol=1e-12)
+    red_offset = np.stack([g + 3.0, zero, zero], -1)                  # any single-channel kernel: >= 2/3
+    assert np.all((colour_specificity(red_offset) >= 2 / 3 - 1e-12) & (colour_specificity(red_offset) <= 1))
+    flat_red = np.zeros((1, 5, 5, 3))
+    flat_red[..., 0] = 1.0
+    np.testing.assert_allclose(colour_specificity(flat_red), 1.0, rtol=1e-12)
+    opponent = np.stack([a, -a, zero], -1)                            # red-minus-green: no grey part
+    np.testing.assert_allclose(colour_specificity(opponent), 1.0, rtol=1e-12)
+
+    mixed = np.stack([(1 - t) * grey[0] + t * opponent[0] for t in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)])
+    s = colour_specificity(mixed)
+    assert s[0] == 0.0 and np.all(np.diff(s) > 0) and abs(s[-1] - 1) < 1e-12
+    assert np.all((colour_specificity(rng.normal(size=(50, 5, 5, 3))) >= 0) &
+                  (colour_specificity(rng.normal(size=(50, 5, 5, 3))) <= 1))
+    with pytest.raises(ValueError):
+        colour_specificity(np.ones((2, 5, 5, 1)))
+
+
+def test_nearest_neighbours_known_answers():
+    from alexnet_jax.tools.neighbours import nearest_neighbours
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(20, 8)) * 10
+    f[7] = f[3] + 1e-3                  # 3 and 7 are each other's nearest point
+    f[12] = f[5]                        # an exact duplicate
+    idx = nearest_neighbours(f, [3, 7, 5], k=4)
+    assert idx.shape == (3, 4)
+    assert idx[0, 0] == 7 and idx[1, 0] == 3 and idx[2, 0] == 12
+    for row, q in zip(idx, [3, 7, 5], strict=True):
+        assert q not in row                                         # the query itself is excluded
+        d = np.linalg.norm(f[row] - f[q], axis=1)
+        assert np.all(np.diff(d) >= 0)                              # nearest first
+        brute = [j for j in np.argsort(np.linalg.norm(f - f[q], axis=1), kind="stable") if j != q][:4]
+        assert list(row) == brute
+    assert nearest_neighbours(f, [3], k=1, exclude_self=False)[0, 0] == 3
+    assert nearest_neighbours(f, [0], k=19).shape == (1, 19)
+    with pytest.raises(ValueError):
+        nearest_neighbours(f, [0], k=20)
+
+
+def test_activation_stats_counts_exact_zeros():
+    from alexnet_jax.tools.activations import activation_stats
+
+    a = np.arange(1, 2 * 3 * 3 * 4 + 1, dtype=np.float32).reshape(2, 3, 3, 4)
+    a[..., 1] = 0.0                                # unit 1 dead everywhere
+    a[0, 0, 0, 2] = 0.0                            # two more exact zeros
+    a[1, 2, 2, 3] = 0.0
+    a[1, 1, 1, 0] = 1e-30                          # tiny but not zero
+    s = activation_stats(a)
+    assert s["zeros"] == 18 + 2 and s["size"] == a.size
+    assert s["dead_fraction"] == 20 / a.size
+    assert s["dead_units"] == 1 / 4 and s["units"] == 4
+    relu = np.maximum(np.random.default_rng(0).normal(size=(64, 128)), 0)
+    assert activation_stats(relu)["dead_fraction"] == np.mean(relu == 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Forward taps against the models' own forward pass
+# ------------------------------------------------------------------------------------------------
+def _filled_model(name, **kw):
+    """The structure of create_model(name, **kw) with numpy-random values (no init compilation)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from alexnet_jax.models import create_model
+
+    with nnx.use_eager_sharding(False):
+        abstract = nnx.eval_shape(lambda: create_model(name, **kw))
+    graphdef, state = nnx.split(abstract)
+    rng = np.random.default_rng(0)
+
+    def fill(path, leaf):
+        key = str(path[-1].key)
+        if key == "var":
+            v = rng.uniform(0.5, 1.5, leaf.shape)
+        elif key in ("bias", "mean", "bias_C", "bias_O"):
+            v = rng.normal(0.0, 0.1, leaf.shape)
+        elif key in ("scale", "coef_C"):
+            v = 1.0 + rng.normal(0.0, 0.1, leaf.shape)
+        else:
+            fan_in = math.prod(leaf.shape[-4:-1]) if len(leaf.shape) >= 4 else leaf.shape[-2]
+            v = rng.normal(0.0, math.sqrt(2.0 / fan_in), leaf.shape)
+        return jnp.asarray(v, leaf.dtype)
+
+    nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(fill, nnx.to_pure_dict(state)))
+    return nnx.merge(graphdef, state)
+
+
+@pytest.mark.parametrize("name,kw,feature,dim", [
+    ("alexnet", dict(input_size=32, width=0.0625, num_classes=10), "fc7", 256),
+    ("alexnet_bn", dict(input_size=32, width=0.0625, num_classes=10), "fc7", 256),
+    ("lenet5", dict(input_size=32), "F6", 84),
+    ("lenet5_modern", dict(input_size=32), "F6", 84),
+])
+def test_forward_layers_match_the_model(name, kw, feature, dim):
+    import jax
+    from flax import nnx
+
+    from alexnet_jax.tools import _common
+
+    model = _filled_model(name, **kw)
+    channels = 1 if name.startswith("lenet") else 3
+    x = np.random.default_rng(1).normal(size=(3, 32, 32, channels)).astype(np.float32)
+    layers, feats, logits = _common.compile_forward(model)(x)
+    expected = nnx.jit(lambda m, x: m(x))(model, x)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), rtol=1e-4, atol=1e-5)
+    kinds = _common.layer_kinds(model)
+    assert list(layers) == list(kinds) and _common.feature_layer(model) == feature
+    assert feats.shape == (3, dim)
+    joined = np.concatenate([np.asarray(a) for a in layers[feature]], -1)
+    np.testing.assert_array_equal(joined, np.asarray(feats))
+    for layer, per_column in layers.items():
+        assert len(per_column) == (2 if name == "alexnet" and layer != "fc8" else 1)
+        if kinds[layer] == "relu":
+            assert all(np.asarray(a).min() >= 0 for a in per_column)
+    assert jax.tree.leaves(layers)
+
+
+def test_filters_lenet_c1_grid_without_colour_score(tmp_path):
+    from alexnet_jax.tools import filters
+
+    a = filters.analyse(_filled_model("lenet5", input_size=32))
+    assert a["layer"] == "C1" and a["blocks"][0].shape == (6, 5, 5, 1)
+    assert a["per_column"] == [None] and a["per_kernel"] == [None]
+    out = filters.draw(a["blocks"], a["per_column"], a["layer"], str(tmp_path / "c1.png"))
+    assert Path(out).stat().st_size > 0
+    one_col = filters.analyse(_filled_model("alexnet_half", input_size=32, width=0.0625))
+    assert len(one_col["blocks"]) == 1 and one_col["blocks"][0].shape == (3, 5, 5, 3)
+    assert 0 <= one_col["per_column"][0] <= 1
+
+
+def test_class_names_without_the_dataset(tmp_path):
+    from alexnet_jax.config import Config
+    from alexnet_jax.tools import _common
+
+    cfg = Config(model="alexnet", num_classes=1000, input_size=64, dataset="imagenet2012", augment="alexnet",
+                 data_dir=str(tmp_path / "empty"))
+    names = _common.class_names(cfg)
+    assert len(names.ids) == 1000 and names.ids[0] == "n01440764" and names.ids[-1] == "n15075141"
+    assert names.names[0] == "tench" and "ILSVRC-2012 synsets" in names.source
+    pre, how = _common.preprocessor(cfg)
+    assert pre.mean.shape == (3,) and "not prepared" in how
+    small = _common.class_names(cfg.replace(num_classes=10, dataset="cifar10"))
+    assert small.ids == [f"class_{i}" for i in range(10)]
+
+
+def test_image_inputs_from_folders_and_tars(tmp_path):
+    from PIL import Image
+
+    from alexnet_jax.config import Config
+    from alexnet_jax.tools import _common
+
+    photos = tmp_path / "photos" / "sub"
+    photos.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, hw in enumerate([(40, 60), (90, 30), (32, 32)]):
+        pixels = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(photos / f"n01440764_tench_{i}.jpg")
+    (photos / "notes.txt").write_text("not an image")
+    with tarfile.open(tmp_path / "photos.tar", "w") as tar:
+        tar.add(photos, arcname="photos")
+    cfg = Config(model="alexnet", num_classes=10, input_size=32, dataset="cifar10", augment="cifar",
+                 data_dir=str(tmp_path / "empty"))                 # not prepared: per-channel mean stands in
+    for source in (tmp_path / "photos", tmp_path / "photos.tar"):
+        inputs = _common.load_inputs(cfg, images=[str(source)])
+        assert inputs.x.shape == (3, 32, 32, 3) and inputs.x.dtype == np.float32
+        assert "CIFAR-10 per-channel mean" in inputs.mean and len(inputs.display) == 3
+        assert [Path(n).name for n in inputs.names] == [f"n01440764_tench_{i}.jpg" for i in range(3)]
+        assert abs(float(inputs.x.mean())) < 60                     # centred raw RGB, 0..255 units
+    assert _common.sample_label("a/n01440764_tench_0.jpg") == ("n01440764", "tench 0")
+    with pytest.raises(FileNotFoundError):
+        _common.read_image_files([str(tmp_path / "missing")])
+
+
+def test_wrapper_scripts():
+    scripts = {p.stem for p in (ROOT / "tools").glob("*.py")}
+    # a script run from tools/ puts the folder first on sys.path: no file there may shadow a stdlib module
+    assert not scripts & set(sys.stdlib_module_names)
+    assert {"inspect_checkpoint", "filters", "neighbours", "predict", "plot", "activations"} <= scripts
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_checkpoint.py"), "--help"],
+                       capture_output=True, text=True, timeout=120, cwd="/")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "--workdir" in r.stdout and "--stats" in r.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# The tools on trained checkpoints (the 2-device one restored onto 1 CPU)
+# ------------------------------------------------------------------------------------------------
+def _param_count(config: dict) -> int:
+    import jax
+    from flax import nnx
+
+    from alexnet_jax.models import create_model
+
+    with nnx.use_eager_sharding(False):
+        m = nnx.eval_shape(lambda: create_model("alexnet", num_classes=config["num_classes"],
+                                                input_size=config["input_size"], width=config["width"]))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+
+
+def test_inspect_lists_every_parameter_with_its_column(run, capsys, tmp_path):
+    from alexnet_jax.tools import inspect as inspect_tool
+
+    argv = ["--workdir", run["workdir"], "--stats", "--out", str(tmp_path / "i.json")]
+    s = _tool(inspect_tool, argv, capsys)
+    total = _param_count(CONFIG)
+    assert s["params"] == total and s["columns"] == 2
+    assert s["step"] == CONFIG["num_steps"] and s["evals"] == 1
+    report = json.loads(Path(s["out"]).read_text())
+    rows = report["parameters"]
+    assert sum(r["size"] for r in rows) == total
+    for r in rows:
+        if r["path"].startswith("fc8."):
+            assert r["column"] == "shared"
+        else:
+            assert r["column"] in (0, 1) and r["path"].endswith(f"[{r['column']}]")
+        assert 0 <= r["frac_small"] <= 1 and r["min"] <= r["mean"] <= r["max"]
+    assert s["params_by_column"]["0"] == s["params_by_column"]["1"] > 0
+    assert s["params_by_column"]["shared"] == 2 * 128 * 1000 + 1000          # fc8: 2 columns x 128 fc7 units
+    conv1 = [r["path"] for r in rows if r["path"].startswith("conv1.kernel")]
+    assert conv1 == ["conv1.kernel[0]", "conv1.kernel[1]"]
+    assert report["config"]["mesh_model"] == 2 and report["evals"][-1]["step"] == CONFIG["num_steps"]
+
+
+def test_filters_through_the_cli(run, capsys):
+    from alexnet_jax import cli
+
+    assert cli.main(["filters", "--workdir", run["workdir"]]) == 0
+    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert Path(s["out"]).is_file() and Path(s["out"]).stat().st_size > 0
+    assert s["out"].startswith(run["workdir"])                     # default: inside the workdir
+    assert len(s["column_scores"]) == 2 and all(0 <= v <= 1 for v in s["column_scores"])
+    assert [c["kernels"] for c in s["columns"]] == [3, 3] and s["kernel_shape"] == [5, 5, 3]
+    report = json.loads(Path(s["json"]).read_text())
+    assert len(report["per_kernel"]) == 2 and all(len(k) == 3 for k in report["per_kernel"])
+
+
+def test_neighbours_on_a_dataset_split(run, capsys, tmp_path):
+    from alexnet_jax.tools import neighbours
+
+    out = tmp_path / "nn.png"
+    argv = ["--workdir", run["workdir"], "--split", "train", "--limit", "12", "--queries", "3", "--k", "4",
+            "--out", str(out)]
+    s = _tool(neighbours, argv, capsys)
+    assert out.is_file() and out.stat().st_size > 0
+    assert s["feature_layer"] == "fc7" and s["feature_dim"] == 256 and s["images"] == 12
+    assert s["source"] == "imagenet2012:train" and "training-split mean" in s["mean"]
+    rows = json.loads(Path(s["json"]).read_text())["rows"]
+    assert len(rows) == 3
+    for row in rows:
+        nbrs = row["neighbours"]
+        assert len(nbrs) == 4 and row["index"] not in [n["index"] for n in nbrs]
+        assert [n["distance"] for n in nbrs] == sorted(n["distance"] for n in nbrs)
+
+
+@pytest.mark.skipif(not SAMPLES.is_file(), reason=f"shared ImageNet samples not found at {SAMPLES}")
+def test_predict_on_shared_imagenet_samples(run, capsys):
+    from alexnet_jax.tools import predict
+
+    s = _tool(predict, [str(SAMPLES), "--limit", "3", "--workdir", run["workdir"]], capsys)
+    assert s["images"] == 3 and s["num_classes"] == 1000
+    assert "dataset imagenet2012" in s["class_names"] and "ImageNet names" in s["class_names"]
+    with tarfile.open(SAMPLES) as tar:
+        first = sorted(m.name for m in tar.getmembers() if m.isfile())[:3]
+    assert [p["file"] for p in s["predictions"]] == first
+    for p in s["predictions"]:
+        probs = [t["prob"] for t in p["top"]]
+        assert len(p["top"]) == 5 and sum(probs) <= 1 + 1e-6
+        assert probs == sorted(probs, reverse=True) and all(q > 0 for q in probs)
+        assert all(t["id"].startswith("n") and t["name"] for t in p["top"])
+        assert p["expected"]["id"] == Path(p["file"]).name.split("_")[0]
+    assert Path(s["out"]).is_file()
+
+
+def test_plot_two_workdirs(run, capsys, tmp_path):
+    from alexnet_jax.tools import plot
+
+    other = tmp_path / "other"          # a second run's metrics (plot reads nothing else)
+    other.mkdir()
+    recs = [{"step": s, "kind": "train", "loss": 2.0 / s, "accuracy": 0.1} for s in (1, 2, 3)]
+    recs.append({"step": 3, "kind": "eval", "top1": 0.3, "top5": 0.6, "loss": 0.9})
+    (other / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "curves.png"
+    s = _tool(plot, [run["workdir"], str(other), "--labels", "trained,other", "--out", str(out)], capsys)
+    assert out.is_file() and out.stat().st_size > 0
+    assert [r["label"] for r in s["runs"]] == ["trained", "other"]
+    assert [(r["train_points"], r["eval_points"]) for r in s["runs"]] == [(2, 1), (3, 1)]
+    with pytest.raises(ValueError):
+        plot.parse_labels(["a"], 2)
+
+
+@pytest.mark.parametrize("inputs", ["split", "synthetic", "images"])
+def test_activations_dead_fractions(run, capsys, tmp_path, inputs):
+    from alexnet_jax.tools import activations
+
+    argv = ["--workdir", run["workdir"], "--out", str(tmp_path / "a.json")]
+    argv += {"split": [], "synthetic": ["--synthetic", "--limit", "5"],
+             "images": ["--images", run["src"], "--limit", "7"]}[inputs]
+    s = _tool(activations, argv, capsys)
+    assert s["inputs"] == {"split": 4, "synthetic": 5, "images": 7}[inputs]
+    layers = [(r["layer"], r["column"]) for r in s["layers"]]
+    expected = [(n, c) for n in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7") for c in (0, 1)]
+    assert layers == expected + [("fc8", "shared")]
+    for r in s["layers"]:
+        assert 0.0 <= r["dead_fraction"] <= 1.0 and 0.0 <= r["dead_units"] <= 1.0
+    full = json.loads(Path(s["out"]).read_text())["layers"]
+    for r in full:
+        assert r["zeros"] / r["size"] == r["dead_fraction"]

@@ -1,0 +1,10 @@
+"""`alexnet-jax neighbours` as a script; see alexnet_jax/tools/neighbours.py."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
+from alexnet_jax.tools.neighbours import main  # noqa: E402
+
+main()
