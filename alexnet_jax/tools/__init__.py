@@ -8,8 +8,11 @@
     plot         training curves of several workdirs overlaid in one PNG
     activations  per-layer activation statistics and dead (exactly zero) fractions
 
-Each module defines `add_arguments(parser)`, `run(args) -> int` and `main(argv=None)`, writes its
-files under `--out` (default `<workdir>/analysis/`) and prints one JSON summary as its last line.
+Each analysis module defines `add_arguments(parser)`, `run(args) -> int` and `main(argv=None)`,
+writes its output file to `--out` (default `<workdir>/analysis/<tool>.png|json`, details in a .json
+beside a PNG) and prints one JSON summary as its last stdout line.
 Checkpoints are restored onto one device (a checkpoint written with the columns on two devices
-restores onto one CPU).  Shared helpers live in `_common`.
+restores onto one CPU).  Shared helpers live in `_common`.  Scripts: tools/<name>.py, except
+tools/inspect_checkpoint.py (a tools/inspect.py would shadow the standard library's `inspect` for
+every script run from that folder).
 """

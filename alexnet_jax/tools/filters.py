@@ -108,9 +108,11 @@ def draw(blocks: list[np.ndarray], scores: list[float | None], layer: str, out_p
     scale = scale or max(1, round(60 / h))
     n = blocks[0].shape[0]
     cols = 8 if n > 16 else max(1, min(n, 8))
-    images = [mosaic(b, cols, scale) for b in blocks]
-    aspect = images[0].shape[0] / images[0].shape[1]
-    fig, axes = plt.subplots(1, len(images), figsize=(4.2 * len(images), 4.2 * aspect + 0.8), squeeze=False)
+    images = [mosaic(b, cols, scale, gap=max(1, scale // 4)) for b in blocks]
+    dpi = 100                                   # one mosaic pixel per screen pixel
+    h_px, w_px = images[0].shape[:2]
+    fig, axes = plt.subplots(1, len(images), figsize=(len(images) * (w_px / dpi + 0.4), h_px / dpi + 0.9),
+                             squeeze=False)
     for c, (ax, im, s) in enumerate(zip(axes[0], images, scores, strict=True)):
         ax.imshow(im, interpolation="nearest")
         ax.set_axis_off()
@@ -121,7 +123,7 @@ def draw(blocks: list[np.ndarray], scores: list[float | None], layer: str, out_p
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
+    fig.savefig(out_png, dpi=dpi)
     plt.close(fig)
     return out_png
 

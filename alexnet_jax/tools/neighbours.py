@@ -18,6 +18,7 @@ stdout line is a JSON summary (neighbour indices, names and distances are in the
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -80,8 +81,9 @@ def draw(display: list[np.ndarray], names: list[str], queries, idx: np.ndarray, 
                       interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            name = os.path.basename(names[j])
-            ax.set_title(f"{label}\n{name[:18]}", fontsize=6)
+            path = Path(names[j])
+            short = f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
+            ax.set_title(f"{label}\n{short[:24]}", fontsize=6)
             if c == 0:
                 for s in ax.spines.values():
                     s.set_color("red")
