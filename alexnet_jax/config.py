@@ -98,7 +98,7 @@ def _parse_value(key: str, raw: str, typ) -> Any:
             return tuple(float(v) for v in raw.split(",") if v.strip())
         return raw
     except ValueError:
-        raise ConfigError(f"bad value {raw!r} for {key} (expected {typ_s.replace('<class ', '').strip('>')})")
+        raise ConfigError(f"bad value {raw!r} for {key} (expected {typ_s.replace('<class ', '').strip('>')})") from None
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:

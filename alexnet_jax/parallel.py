@@ -241,5 +241,11 @@ def batch_feed(model, mesh: Mesh, batch_size: int) -> tuple[int, int]:
     return start // n, batch_size // n
 
 
+def batch_shardings(model, mesh: Mesh) -> dict[str, NamedSharding]:
+    """Shardings of a training batch {"image": (B, H, W, C), "label": (B,)}: split over the batch axis."""
+    axis = batch_spec(model, mesh)[0]
+    return {"image": NamedSharding(mesh, P(axis)), "label": NamedSharding(mesh, P(axis))}
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())

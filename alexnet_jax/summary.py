@@ -97,7 +97,8 @@ def summarize(name: str, *, input_size: int | None = None, num_classes: int | No
     for scope, row in table.items():
         if row["macs"] == 0 and scope not in params and not any(p.lower().endswith(scope.lower()) for p in params):
             continue
-        owned = [p for p in params if p == scope or p.lower().endswith("_" + scope.lower()) or p.lower() == scope.lower()]
+        owned = [p for p in params
+                 if p == scope or p.lower().endswith("_" + scope.lower()) or p.lower() == scope.lower()]
         seen.update(owned)
         layers.append({"layer": scope, "output_shape": list(row["shape"][1:]) if row["shape"] else None,
                        "params": sum(params[p] for p in owned), "macs": row["macs"]})

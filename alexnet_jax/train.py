@@ -230,14 +230,14 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -
 
     build = model_builder(config)
     # the batch is split over the data axis (two-column net) or over every device (others)
-    model_probe = nnx.eval_shape(lambda: _no_eager(build))
-    divisor = parallel.batch_divisor(model_probe, mesh)
+    abstract_model = nnx.eval_shape(lambda: _no_eager(build))
+    divisor = parallel.batch_divisor(abstract_model, mesh)
     if config.batch_size % divisor or config.batch_size % jax.process_count():
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {divisor} devices that "
                          f"split the batch (mesh data={mesh.shape['data']} x model={mesh.shape['model']}); "
                          f"choose a multiple of {divisor}")
     # processes holding the same batch rows (one column each) read the same data
-    feed_index, feed_count = parallel.batch_feed(model_probe, mesh, config.batch_size)
+    feed_index, feed_count = parallel.batch_feed(abstract_model, mesh, config.batch_size)
     per_process = config.batch_size // feed_count
     train_iter = data_lib.make_train_iter(config, batch_size=per_process, process_index=feed_index,
                                           process_count=feed_count, seed=config.seed)
@@ -267,10 +267,7 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json())
 
-    batch_sharding = {"image": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
-        parallel.batch_spec(model_probe, mesh)[0])), "label": jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec(parallel.batch_spec(model_probe, mesh)[0]))}
-    train_step = make_train_step(graphdef, tx, mesh, shardings, batch_sharding)
+    train_step = make_train_step(graphdef, tx, mesh, shardings, parallel.batch_shardings(abstract_model, mesh))
     eval_step = make_eval_step(graphdef, mesh)
     writer = MetricWriter(workdir, enabled=primary)
 
@@ -287,7 +284,7 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -
 
     step = int(jax.device_get(state.step))
     t_compile = time.perf_counter()
-    batch = parallel.global_batch(next(train_iter), model_probe, mesh) if step < total_steps else None
+    batch = parallel.global_batch(next(train_iter), abstract_model, mesh) if step < total_steps else None
     compiled = train_step.lower(state, batch).compile() if batch is not None else None
     compile_s = time.perf_counter() - t_compile
     if primary and compiled is not None:
@@ -336,7 +333,7 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -
         try:
             while step < total_steps:
                 if batch is None:
-                    batch = parallel.global_batch(next(train_iter), model_probe, mesh)
+                    batch = parallel.global_batch(next(train_iter), abstract_model, mesh)
                 state, metrics = compiled(state, batch)
                 batch = None
                 pending.append((step, metrics))
@@ -348,7 +345,7 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -
                     flush()
                 if step % eval_every == 0 or step == total_steps:
                     flush()
-                    ev = evaluate(eval_step, state, eval_batches(config.eval_split), model_probe, mesh)
+                    ev = evaluate(eval_step, state, eval_batches(config.eval_split), abstract_model, mesh)
                     ev = dict(ev, epoch=step / steps_per_epoch)
                     history.append(dict(ev, step=step))
                     writer.write(step, "eval", ev)

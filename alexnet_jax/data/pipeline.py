@@ -44,7 +44,8 @@ Preprocessing (``config.augment``; all outputs float32 NHWC, labels int32):
                   horizontal shear U(-0.3, 0.3) (column shift per row), translation U(-2, 2) px per axis.
 ``cifar``         base size S = max(input_size, 32) (images resized bilinearly when S != stored size);
                   x = image - mean, centred raw RGB in 0..255 units like ``alexnet`` (K12 §2: the paper's
-                  init, N(0, 0.01) weights, assumes raw pixel scale), where mean is the per-pixel mean image of the training split
+                  init, N(0, 0.01) weights, assumes raw pixel scale), where mean is the per-pixel mean
+                  image of the training split
                   (computed once and cached next to the dataset) when input_size == 32, else the fixed
                   CIFAR-10 per-channel mean (125.3, 123.0, 113.9).  Train: zero-pad 4 px (zero = the mean
                   after centring), random input_size crop, horizontal flip p=0.5.  Eval: centre crop.
