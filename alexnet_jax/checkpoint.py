@@ -30,14 +30,23 @@ class CheckpointError(RuntimeError):
     pass
 
 
+@jax.jit
+def _leaf_sums(leaves):
+    out = []
+    for x in leaves:
+        if jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer):
+            f = x.astype(jnp.float32)
+            out.append(jnp.stack([jnp.sum(f), jnp.sum(f * f)]))
+        else:
+            out.append(jnp.zeros(2, jnp.float32))
+    return out
+
+
 def fingerprint(tree) -> list[list[float]]:
-    """Per-leaf (sum, sum of squares) in float32, computed where the arrays live."""
-    leaves = jax.tree.leaves(tree)
-    sums = [jnp.sum(x.astype(jnp.float32)) if jnp.issubdtype(x.dtype, jnp.floating) or
-            jnp.issubdtype(x.dtype, jnp.integer) else jnp.float32(0) for x in leaves]
-    sqs = [jnp.sum(jnp.square(x.astype(jnp.float32))) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32(0)
-           for x in leaves]
-    return [[float(a), float(b)] for a, b in zip(jax.device_get(sums), jax.device_get(sqs))]
+    """Per-leaf (sum, sum of squares) in float32, computed where the arrays live (one program)."""
+    leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype")]
+    leaves = [jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x for x in leaves]
+    return [[float(a), float(b)] for a, b in jax.device_get(_leaf_sums(leaves))]
 
 
 def _fingerprints_match(a, b, rtol=1e-4) -> bool:

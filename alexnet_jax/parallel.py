@@ -164,7 +164,6 @@ def abstract_state(build: Callable[[], nnx.Module], mesh: Mesh):
 # ------------------------------------------------------------------------------------------------
 # The forward pass on a mesh
 # ------------------------------------------------------------------------------------------------
-EXCHANGE_LAYERS = ("conv3", "fc6", "fc7", "fc8")  # the layers that read both columns, in call order
 
 
 def gather_columns(hs: list[jax.Array], to: str = "invarying") -> jax.Array:
@@ -191,12 +190,10 @@ def apply(model: nnx.Module, x_BHWC: jax.Array, *, mesh: Mesh | None, train: boo
 
     def per_device(state, x, masks):
         local_model = nnx.merge(graphdef, state)
-        layers = iter(EXCHANGE_LAYERS)
 
-        def exchange(hs):  # named after the layer it feeds, so HLO metadata (comms.py) can attribute it
-            name = next(layers, "exchange")
-            with jax.named_scope(name):
-                return gather_columns(hs, to="invarying" if name == "fc8" else "varying")
+        def exchange(hs, layer):  # scoped by the layer it feeds, so comms.py can attribute it in the HLO
+            with jax.named_scope(layer):
+                return gather_columns(hs, to="invarying" if layer == "fc8" else "varying")
 
         return local_model(x, train=train, dropout_masks=masks if use_masks else None, exchange=exchange)
 

@@ -409,7 +409,7 @@ def tapped(model, x, inject=None, **kw):
     """Run the model with an exchange that records (and optionally perturbs) each column's maps."""
     records = []
 
-    def exchange(hs):
+    def exchange(hs, layer=""):
         i = len(records)
         hs = [h + inject[(i, c)] if inject and (i, c) in inject else h for c, h in enumerate(hs)]
         records.append(hs)
@@ -566,14 +566,18 @@ def test_exchange_called_four_times_full_size():
     graphdef, state = nnx.split(m)
     seen = []
 
-    def exchange(hs):
+    names = []
+
+    def exchange(hs, layer=""):
         seen.append([tuple(h.shape) for h in hs])
+        names.append(layer)
         return concat_columns(hs)
 
     out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, exchange=exchange), state,
                          jax.ShapeDtypeStruct((2, 227, 227, 3), jnp.float32))
     assert out.shape == (2, 1000)
     assert seen == [[(2, 13, 13, 128)] * 2, [(2, 6, 6, 128)] * 2, [(2, 2048)] * 2, [(2, 2048)] * 2]
+    assert names == ["conv3", "fc6", "fc7", "fc8"]  # the layers that read both columns (K12 §3.5)
     # floats each GPU receives per image: 21,632 / 4,608 / 2,048 / 2,048 (paper_facts §1.2)
     assert [math.prod(s[1][1:]) for s in seen] == [21_632, 4_608, 2_048, 2_048]
 

@@ -115,12 +115,13 @@ def _kernel_init(std: float | None):
     return normal(std) if std is not None else nnx.initializers.he_normal()
 
 
-def concat_columns(hs: Sequence[jax.Array]) -> jax.Array:
+def concat_columns(hs: Sequence[jax.Array], layer: str = "") -> jax.Array:
     """The one-device exchange: every column's maps side by side on the channel axis."""
     return jnp.concatenate(list(hs), axis=-1)
 
 
-Exchange = Callable[[Sequence[jax.Array]], jax.Array]
+# exchange(per-column maps, name of the layer that reads them) -> all columns' maps side by side
+Exchange = Callable[[Sequence[jax.Array], str], jax.Array]
 
 
 class AlexNet2012(nnx.Module):
@@ -236,15 +237,15 @@ class AlexNet2012(nnx.Module):
         if self.input_std is not None:  # "he" init: unit-scale inputs (see _init_rule)
             x = x / jnp.asarray(self.input_std, self.dtype)
         h = [self.column_conv12(c, x) for c in cols]               # GPU-local
-        h = exchange(h)                                            # conv3 sees both columns
+        h = exchange(h, "conv3")                                   # conv3 sees both columns
         h = [self.column_conv345(c, h) for c in cols]              # GPU-local
-        h = exchange(h).reshape(x.shape[0], -1)                    # fc6 sees both columns
+        h = exchange(h, "fc6").reshape(x.shape[0], -1)             # fc6 sees both columns
         with jax.named_scope("fc6"):
             h = [self._drop(jax.nn.relu(self.fc6(c, h)), None if keep6 is None else keep6[c]) for c in cols]
-        h = exchange(h)                                            # fc7 sees both columns
+        h = exchange(h, "fc7")                                     # fc7 sees both columns
         with jax.named_scope("fc7"):
             h = [self._drop(jax.nn.relu(self.fc7(c, h)), None if keep7 is None else keep7[c]) for c in cols]
-        h = exchange(h)                                            # fc8 sees both columns
+        h = exchange(h, "fc8")                                     # fc8 sees both columns
         with jax.named_scope("fc8"):
             return self.fc8(h).astype(jnp.float32)
 
