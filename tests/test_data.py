@@ -654,7 +654,7 @@ def test_crop_offsets_uniform_and_flip_rate(augment, input_size, span, mode):
         pre = P.Preprocessor("alexnet", input_size, 3, lighting_std=0.0)
     else:   # 32x32 zero-padded by 4, offsets 0..8; coordinates + 1 so that the padding (0) is distinct
         img = _coord_image()[:32, :32] + np.array([1, 1, 0], np.uint8)
-        pre, scale, shift = P.Preprocessor("cifar", input_size, 3, mean=np.zeros(3, np.float32)), 255, 1 - 4
+        pre, scale, shift = P.Preprocessor("cifar", input_size, 3, mean=np.zeros(3, np.float32)), 1, 1 - 4
     tops, lefts, flips = [], [], []
     for out in _train_outputs(pre, img, rng, n, mode):
         x = np.rint(out * scale).astype(int)
