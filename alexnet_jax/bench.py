@@ -356,6 +356,121 @@ def bench_step(spec: ModelSpec, *, batch: int, dtype: str = "float32", mesh_shap
     }
 
 
+def _hlo_descriptions(hlo_text: str) -> dict[str, str]:
+    """{instruction name: "scope fwd|bwd" from op_name metadata (its own or its fused computation's),
+    else the fused computation's root instruction}, for the instructions of a compiled module."""
+    import collections
+    import re
+
+    comps: dict[str, list[str]] = {}
+    cur = None
+    for line in hlo_text.splitlines():
+        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .*\{$", line)
+        if m:
+            cur = m.group(1)
+            comps[cur] = []
+        elif cur is not None and line.strip() and line.strip() != "}":
+            comps[cur].append(line.strip())
+
+    def unwrap(q: str) -> str:  # "transpose(jvp(C3))" -> "C3"
+        while (m := re.match(r"^(?:jit|pjit|jvp|transpose|vmap)\((.*)\)$", q)):
+            q = m.group(1)
+        return q
+
+    def scope(op_name: str) -> str:
+        parts = [unwrap(q) for q in op_name.split("/")]
+        layer = next((q for q in reversed(parts[:-1]) if re.match(
+            r"^(conv\d|lrn\d|pool\d|fc\d|C\d|S\d|F6|OUT|exchange)$", q)), None)
+        return f"{layer or 'other'} {'bwd' if 'transpose(' in op_name else 'fwd'}"
+
+    out = {}
+    for body in comps.values():
+        for ins in body:
+            m = re.match(r"^(?:ROOT )?%([\w.\-]+) = (.*)$", ins)
+            if not m:
+                continue
+            name, rest = m.groups()
+            names = re.findall(r'op_name="([^"]+)"', rest)
+            called = re.search(r"calls=%([\w.\-]+)", rest)
+            root = ""
+            if called and called.group(1) in comps:
+                sub = comps[called.group(1)]
+                names += [n for line in sub for n in re.findall(r'op_name="([^"]+)"', line)]
+                roots = [line for line in sub if line.startswith("ROOT ")]
+                if roots:
+                    r = re.match(r"^ROOT %[\w.\-]+ = (\S+) (\w[\w\-]*)\(", roots[0])
+                    w = re.search(r"window=\{size=(\S+?)[ }]", roots[0])
+                    root = f"{r.group(2)} {r.group(1)}" if r else roots[0][:60]
+                    root += f" window {w.group(1)}" if w else ""
+            if names:
+                top = collections.Counter(scope(n) for n in names).most_common(1)[0][0]
+                out[name] = f"{top}" + (f" [{root}]" if root.startswith("convolution") else "")
+            elif root:
+                out[name] = root
+    return out
+
+
+def profile_step(spec: ModelSpec, *, batch: int, dtype: str = "float32", mesh_shape=(1, 1), steps: int = 3,
+                 top: int = 15, trace_dir: str | None = None) -> dict[str, Any]:
+    """Per-op device time of the training step from a jax.profiler trace (perfetto JSON): the `top` ops by
+    time per step (summed over XLA:CPU's worker threads), their share of all op time, what each op is
+    (layer and direction from the HLO metadata, or the fused root instruction), and shares per layer."""
+    import collections
+    import glob
+    import re
+    import tempfile
+
+    import jax
+
+    step, state, mesh, batch_sharding = build_train_step(spec, batch=batch, dtype=dtype, mesh_shape=mesh_shape)
+    data = synthetic_batch(spec, batch, batch_sharding)
+    compiled = step.lower(state, data).compile()
+    for _ in range(2):
+        state, metrics = compiled(state, data)
+    jax.block_until_ready((state, metrics))
+    d = trace_dir or tempfile.mkdtemp(prefix="alexnet_jax_profile_")
+    t = time.perf_counter()
+    with jax.profiler.trace(d, create_perfetto_trace=True):
+        for _ in range(steps):
+            state, metrics = compiled(state, data)
+        jax.block_until_ready((state, metrics))
+    wall = (time.perf_counter() - t) / steps
+    files = sorted(glob.glob(os.path.join(d, "**", "perfetto_trace.json.gz"), recursive=True))
+    if not files:
+        return {"error": f"no perfetto trace under {d}"}
+    events = json.load(gzip.open(files[-1]))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    desc = _hlo_descriptions(compiled.as_text())
+    # un-annotated weight-gradient convolutions: name them by the kernel whose dimensions they have
+    kernels = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]:
+        keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        if len(leaf.shape) >= 4 and any("kernel" in k for k in keys):
+            h, w, i, o = leaf.shape[-4:]
+            kernels[(i, h, w, o)] = keys[0]     # XLA:CPU's weight-gradient conv writes (I, H, W, O)
+    for name, what in desc.items():
+        shape = re.match(r"^convolution f32\[([\d,]+)\]", what)
+        if shape:
+            layer = kernels.get(tuple(int(v) for v in shape.group(1).split(",")))
+            desc[name] = f"{layer} bwd (weight gradient)" if layer else what
+        elif what.startswith("iota s32") or "window 1x3x3x1" in what:
+            desc[name] = "max-pool fwd (max + argmax, for select-and-scatter)"
+    per_op: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in desc:
+            per_op[e["name"]] += float(e.get("dur", 0.0)) / 1e3 / steps   # us -> ms per step
+    total = sum(per_op.values()) or 1.0
+    per_layer: collections.Counter = collections.Counter()
+    for name, ms in per_op.items():
+        per_layer[desc[name].split(" [")[0]] += ms
+    return {"model": spec.name, "batch": batch, "step_seconds_wall_traced": wall, "op_ms_total_per_step": total,
+            "note": "ms summed over XLA:CPU worker threads (can exceed wall time); share = of all op time",
+            "top_ops": [{"op": n, "what": desc[n], "ms_per_step": ms, "share": ms / total}
+                        for n, ms in per_op.most_common(top)],
+            "per_layer": [{"layer": k, "ms_per_step": v, "share": v / total} for k, v in per_layer.most_common()],
+            "trace_dir": d}
+
+
 # ------------------------------------------------------------------------------------------------
 # Peers (PyTorch, in subprocesses: torch is optional and JAX may hold most of a GPU's memory)
 # ------------------------------------------------------------------------------------------------
@@ -504,14 +619,24 @@ def load_mnist_train(mnist_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarr
     return x, y
 
 
+MAX_UNROLL = 16
+
+
 def lenet_epoch(mnist_dir: str | os.PathLike, *, batch: int = 128, chunks: list[int] | None = None,
-                lr: float = 0.05, dtype: str = "float32", epochs: int = 2) -> dict[str, Any]:
+                lr: float = 0.05, dtype: str = "float32", epochs: int = 2,
+                max_unroll: int = MAX_UNROLL) -> dict[str, Any]:
     """Time epochs of our `lenet5` (softmax head, paper SGD, momentum 0.9, no weight decay like the peer)
-    with K steps per dispatch (`jax.lax.scan`) for each K in `chunks` (default: the whole epoch).
+    with K steps per dispatch for each K in `chunks` (default [1]).
+
+    K = 1 calls the jitted train step of alexnet_jax.train once per batch.  K > 1 runs K steps in one
+    dispatch with `jax.lax.scan`, fully unrolled when K <= `max_unroll` (else a while loop).  Measured on
+    XLA:CPU (jax 0.10.2, experiments/results/bench_cpu_2026-11-25.md): a train step inside a while loop
+    runs ~4x slower than the same step unrolled or dispatched alone, and at ~30 ms per LeNet step the
+    ~0.1 ms dispatch is noise, so K = 1 is as fast as any K here.
 
     The epoch (n // batch steps, the remainder dropped as the peer does) is put on the device once, as
     one array per dispatch.  The first epoch is the warm-up; the reported time is the best of the
-    following `epochs - 1` (at least one)."""
+    following `epochs - 1` (at least one).  Training continues across the runs of different K."""
     import jax
 
     x, y = load_mnist_train(mnist_dir)
@@ -526,25 +651,38 @@ def lenet_epoch(mnist_dir: str | os.PathLike, *, batch: int = 128, chunks: list[
     xs = x[:n].reshape(n_steps, batch, 32, 32, 1)
     ys = y[:n].reshape(n_steps, batch)
 
-    def run_k(state, xk, yk):
-        def body(s, b):
-            s, m = inner(s, {"image": b[0], "label": b[1]})
-            return s, m["loss"]
-        return jax.lax.scan(body, state, (xk, yk))
+    def multi(k: int):
+        def run_k(state, xk, yk):
+            def body(s, b):
+                s, m = inner(s, {"image": b[0], "label": b[1]})
+                return s, m["loss"]
+            return jax.lax.scan(body, state, (xk, yk), unroll=k if k <= max_unroll else 1)
+        return jax.jit(run_k, donate_argnums=0)
 
-    multi = jax.jit(run_k, donate_argnums=0)
+    def single(state, xk, yk):
+        state, m = step(state, {"image": xk, "label": yk})
+        return state, m["loss"]
+
     results = []
-    for k in chunks or [n_steps]:
+    for k in chunks or [1]:
         k = max(1, min(int(k), n_steps))
         bounds = list(range(0, n_steps, k)) + [n_steps]
-        parts = [(jax.device_put(xs[a:b]), jax.device_put(ys[a:b]))
-                 for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        if k == 1:
+            parts = [(jax.device_put(xs[i]), jax.device_put(ys[i])) for i in range(n_steps)]
+            how = "jitted train step per batch"
+        else:
+            parts = [(jax.device_put(xs[a:b]), jax.device_put(ys[a:b]))
+                     for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            how = "lax.scan " + ("unrolled" if k <= max_unroll else "while loop")
         jax.block_until_ready(parts)
         t0 = time.perf_counter()
         exes = {}
         for px, py in parts:
             if px.shape not in exes:
-                exes[px.shape] = multi.lower(state, px, py).compile()
+                if k == 1:
+                    exes[px.shape] = jax.jit(single, donate_argnums=0).lower(state, px, py).compile()
+                else:
+                    exes[px.shape] = multi(len(px)).lower(state, px, py).compile()
         compile_s = time.perf_counter() - t0
         epoch_times, losses = [], None
         for _ in range(max(epochs, 2)):
@@ -554,8 +692,8 @@ def lenet_epoch(mnist_dir: str | os.PathLike, *, batch: int = 128, chunks: list[
             jax.block_until_ready((state, losses))
             epoch_times.append(time.perf_counter() - t)
         timed = min(epoch_times[1:])
-        last = float(jax.device_get(losses[-1]))
-        results.append({"steps_per_dispatch": k, "dispatches": len(parts),
+        last = float(jax.device_get(losses).reshape(-1)[-1])
+        results.append({"steps_per_dispatch": k, "dispatches": len(parts), "how": how,
                         "compile_seconds": round(compile_s, 3),
                         "first_epoch_seconds": epoch_times[0], "epoch_seconds": timed,
                         "epoch_seconds_all": epoch_times, "images_per_second": n / timed,
@@ -594,7 +732,7 @@ def _read_images(path: str | os.PathLike) -> list[tuple[str, bytes]]:
                 if m.isfile() and m.name.endswith(exts)]
 
 
-def input_pipeline(images: str | os.PathLike, *, input_size: int = 224, repeats: int = 3, batch: int = 50,
+def input_pipeline(images: str | os.PathLike, *, input_size: int = 224, repeats: int = 5, batch: int = 50,
                    seed: int = 0, needed_rate: float = GPU_STEP_RATE_IMG_S) -> dict[str, Any]:
     """Per-core img/s of the `alexnet` training preprocessing of alexnet_jax.data (one process, one thread:
     PIL decode and numpy here are single-threaded): decode (JPEG draft downscale, resize shorter side to
@@ -658,6 +796,23 @@ def lrn_cumsum(x_BHWC, *, k=2.0, n=5, alpha=1e-4, beta=0.75):
     return (x * d ** (-beta)).astype(dtype)
 
 
+def lrn_shifted(x_BHWC, *, k=2.0, n=5, alpha=1e-4, beta=0.75):
+    """Windowed sum of squares as the sum of n shifted slices of the zero-padded squares (one fusion)."""
+    import jax
+    import jax.numpy as jnp
+    dtype = x_BHWC.dtype
+    x = x_BHWC.astype(jnp.float32)
+    c = x.shape[-1]
+    half = n // 2
+    sq = jnp.pad(x * x, [(0, 0)] * 3 + [(half, n - 1 - half)])
+    s = sq[..., 0:c]
+    for j in range(1, n):
+        s = s + sq[..., j:j + c]
+    d = k + alpha * s
+    scale = jax.lax.rsqrt(d) * jax.lax.rsqrt(jnp.sqrt(d)) if beta == 0.75 else d ** (-beta)
+    return (x * scale).astype(dtype)
+
+
 def lrn_banded(x_BHWC, *, k=2.0, n=5, alpha=1e-4, beta=0.75):
     """Windowed sum of squares as a matmul with a banded 0/1 (C, C) matrix (a 1x1 convolution)."""
     import jax
@@ -690,7 +845,8 @@ def compare_lrn(shapes=((128, 32, 32, 48), (128, 15, 15, 128)), repeats: int = 2
             s[..., j] = sq[..., max(0, j - 2):min(c, j + 3)].sum(-1)
         return x / (2.0 + 1e-4 * s) ** 0.75
 
-    fns = {"layers.lrn (reduce_window)": lrn, "cumsum": lrn_cumsum, "banded matmul": lrn_banded}
+    fns = {"layers.lrn (reduce_window)": lrn, "shifted slices": lrn_shifted, "cumsum": lrn_cumsum,
+           "banded matmul": lrn_banded}
     out: dict[str, Any] = {}
     rng = np.random.default_rng(0)
     for shape in shapes:

@@ -138,6 +138,6 @@ def test_lenet_epoch_fake_mnist(fake_mnist, capsys):
     (run,) = out["runs"]
     assert run["steps_per_dispatch"] == 4 and run["dispatches"] == 3 and run["loss_finite"]
     assert out["images_per_second"] > 0 and out["epoch_seconds"] > 0
-    assert any(line.startswith("ours (jax, scan)") for line in lines)
+    assert any(line.startswith("ours (jax)") for line in lines)
     if bench.torch_available():
         assert out["peer"]["images_per_second"] > 0 and out["ratio_vs_peer"] > 0

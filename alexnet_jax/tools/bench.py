@@ -2,7 +2,7 @@
 
     alexnet-jax bench [--model M ...] [--batch B] [--dtype float32|bfloat16] [--mesh data=..,model=..]
                       [--steps N] [--peer] [--force-host-devices N]
-    alexnet-jax bench --lenet-epoch [--mnist-dir ../shared/data/mnist] [--chunks 468]
+    alexnet-jax bench --lenet-epoch [--mnist-dir ../shared/data/mnist] [--chunks 1,12,468]
     alexnet-jax bench --input-pipeline [--images ../shared/data/imagenet_samples/imagenet_samples_100.tar]
     alexnet-jax bench --lrn
 
@@ -48,12 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-isolate", action="store_true", help="run several models in this process")
     p.add_argument("--lenet-epoch", action="store_true", help="time one MNIST epoch of lenet5 vs the peer")
     p.add_argument("--mnist-dir", help="MNIST IDX files (default: <repo>/../shared/data/mnist)")
-    p.add_argument("--chunks", default="", help="--lenet-epoch: steps per dispatch, comma list (default: "
-                                                "the whole epoch in one dispatch)")
+    p.add_argument("--chunks", default="", help="--lenet-epoch: steps per dispatch K, comma list (default 1; "
+                                                "K <= 16 is one unrolled lax.scan, more is a while loop)")
     p.add_argument("--lr", type=float, help="learning rate (default 0.01; --lenet-epoch 0.05 like the peer)")
     p.add_argument("--input-pipeline", action="store_true", help="decode + augment img/s per CPU core")
     p.add_argument("--images", help="JPEGs: a tar or a folder (default: imagenet_samples_100.tar)")
     p.add_argument("--lrn", action="store_true", help="compare LRN formulations (speed, exactness)")
+    p.add_argument("--profile", action="store_true",
+                   help="also trace each model's step (jax.profiler) and print the top ops and per-layer shares")
     p.add_argument("--out", help="also write the final JSON object to this file")
 
 
@@ -113,8 +115,8 @@ def run(args) -> int:
         ours["ratio_vs_peer"] = ours["images_per_second"] / peer["images_per_second"] if ok else None
         lines = [f"{'lenet5 epoch':<28}{'K/dispatch':>11}{'epoch s':>10}{'img/s':>11}"]
         for r in ours["runs"]:
-            lines.append(f"{'ours (jax, scan)':<28}{r['steps_per_dispatch']:>11}{r['epoch_seconds']:>10.3f}"
-                         f"{r['images_per_second']:>11.1f}")
+            lines.append(f"{'ours (jax)':<28}{r['steps_per_dispatch']:>11}{r['epoch_seconds']:>10.3f}"
+                         f"{r['images_per_second']:>11.1f}  {r['how']}")
         if ok:
             lines.append(f"{'peer torch_lenet_cpu.py':<28}{'1':>11}{peer['epoch_seconds']:>10.3f}"
                          f"{peer['images_per_second']:>11.1f}")
@@ -166,6 +168,10 @@ def run(args) -> int:
             results.append(bench.bench_step(s, batch=args.batch, dtype=args.dtype, mesh_shape=mesh_shape,
                                             steps=args.steps, warmup=args.warmup,
                                             peak_tflops=args.peak_tflops, lr=args.lr or 0.01))
+    profiles = None
+    if args.profile:
+        profiles = [bench.profile_step(s, batch=args.batch, dtype=args.dtype, mesh_shape=mesh_shape)
+                    for s in specs]
     ok = [r for r in results if "error" not in r]
     ratios = bench.peer_ratios(ok, peers) if peers else {}
     out = {"mode": "step", "device": ok[0]["device"] if ok else None,
@@ -173,7 +179,17 @@ def run(args) -> int:
            "ratios": ratios}
     if len(results) == 1 and ok:
         out = {**results[0], **out}
+    if profiles:
+        out["profiles"] = profiles
     lines = [bench.format_step_table(results, ratios)]
+    for prof in profiles or []:
+        if "error" in prof:
+            lines.append(f"profile: {prof['error']}")
+            continue
+        lines.append(f"profile of {prof['model']} (batch {prof['batch']}): op time {prof['op_ms_total_per_step']:.0f} "
+                     f"ms/step summed over threads, wall {prof['step_seconds_wall_traced'] * 1e3:.0f} ms/step")
+        for o in prof["per_layer"][:12]:
+            lines.append(f"  {o['share'] * 100:5.1f}%  {o['ms_per_step']:8.1f} ms  {o['layer']}")
     if peers:
         for k, v in peers.items():
             if k == "skipped":
