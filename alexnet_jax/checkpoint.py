@@ -63,7 +63,7 @@ def _fingerprints_match(a, b, rtol=1e-4) -> bool:
 
 
 def abstract_like(state):
-    """ShapeDtypeStructs (with shardings) of a live state: the restore target."""
+    """ShapeDtypeStructs (with shardings) of a live or abstract state: the restore target."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 

@@ -398,8 +398,38 @@ def load_config(workdir: str) -> Config:
         return Config.from_dict(json.load(f))
 
 
+def abstract_train_state(config: Config, mesh, tx: optax.GradientTransformation):
+    """(graphdef, TrainState of ShapeDtypeStructs carrying this mesh's shardings): a restore target.
+
+    Built without running (or compiling) the random initialiser or the optimiser's init, which on
+    a CPU costs more than the restore itself.
+    """
+    def _build():
+        with nnx.use_eager_sharding(False):
+            return model_builder(config)()
+
+    graphdef, params, extra = nnx.split(nnx.eval_shape(_build), nnx.Param, ...)
+    rep = parallel.replicated(mesh)
+
+    def with_shardings(tree):
+        shardings = parallel.state_shardings(tree, mesh)
+        return jax.tree.map(lambda v, s: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)), tree,
+                            shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+    params, extra = with_shardings(params), with_shardings(extra)
+    abs_opt = jax.eval_shape(tx.init, params)
+    opt_shardings = optax.tree_utils.tree_map_params(
+        tx, lambda _, p: p.sharding, abs_opt, params, transform_non_params=lambda _: rep,
+        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    opt_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_opt, opt_shardings)
+    key = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+    return graphdef, TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), params=params, extra=extra,
+                                opt_state=opt_state, rng=jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep))
+
+
 def restore_model(workdir: str, *, mesh=None, step: int | None = None):
-    """(config, model, meta, step) from a workdir's newest usable checkpoint, on the current devices.
+    """(config, model, meta, step, state, graphdef, mesh) from a workdir's newest usable checkpoint,
+    restored onto the current devices.
 
     With no mesh, a one-device mesh is used, so a checkpoint saved on two devices (columns split)
     restores onto one CPU for analysis.
@@ -409,10 +439,10 @@ def restore_model(workdir: str, *, mesh=None, step: int | None = None):
         mesh = parallel.make_mesh(1, 1)
     config = config.replace(mesh_data=mesh.shape["data"], mesh_model=mesh.shape["model"])
     tx = optim.optimizer_from_config(config, steps_per_epoch=1)
-    graphdef, state = create_train_state(config, mesh, tx)
+    graphdef, target = abstract_train_state(config, mesh, tx)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     try:
-        restored = checkpointer.restore(state, step=step)
+        restored = checkpointer.restore(target, step=step)
     finally:
         checkpointer.close()
     if restored is None:

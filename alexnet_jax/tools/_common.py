@@ -126,53 +126,14 @@ class Restored:
 def restore(workdir: str, step: int | None = None) -> Restored:
     """The newest usable checkpoint (or `step`) of `workdir`, on a one-device mesh.
 
-    `alexnet_jax.train.restore_model`, but restored onto an *abstract* target: it does not run (nor
-    compile) the random initialiser and the optimiser's init first, which on a CPU costs more than
-    the restore itself.  Same checkpoint reader (`Checkpointer.restore`: shapes, fingerprint check,
-    fallback to the previous checkpoint), same one-device layout, so a checkpoint written with the
-    columns on two devices restores onto one CPU.
+    `alexnet_jax.train.restore_model` (abstract restore target, fingerprint check, fallback to the
+    previous checkpoint), so a checkpoint written with the columns on two devices opens on one CPU.
     """
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    from alexnet_jax import checkpoint as ckpt_lib
-    from alexnet_jax import optim, parallel
-    from alexnet_jax.train import TrainState, load_config, model_builder
+    from alexnet_jax.train import load_config, restore_model
 
     workdir = os.path.abspath(workdir)
-    trained = load_config(workdir)
-    mesh = parallel.make_mesh(1, 1)
-    config = trained.replace(mesh_data=1, mesh_model=1)
-    tx = optim.optimizer_from_config(config, steps_per_epoch=1)
-    build = model_builder(config)
-
-    def _build():
-        with nnx.use_eager_sharding(False):
-            return build()
-
-    graphdef, params, extra = nnx.split(nnx.eval_shape(_build), nnx.Param, ...)
-    one = NamedSharding(mesh, P())          # one device: every array whole on it
-
-    def sds(x):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one)
-
-    target = TrainState(
-        step=sds(jax.ShapeDtypeStruct((), jnp.int32)),
-        params=jax.tree.map(sds, params), extra=jax.tree.map(sds, extra),
-        opt_state=jax.tree.map(sds, jax.eval_shape(tx.init, params)),
-        rng=sds(jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))))
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    try:
-        restored = checkpointer.restore(target, step=step)
-    finally:
-        checkpointer.close()
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint under {os.path.join(workdir, 'checkpoints')}")
-    state, meta, got = restored
-    return Restored(trained, nnx.merge(graphdef, state.params, state.extra), meta, int(got), mesh, workdir)
+    _, model, meta, got, _, _, mesh = restore_model(workdir, step=step)
+    return Restored(load_config(workdir), model, meta, int(got), mesh, workdir)
 
 
 def columns_of(model) -> int:
