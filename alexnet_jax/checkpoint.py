@@ -1,21 +1,30 @@
-"""Orbax checkpoints: async saves every N steps, keep the last K, resume from the newest complete one.
+"""Orbax checkpoints: async saves every N steps, keep the last K, resume from the newest usable one.
 
-A checkpoint holds the whole TrainState (parameters, optimiser state, step, RNG) and a JSON
-record (config, data-iterator state, learning-rate policy state, a fingerprint of every array).
-Restores always pass explicit `args` against an abstract target that carries the *current*
-shardings, so a checkpoint written on 2 devices restores onto 1 (and back) with identical values.
+A checkpoint holds the whole TrainState (parameters, optimiser state, step, RNG) and a JSON record:
+the checkpoint format version, the run's provenance (package versions, git commit, devices, mesh,
+XLA flags), the config, the data-iterator state, the learning-rate policy state and a fingerprint
+of every array.  Restores always target an abstract state that carries the *current* shardings,
+so a checkpoint written on 2 devices restores onto 1 (and back) with identical values, and nothing
+is initialised first.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a save cut
 short (SIGKILL, power loss) never looks like a checkpoint.  A checkpoint damaged afterwards (a
 missing or truncated file) either fails to read or reads back different numbers; both are caught
-by comparing against the fingerprint stored at save time, reported with the step and directory,
-and the previous complete checkpoint is used instead.  Nothing is ever restored silently empty.
+by comparing against the fingerprint stored at save time and reported in one line, and the
+previous checkpoint is used instead.  A training run moves the damaged step aside
+(`<step>.corrupt-<time>`, never deleted) so that it can save that step again.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import logging
 import os
+import platform
+import subprocess
+import sys
+import time
 from typing import Any
 
 import jax
@@ -23,13 +32,66 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from alexnet_jax.errors import AlexnetJaxError
+
 log = logging.getLogger(__name__)
 
+# 1: alexnet_jax up to commit 3e6cf36 (no "format" key).  2: adds "format" and "provenance"; the
+# TrainState layout is unchanged, so a format-1 checkpoint restores as it is.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(AlexnetJaxError, RuntimeError):
     pass
 
 
+class CheckpointFormatError(CheckpointError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Provenance
+# ------------------------------------------------------------------------------------------------
+def _git_commit() -> str | None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty", "--abbrev=40"],
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+_PROVENANCE_CACHE: dict[str, Any] = {}
+
+
+def provenance(mesh=None) -> dict[str, Any]:
+    """Where and with what a run ran: versions, git commit, devices, mesh, the XLA flags in effect."""
+    if not _PROVENANCE_CACHE:
+        from importlib import metadata
+
+        versions = {}
+        for pkg in ("alexnet-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
+                    "tensorflow-datasets", "grain"):
+            try:
+                versions[pkg] = metadata.version(pkg)
+            except metadata.PackageNotFoundError:
+                versions[pkg] = None
+        _PROVENANCE_CACHE.update(versions=versions, python=platform.python_version(), git_commit=_git_commit(),
+                                 host=platform.node())
+    d = jax.devices()
+    out = dict(_PROVENANCE_CACHE, format=FORMAT_VERSION, platform=d[0].platform, device_kind=d[0].device_kind,
+               device_count=jax.device_count(), process_count=jax.process_count(),
+               xla_flags=os.environ.get("XLA_FLAGS", ""))
+    if mesh is not None:
+        out["mesh"] = {k: int(v) for k, v in mesh.shape.items()}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Fingerprints
+# ------------------------------------------------------------------------------------------------
 @jax.jit
 def _leaf_sums(leaves):
     out = []
@@ -62,18 +124,54 @@ def _fingerprints_match(a, b, rtol=1e-4) -> bool:
     return True
 
 
-def abstract_like(state):
-    """ShapeDtypeStructs (with shardings) of a live or abstract state: the restore target."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+def all_finite(tree) -> bool:
+    return all(np.isfinite(s) and np.isfinite(q) for s, q in fingerprint(tree))
+
+
+def migrate(meta: dict[str, Any], step: int) -> dict[str, Any]:
+    """A checkpoint record of an older readable format, in today's form.
+
+    1 -> 2: the TrainState layout is the same; the data-iterator state was base64 of its JSON bytes
+    (now the JSON text itself); there is no provenance (it stays absent)."""
+    fmt = int(meta.get("format", 1))
+    if fmt == 1:
+        meta = dict(meta, format=FORMAT_VERSION)
+        if isinstance(meta.get("data_state"), str) and not meta["data_state"].lstrip().startswith("{"):
+            meta["data_state"] = base64.b64decode(meta["data_state"]).decode()
+        log.info("checkpoint step %d was written in format 1; migrated to format %d", step, FORMAT_VERSION)
+    return meta
+
+
+# ------------------------------------------------------------------------------------------------
+# The manager
+# ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet():
+    """Orbax's failed reads leave un-awaited coroutines and log TensorStore specs: keep stderr to our
+    one warning line."""
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    loggers = [logging.getLogger(n) for n in ("absl", "orbax", "orbax.checkpoint")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        sys.unraisablehook = old_hook
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 class Checkpointer:
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
         self.directory = os.path.abspath(directory)
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                                 create=True))
+        self.read_only = read_only
+        with _quiet():   # a read-only manager logs a warning that says just that
+            self.manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                                     create=not read_only, read_only=read_only))
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -82,39 +180,65 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, meta: dict[str, Any]) -> None:
-        meta = dict(meta, step=int(step), fingerprint=fingerprint(state))
+        meta = dict(meta, step=int(step), format=FORMAT_VERSION, fingerprint=fingerprint(state))
         self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                               meta=ocp.args.JsonSave(meta)), force=True)
 
-    def restore(self, target_state, step: int | None = None) -> tuple[Any, dict[str, Any], int] | None:
-        """Restore onto `target_state`'s shapes and shardings; newest complete checkpoint first.
+    def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict[str, Any], int] | None:
+        """Restore onto `abstract_state` (ShapeDtypeStructs with shardings); newest usable step first.
 
-        Returns (state, meta, step), or None when the directory holds no checkpoint.
-        """
+        Returns (state, meta, step), or None when the directory holds no checkpoint.  A damaged step
+        is reported in one line and skipped (and, unless read-only, moved aside); a checkpoint of an
+        unknown format raises CheckpointFormatError naming both versions."""
         self.manager.reload()
         steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
         if not steps:
             return None
-        abstract = abstract_like(target_state)
         problems = []
         for s in steps:
             try:
-                r = self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                     meta=ocp.args.JsonRestore()))
-                state, meta = r.state, r.meta
-                if state is None or meta is None:
-                    raise CheckpointError("the checkpoint has no state or no metadata item")
-                if not _fingerprints_match(meta.get("fingerprint", []), fingerprint(state)):
-                    raise CheckpointError("restored values do not match the fingerprint saved with them "
-                                          "(a file was changed or truncated after the save)")
+                with _quiet():
+                    r = self.manager.restore(s, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                    state, meta = r.state, r.meta
+                    if state is None or meta is None:
+                        raise CheckpointError("the checkpoint has no state or no metadata item")
+                    fmt = int(meta.get("format", 1))
+                    if fmt not in READABLE_FORMATS:
+                        raise CheckpointFormatError(
+                            f"checkpoint step {s} in {self.directory} has format {fmt}; this alexnet_jax reads "
+                            f"formats {', '.join(map(str, READABLE_FORMATS))} (it writes {FORMAT_VERSION}): "
+                            f"use the alexnet_jax version that wrote it")
+                    if not _fingerprints_match(meta.get("fingerprint", []), fingerprint(state)):
+                        raise CheckpointError("restored values do not match the fingerprint saved with them "
+                                              "(a file was changed or truncated after the save)")
+            except CheckpointFormatError:
+                raise
             except Exception as e:  # noqa: BLE001 - report any unreadable checkpoint and fall back
-                msg = (f"checkpoint step {s} in {self.directory} is incomplete or corrupted: "
-                       f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
-                log.warning(msg + ("; falling back to the previous checkpoint" if step is None else ""))
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                msg = f"checkpoint step {s} in {self.directory} is incomplete or corrupted ({type(e).__name__}" + (
+                    f": {first})" if first else ")")
+                moved = None if (self.read_only or step is not None) else self._move_aside(s)
+                log.warning(msg + (f"; moved to {moved}" if moved else "") +
+                            ("; using the previous checkpoint" if step is None else ""))
                 problems.append(msg)
                 continue
-            return state, meta, s
+            return state, migrate(meta, s), s
         raise CheckpointError("no usable checkpoint: " + " | ".join(problems))
+
+    def _move_aside(self, step: int) -> str | None:
+        """Rename a damaged step directory to `<step>.corrupt-<time>` so that the step can be saved again."""
+        src = os.path.join(self.directory, str(step))
+        if jax.process_index() != 0 or not os.path.isdir(src):
+            return None
+        dst = f"{src}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            os.rename(src, dst)
+        except OSError as e:
+            log.warning("could not move the damaged checkpoint %s aside: %s", src, e)
+            return None
+        self.manager.reload()
+        return dst
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

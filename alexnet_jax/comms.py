@@ -35,6 +35,8 @@ import numpy as np
 
 OPS = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
 LAYERS = ("conv1", "lrn1", "conv2", "lrn2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "fc8")
+# every model's layer scopes (jax.named_scope in the models): AlexNets, LeNet's C1..OUT
+LAYER_SCOPE = re.compile(r"^(conv\d|lrn\d|pool\d|fc\d|C\d|S\d|F6|OUT)$")
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
 
@@ -157,12 +159,38 @@ def _axis(groups, mesh_shape: dict[str, int]) -> str:
     return "+".join(sorted(varying)) or "none"
 
 
-def _layer(op_name: str) -> str | None:
+def layer_scope(op_name: str) -> str | None:
+    """The innermost layer scope named in an HLO op_name ("jit(f)/transpose(jvp(conv3))/..." -> "conv3")."""
     found = None
     for part in op_name.split("/"):
-        if part in LAYERS:
+        while (m := re.match(r"^(?:jit|pjit|jvp|transpose|vmap|checkpoint)\((.*)\)$", part)):
+            part = m.group(1)
+        if LAYER_SCOPE.match(part):
             found = part
     return found
+
+
+def is_backward(op_name: str) -> bool:
+    """Ops under transpose(...) belong to the gradient computation."""
+    return "transpose(" in op_name
+
+
+def computations(text: str) -> dict[str, list[str]]:
+    """{computation name: its instruction lines} of an HLO module's text (ENTRY and fused computations)."""
+    comps: dict[str, list[str]] = {}
+    cur = None
+    for line in text.splitlines():
+        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .*\{$", line)
+        if m:
+            cur = m.group(1)
+            comps[cur] = []
+        elif cur is not None and line.strip() and line.strip() != "}":
+            comps[cur].append(line.strip())
+    return comps
+
+
+def op_names(line: str) -> list[str]:
+    return _OP_NAME.findall(line)
 
 
 def _split_op_names(op_name: str, k: int) -> list[str]:
@@ -196,8 +224,8 @@ def analyze(compiled_or_text, mesh) -> Report:
         for (dt, dims), op_name in zip(arrays, names, strict=True):
             out.append(Collective(op=op, name=m.group("name"), shape=f"{dt}[{','.join(map(str, dims))}]",
                                   bytes=_nbytes(dt, dims), group_size=g, groups=tuple(groups),
-                                  axis=_axis(groups, mesh_shape), layer=_layer(op_name),
-                                  backward="transpose(" in op_name, op_name=op_name))
+                                  axis=_axis(groups, mesh_shape), layer=layer_scope(op_name),
+                                  backward=is_backward(op_name), op_name=op_name))
     return Report(out, mesh_shape)
 
 

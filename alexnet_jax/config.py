@@ -1,54 +1,162 @@
-"""Configs as data: one frozen dataclass, named recipes in alexnet_jax/configs/, `--set` overrides."""
+"""Configs as data: one frozen dataclass, named recipes in alexnet_jax/configs/, `--set` overrides.
+
+Every field declares what it accepts (a range or a set of values) next to its default, and
+`Config.validate()` checks all of them, and the few rules that tie fields together, in one place
+before anything runs.  An error names the key, the value and what is allowed.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from alexnet_jax.errors import AlexnetJaxError
+
+
+class ConfigError(AlexnetJaxError, ValueError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------
+# What a field accepts
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """lo <= v <= hi (or lo < v / v < hi when open); `also` lists extra allowed values (e.g. -1)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    also: tuple = ()
+
+    def ok(self, v) -> bool:
+        if v in self.also:
+            return True
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+
+    def describe(self) -> str:
+        lo = "" if self.lo is None else f"{self.lo:g} {'<' if self.lo_open else '<='} "
+        hi = "" if self.hi is None else f" {'<' if self.hi_open else '<='} {self.hi:g}"
+        text = f"{lo}value{hi}" if (lo or hi) else "any finite value"
+        return text + "".join(f" or {a}" for a in self.also)
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """One of a set of values; `values` may be a callable (imported lazily)."""
+
+    values: tuple | Callable[[], Iterable]
+
+    def allowed(self) -> tuple:
+        return tuple(self.values() if callable(self.values) else self.values)
+
+    def ok(self, v) -> bool:
+        return v in self.allowed()
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(map(str, self.allowed()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Each:
+    """Every element of a tuple passes `inner`."""
+
+    inner: Range
+
+    def ok(self, v) -> bool:
+        return all(self.inner.ok(x) for x in v)
+
+    def describe(self) -> str:
+        return "a comma list, each " + self.inner.describe()
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+    """A non-empty string (`empty_ok`: also "")."""
+
+    empty_ok: bool = False
+
+    def ok(self, v) -> bool:
+        return isinstance(v, str) and (self.empty_ok or bool(v.strip()))
+
+    def describe(self) -> str:
+        return "any text" if self.empty_ok else "a non-empty name"
+
+
+def _models():
+    from alexnet_jax.models import MODELS
+    return tuple(MODELS)
+
+
+def _datasets():
+    from alexnet_jax.data.catalog import dataset_names
+    return dataset_names()
+
+
+def _augments():
+    from alexnet_jax.data.catalog import AUGMENTS
+    return AUGMENTS
+
+
+def field(default, accepts, doc: str = ""):
+    return dataclasses.field(default=default, metadata={"accepts": accepts, "doc": doc})
+
+
+POSITIVE = Range(0, None, lo_open=True)
+NON_NEGATIVE = Range(0)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     # model
-    model: str = "lenet5"
-    num_classes: int = 10
-    input_size: int = 32
-    width: float = 1.0
-    dtype: str = "float32"            # compute dtype: float32 | bfloat16 (parameters stay float32)
-    head: str = "softmax"             # lenet5 only: softmax | rbf
-    init: str = "paper"               # alexnet / alexnet_half only: paper (N(0, 0.01), biases 1) | he
+    model: str = field("lenet5", OneOf(_models))
+    num_classes: int = field(10, Range(2, 100_000))
+    input_size: int = field(32, Range(8, 1024))
+    width: float = field(1.0, Range(0, 8, lo_open=True), "multiplies every hidden layer's width")
+    dtype: str = field("float32", OneOf(("float32", "bfloat16")), "compute dtype (parameters stay float32)")
+    head: str = field("softmax", OneOf(("softmax", "rbf")), "lenet5 only")
+    init: str = field("paper", OneOf(("paper", "he")), "alexnet / alexnet_half only")
     # data
-    dataset: str = "digits"           # TFDS name: digits | mnist | cifar10 | imagenet2012
-    data_dir: str = ""                # "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
-    train_split: str = "train"
-    eval_split: str = "test"
-    augment: str = "none"             # none | lenet | lenet_affine | cifar | alexnet
-    num_workers: int = 0              # grain worker processes (0 = in-process)
+    dataset: str = field("digits", OneOf(_datasets), "TFDS name, optionally /store (imagenet2012/raw256)")
+    data_dir: str = field("", Text(empty_ok=True), "'' -> $TFDS_DATA_DIR or ~/tensorflow_datasets")
+    train_split: str = field("train", Text())
+    eval_split: str = field("test", Text())
+    augment: str = field("none", OneOf(_augments))
+    num_workers: int = field(0, Range(0, 256), "grain worker processes (0 = in-process)")
     # optimisation (the paper's SGD: v <- m v - wd lr w - lr g; w <- w + v)
-    batch_size: int = 128
-    num_epochs: float = 10.0
-    num_steps: int = 0                # > 0 overrides num_epochs
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "constant"     # constant | steps | plateau
-    lr_boundaries: tuple[float, ...] = ()   # epochs at which `steps` multiplies lr by the next factor
-    lr_factors: tuple[float, ...] = ()      # one factor per boundary (relative to the base lr)
-    plateau_factor: float = 0.1
-    plateau_patience: int = 2         # evaluations without improvement before a drop
-    plateau_max_drops: int = 3
-    warmup_steps: int = 0
+    batch_size: int = field(128, Range(1, 1 << 20))
+    num_epochs: float = field(10.0, POSITIVE)
+    num_steps: int = field(0, NON_NEGATIVE, "> 0 overrides num_epochs")
+    lr: float = field(0.01, Range(0, 10, lo_open=True))
+    momentum: float = field(0.9, Range(0, 1, hi_open=True))
+    weight_decay: float = field(5e-4, Range(0, 1))
+    lr_schedule: str = field("constant", OneOf(("constant", "steps", "plateau")))
+    lr_boundaries: tuple[float, ...] = field((), Each(NON_NEGATIVE), "epochs at which `steps` changes lr")
+    lr_factors: tuple[float, ...] = field((), Each(POSITIVE), "lr after each boundary, relative to lr")
+    plateau_factor: float = field(0.1, Range(0, 1, lo_open=True, hi_open=True))
+    plateau_patience: int = field(2, Range(1, 1000), "evaluations without improvement before a drop")
+    plateau_max_drops: int = field(3, Range(0, 100))
+    warmup_steps: int = field(0, NON_NEGATIVE)
     # evaluation / checkpoints / logging
-    eval_every_epochs: float = 1.0
-    ten_crop: bool = False
-    checkpoint_every_steps: int = 500
-    keep_checkpoints: int = 3
-    log_every_steps: int = 50
-    seed: int = 0
-    # parallelism: mesh shape data x model (-1 = all remaining devices)
-    mesh_data: int = -1
-    mesh_model: int = 1
+    eval_every_epochs: float = field(1.0, POSITIVE)
+    ten_crop: bool = field(False, OneOf((False, True)))
+    checkpoint_every_steps: int = field(500, Range(1))
+    keep_checkpoints: int = field(3, Range(1, 1000))
+    log_every_steps: int = field(50, Range(1))
+    seed: int = field(0, Range(0, 2**31 - 1))
+    # parallelism: mesh shape data x model (-1: data takes the remaining devices; model follows the
+    # devices present: 2 columns on 2+ devices, else 1)
+    mesh_data: int = field(-1, Range(1, 1 << 16, also=(-1,)))
+    mesh_model: int = field(-1, Range(1, 64, also=(-1,)))
 
     def replace(self, **kw) -> Config:
         return dataclasses.replace(self, **kw)
@@ -64,45 +172,92 @@ class Config:
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown config key(s) {sorted(unknown)}; valid keys: {', '.join(valid_keys())}")
-        kw = {}
-        for f in dataclasses.fields(cls):
-            if f.name in d:
-                v = d[f.name]
-                kw[f.name] = tuple(v) if isinstance(v, list) else v
-        return cls(**kw)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def validate(self) -> Config:
+        """Check every field against what it accepts, then the rules between fields; returns self."""
+        hints = typing.get_type_hints(Config)
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not _type_ok(v, hints[f.name]):
+                raise ConfigError(f"{f.name}={v!r} has the wrong type: expected {_type_name(hints[f.name])}")
+            accepts = f.metadata["accepts"]
+            if not accepts.ok(v):
+                raise ConfigError(f"{f.name}={_show(v)} is not allowed: {f.name} must be {accepts.describe()}")
+        if len(self.lr_boundaries) != len(self.lr_factors):
+            raise ConfigError(f"lr_boundaries={_show(self.lr_boundaries)} and lr_factors={_show(self.lr_factors)} "
+                              f"need one factor per boundary")
+        if list(self.lr_boundaries) != sorted(self.lr_boundaries):
+            raise ConfigError(f"lr_boundaries={_show(self.lr_boundaries)} must be non-decreasing")
+        if self.lr_schedule != "steps" and self.lr_boundaries:
+            raise ConfigError(f"lr_boundaries={_show(self.lr_boundaries)} is only used with lr_schedule=steps "
+                              f"(got lr_schedule={self.lr_schedule})")
+        if self.lr_schedule == "plateau" and self.warmup_steps:
+            raise ConfigError("lr_schedule=plateau cannot be combined with warmup_steps > 0: the warm-up "
+                              "schedule would overwrite the rate the plateau rule sets")
+        if self.head == "rbf" and (self.model != "lenet5" or self.num_classes != 10):
+            raise ConfigError(f"head=rbf (LeNet-5's 10 fixed digit codes) needs model=lenet5 and num_classes=10, "
+                              f"got model={self.model}, num_classes={self.num_classes}")
+        return self
 
 
-class ConfigError(ValueError):
-    pass
+def _show(v) -> str:
+    if isinstance(v, tuple):
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) or "(empty)"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _type_ok(v, typ) -> bool:
+    if typ is bool:
+        return isinstance(v, bool)
+    if typ is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if typ is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if typ is str:
+        return isinstance(v, str)
+    return isinstance(v, tuple) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+
+def _type_name(typ) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "text"}.get(typ, "a comma list of numbers")
 
 
 def valid_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
 
 
+def describe_keys() -> str:
+    """One line per key: name, default, what it accepts (for `--help`-style listings)."""
+    lines = []
+    for f in dataclasses.fields(Config):
+        doc = f" ({f.metadata['doc']})" if f.metadata["doc"] else ""
+        lines.append(f"  {f.name} = {_show(f.default)}: {f.metadata['accepts'].describe()}{doc}")
+    return "\n".join(lines)
+
+
 def _parse_value(key: str, raw: str, typ) -> Any:
-    typ_s = str(typ)
     try:
-        if typ_s in ("bool", "<class 'bool'>"):
+        if typ is bool:
             if raw.lower() in ("1", "true", "yes", "on"):
                 return True
             if raw.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
-        if typ_s in ("int", "<class 'int'>"):
+        if typ is int:
             return int(raw)
-        if typ_s in ("float", "<class 'float'>"):
+        if typ is float:
             return float(raw)
-        if typ_s.startswith("tuple"):
-            raw = raw.strip().strip("()[]")
-            return tuple(float(v) for v in raw.split(",") if v.strip())
-        return raw
+        if typ is str:
+            return raw
+        raw = raw.strip().strip("()[]")
+        return tuple(float(v) for v in raw.split(",") if v.strip())
     except ValueError:
-        raise ConfigError(f"bad value {raw!r} for {key} (expected {typ_s.replace('<class ', '').strip('>')})") from None
+        raise ConfigError(f"bad value {raw!r} for {key} (expected {_type_name(typ)})") from None
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """Apply `key=value` strings; unknown keys and bad values raise ConfigError listing valid keys."""
+    """Apply `key=value` strings; unknown keys and unparsable values raise ConfigError."""
     hints = typing.get_type_hints(Config)
     kw = {}
     for item in overrides:

@@ -1,36 +1,26 @@
-"""All sharding lives here: the `data` x `model` device mesh, partition specs named by role, the
-2012 column split via `jax.shard_map`, sharded-from-birth model state and global batches.
+"""All sharding lives here: the `data` x `model` device mesh, the rules that map the models' logical
+axes onto it, the plan of one run (who holds which rows of the batch and which parameters), the
+2012 column split via `jax.shard_map`, and global batches.
 
-The column split, as in Krizhevsky et al. 2012 (Fig. 2; ../shared/reference/paper_facts.md §1.2):
+The column split (Krizhevsky et al. 2012, Fig. 2) is drawn once, in the README; in short, device
+(d, m) holds column m of conv1..conv5, fc6 and fc7 and rows d of the batch, and the columns meet
+only at conv3, fc6, fc7 and fc8.  XLA's automatic partitioner does not split grouped
+convolutions across devices (it gathers inputs and kernels and runs the whole conv everywhere:
+openxla/xla#47945), so the columns are placed by hand: the model's per-column code runs inside
+`jax.shard_map`, and the model's `exchange` hook becomes an explicit `all_gather` over `model`.
+With `model = 1` the same code runs with both columns on each device (a gather over a size-1 axis
+is a no-op).  In the backward pass JAX transposes the gathers feeding conv3, fc6 and fc7 (gathered
+as `varying`) into reduce-scatters, each device receiving the other column's contribution to its
+own maps; the fc8 gather is `invarying` (fc8 is replicated), so its gradient needs none.
 
-    device (0, m) holds column m of conv1..conv5, fc6, fc7 (and their optimiser state)
-    conv1 -> LRN -> pool -> conv2 -> LRN -> pool        no communication
-    ==== all-gather over `model`: 13*13*128 maps ===    conv3 reads both columns
-    conv3 -> conv4 -> conv5 -> pool                     no communication
-    ==== all-gather over `model`: 6*6*128 ==========    fc6 reads both columns
-    fc6 -> dropout
-    ==== all-gather over `model`: 2048 =============    fc7 reads both columns
-    fc7 -> dropout
-    ==== all-gather over `model`: 2048 =============    fc8 (replicated on both devices)
-
-XLA's automatic partitioner does not split grouped convolutions across devices (it gathers the
-inputs and kernels and runs the whole conv everywhere: openxla/xla#47945), so the columns are
-placed by hand: the model's per-column code runs inside `jax.shard_map`, and the model's
-`exchange` hook becomes an explicit `all_gather` over the `model` axis.  With `model = 1` the
-same code runs with both columns on each device (the all-gather over a size-1 axis is a no-op).
-In the backward pass JAX transposes the all-gathers feeding conv3, fc6 and fc7 (gathered as
-`varying`) into reduce-scatters of the gradient, each device receiving the other column's
-contribution to its own maps: the paper's volume, per image per direction.  The fc8 gather is
-`invarying` (fc8 is replicated), so its gradient needs no communication (tests/test_parallel.py).
-
-The other models (LeNet, the one-column AlexNets) are data-parallel over every device of the
-mesh (their batch is split over both axes) through ordinary jit sharding propagation.
+One-column models (LeNet, alexnet_half/owt/keras/bn) are data-parallel over every device of the
+mesh (the batch is split over both axes) through ordinary jit sharding propagation.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,133 +29,155 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax.models.alexnet import AlexNet2012
+from alexnet_jax.errors import AlexnetJaxError
+from alexnet_jax.models.layers import COLUMN_AXIS
 
 DATA, MODEL = "data", "model"
+# Logical axis -> mesh axis (maxtext's logical-axis rules, sized down).  Models name only logical
+# axes, in each parameter's `axes` metadata; a logical axis without a rule is replicated.
+RULES: dict[str, str] = {COLUMN_AXIS: MODEL}
+
+HOST_DEVICES_HINT = ("on a CPU, get N devices with XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                     "(or --force-host-devices N) before JAX starts")
 
 
-@dataclasses.dataclass(frozen=True)
-class Roles:
-    """Partition specs by role.  Suffix letters name the dimensions (C = column)."""
-
-    images_BHWC: P = P(DATA)                 # two-column net: batch over `data`, both columns see it
-    images_all_BHWC: P = P((DATA, MODEL))    # one-column nets: batch over every device
-    labels_B: P = P(DATA)
-    labels_all_B: P = P((DATA, MODEL))
-    column_params_C: P = P(MODEL)            # leading column axis of every column layer's parameters
-    replicated: P = P()
-    column_acts_CB: P = P(MODEL, DATA)       # per-column, per-example tensors (dropout masks)
-    logits_BK: P = P(DATA)
-
-
-ROLES = Roles()
+class MeshError(AlexnetJaxError, ValueError):
+    """A mesh that does not fit the devices, the model or the batch; the message says what to change."""
 
 
 # ------------------------------------------------------------------------------------------------
 # Mesh
 # ------------------------------------------------------------------------------------------------
-def make_mesh(data: int = -1, model: int = 1, devices: list | None = None) -> Mesh:
-    """A (data, model) mesh; `data=-1` takes all devices the `model` axis leaves.
-
-    `data * model` may be smaller than the number of devices (the first ones are used), so a run
-    can compare 1 device against 2 on the same machine.
-    """
-    devices = list(devices if devices is not None else jax.devices())
-    n = len(devices)
+def resolve_mesh_shape(data: int, model: int, n_devices: int) -> tuple[int, int]:
+    """(data, model) for `n_devices`: `model=-1` takes 2 columns when 2+ devices are present (else 1),
+    `data=-1` takes every device the model axis leaves."""
+    if model == -1:
+        model = 2 if n_devices >= 2 else 1
     if model < 1:
-        raise ValueError(f"mesh model axis must be >= 1, got {model}")
+        raise MeshError(f"mesh_model must be >= 1 or -1 (follow the devices), got {model}")
     if data == -1:
-        if n % model:
-            raise ValueError(f"{n} devices do not split into a model axis of {model}; "
-                             f"choose mesh_model dividing {n}")
-        data = n // model
-    if data < 1 or data * model > n:
-        raise ValueError(f"mesh data={data} x model={model} needs {data * model} devices but {n} are "
-                         f"available ({jax.default_backend()}); on CPU set "
-                         f"XLA_FLAGS=--xla_force_host_platform_device_count={data * model} before jax starts")
+        if n_devices % model:
+            raise MeshError(f"mesh_model={model} needs a multiple of {model} devices, but {n_devices} are "
+                            f"present ({jax.default_backend()}); {HOST_DEVICES_HINT}")
+        data = n_devices // model
+    if data < 1 or data * model > n_devices:
+        raise MeshError(f"mesh data={data} x model={model} needs {data * model} devices but {n_devices} "
+                        f"{'is' if n_devices == 1 else 'are'} present ({jax.default_backend()}); "
+                        f"{HOST_DEVICES_HINT}")
+    return data, model
+
+
+def make_mesh(data: int = -1, model: int = 1, devices: list | None = None) -> Mesh:
+    """A (data, model) mesh over the first data * model devices (so a run can compare 1 device
+    against 2 on one machine); see `resolve_mesh_shape` for -1."""
+    devices = list(devices if devices is not None else jax.devices())
+    data, model = resolve_mesh_shape(data, model, len(devices))
     return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto),
                          devices=devices[:data * model])
 
 
-def is_column_model(model) -> bool:
-    return isinstance(model, AlexNet2012)
-
-
-def check_model_fits(model, mesh: Mesh) -> None:
-    m = mesh.shape[MODEL]
-    if is_column_model(model):
-        cols = model.conv1.kernel.shape[0]
-        if cols % m:
-            raise ValueError(f"the two-column AlexNet needs mesh model axis 1 or 2, got {m}")
-    elif m != 1:
-        pass  # one-column models run data-parallel over all devices
-
-
-def batch_spec(model, mesh: Mesh) -> P:
-    return ROLES.images_BHWC if is_column_model(model) else ROLES.images_all_BHWC
-
-
-def batch_divisor(model, mesh: Mesh) -> int:
-    """How many ways the global batch is split."""
-    return mesh.shape[DATA] if is_column_model(model) else mesh.shape[DATA] * mesh.shape[MODEL]
+def spec(axes: tuple | None) -> P:
+    """PartitionSpec of a parameter from its logical `axes` metadata (RULES)."""
+    return P(*(RULES.get(a) for a in axes)) if axes else P()
 
 
 # ------------------------------------------------------------------------------------------------
-# Parameter shardings
+# The plan of one run
 # ------------------------------------------------------------------------------------------------
-def _spec_of(variable, mesh: Mesh) -> P:
-    names = variable.get_metadata().get("out_sharding") if hasattr(variable, "get_metadata") else None
-    if not names:
-        return P()
-    return P(*(n if n in mesh.axis_names else None for n in names))
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How one model runs on one mesh: computed once by `plan()`, read by the Trainer and the loaders.
 
-
-def state_specs(state: nnx.State, mesh: Mesh):
-    """PartitionSpec per leaf, from each Variable's `out_sharding` metadata (else replicated)."""
-    return jax.tree.map(lambda v: _spec_of(v, mesh), state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def state_shardings(state: nnx.State, mesh: Mesh):
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), state_specs(state, mesh),
-                        is_leaf=lambda x: isinstance(x, P))
-
-
-def create_sharded(build: Callable[[], nnx.Module], mesh: Mesh) -> nnx.Module:
-    """Build a model with every parameter created directly in its sharded layout.
-
-    The model is first traced abstractly; then its initialiser runs under `jit` with
-    `out_shardings`, so no parameter is ever materialised whole on one device.  Random values
-    do not depend on the mesh (JAX's partitionable threefry), so every mesh gets the same model.
+    columns_on_model  the model's columns are split over the `model` axis (the 2012 net); otherwise
+                      the model is data-parallel over every device.
+    batch_axes        the mesh axes that split the batch: ("data",) or ("data", "model").
+    feed_index/count  this process feeds the feed_index-th of feed_count equal, contiguous slices of
+                      the global batch: the rows its devices hold.  Processes that hold the same rows
+                      (the columns of one data replica on different processes) read the same data.
     """
-    def _build():
-        with nnx.use_eager_sharding(False):
-            return build()
 
-    abstract = nnx.eval_shape(_build)
-    check_model_fits(abstract, mesh)
-    graphdef, abs_state = nnx.split(abstract)
-    shardings = state_shardings(abs_state, mesh)
-    state = jax.jit(lambda: nnx.state(_build()), out_shardings=shardings)()
-    return nnx.merge(graphdef, state)
+    mesh: Mesh
+    columns: int
+    columns_on_model: bool
+    batch_axes: tuple[str, ...]
+    batch_size: int
+    feed_index: int
+    feed_count: int
+
+    @property
+    def batch_divisor(self) -> int:
+        return int(np.prod([self.mesh.shape[a] for a in self.batch_axes]))
+
+    @property
+    def per_process_batch(self) -> int:
+        return self.batch_size // self.feed_count
+
+    def batch_sharding(self, ndim: int = 1) -> NamedSharding:
+        """Leading (batch) axis split over `batch_axes`, the rest whole."""
+        return NamedSharding(self.mesh, P(self.batch_axes, *([None] * (ndim - 1))))
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    def global_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Per-process numpy arrays -> global arrays split over the batch axes."""
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding(np.ndim(v)), np.asarray(v))
+                for k, v in batch.items()}
+
+    def param_shardings(self, state: nnx.State):
+        """NamedSharding per Variable of `state`, from its logical `axes` metadata."""
+        return jax.tree.map(lambda v: NamedSharding(self.mesh, spec(v.get_metadata().get("axes"))), state,
+                            is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+    def describe(self) -> str:
+        d, m = self.mesh.shape[DATA], self.mesh.shape[MODEL]
+        if self.columns_on_model:
+            how = (f"the {self.columns} columns split over `model` ({self.columns // m} per device), "
+                   f"the batch over `data`")
+        elif self.columns > 1:
+            how = "both columns on every device, the batch over `data`"
+        else:
+            how = f"one-column model: data-parallel over all {d * m} devices"
+        return f"mesh data={d} x model={m}: {how}"
 
 
-def abstract_state(build: Callable[[], nnx.Module], mesh: Mesh):
-    """(graphdef, state of ShapeDtypeStructs carrying this mesh's shardings): a restore target."""
-    def _build():
-        with nnx.use_eager_sharding(False):
-            return build()
+def plan(model, mesh: Mesh, batch_size: int) -> Plan:
+    """The Plan for `model` (a live or abstract model: only `.columns` is read) on `mesh`.
 
-    graphdef, abs_state = nnx.split(nnx.eval_shape(_build))
-    shardings = state_shardings(abs_state, mesh)
-    return graphdef, jax.tree.map(lambda v, s: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)),
-                                  abs_state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    Raises MeshError naming what to change when the model, mesh and batch do not fit together."""
+    columns = int(getattr(model, "columns", 1))
+    m = mesh.shape[MODEL]
+    if columns > 1 and columns % m:
+        raise MeshError(f"the {columns}-column model cannot split over mesh_model={m}; "
+                        f"use mesh_model 1 or {columns}")
+    batch_axes = (DATA,) if columns > 1 else (DATA, MODEL)
+    divisor = int(np.prod([mesh.shape[a] for a in batch_axes]))
+    if batch_size < 1 or batch_size % divisor:
+        raise MeshError(f"batch_size {batch_size} is not divisible by the {divisor} devices that split the "
+                        f"batch (mesh data={mesh.shape[DATA]} x model={m}); choose a multiple of {divisor}")
+    feed_index, feed_count = _feed(mesh, batch_axes, batch_size)
+    return Plan(mesh=mesh, columns=columns, columns_on_model=columns > 1 and m > 1, batch_axes=batch_axes,
+                batch_size=batch_size, feed_index=feed_index, feed_count=feed_count)
+
+
+def _feed(mesh: Mesh, batch_axes: tuple[str, ...], batch_size: int) -> tuple[int, int]:
+    sharding = NamedSharding(mesh, P(batch_axes))
+    rows = sorted({(i[0].start or 0, batch_size if i[0].stop is None else i[0].stop)
+                   for i in sharding.addressable_devices_indices_map((batch_size,)).values()})
+    if not rows:
+        raise MeshError(f"process {jax.process_index()} has no device in the mesh {dict(mesh.shape)}")
+    start, stop = rows[0][0], rows[-1][1]
+    n = stop - start
+    if any(a[1] != b[0] for a, b in zip(rows, rows[1:], strict=False)) or batch_size % n or start % n:
+        raise MeshError(f"process {jax.process_index()} holds batch rows {rows} of {batch_size}, not one "
+                        f"contiguous equal slice; lay the mesh out so each process's devices are adjacent")
+    return start // n, batch_size // n
 
 
 # ------------------------------------------------------------------------------------------------
 # The forward pass on a mesh
 # ------------------------------------------------------------------------------------------------
-
-
 def gather_columns(hs: list[jax.Array], to: str = "invarying") -> jax.Array:
     """The cross-column exchange inside shard_map: all-gather every column's maps over `model`,
     then lay the columns side by side on the channel axis (column 0's maps first).
@@ -173,76 +185,77 @@ def gather_columns(hs: list[jax.Array], to: str = "invarying") -> jax.Array:
     `to="varying"` where the result feeds per-column layers (its transpose is a reduce-scatter),
     `"invarying"` where it feeds the replicated fc8 (whose logits must be the same on all columns)."""
     local = jnp.stack(hs)                                               # (local columns, B, ..., C)
-    every = jax.lax.all_gather(local, MODEL, axis=0, tiled=True, to=to)  # (2, B, ..., C)
+    every = jax.lax.all_gather(local, MODEL, axis=0, tiled=True, to=to)  # (columns, B, ..., C)
     return jnp.concatenate([every[i] for i in range(every.shape[0])], axis=-1)
 
 
-def apply(model: nnx.Module, x_BHWC: jax.Array, *, mesh: Mesh | None, train: bool = False,
-          dropout_key: jax.Array | None = None) -> jax.Array:
-    """Run `model` on a (global) batch.  Two-column AlexNet: columns on the `model` axis."""
-    if mesh is None or not is_column_model(model):
-        return model(x_BHWC, train=train, dropout_key=dropout_key)
+class _Recorder:
+    """A tap that keeps every layer's per-column outputs, in call order."""
+
+    def __init__(self):
+        self.values: dict[str, list[jax.Array]] = {}
+        self.shared: dict[str, bool] = {}
+
+    def __call__(self, name: str, column: int | None, value: jax.Array) -> jax.Array:
+        self.values.setdefault(name, []).append(value)
+        self.shared[name] = column is None
+        return value
+
+    def stacked(self) -> dict[str, jax.Array]:
+        return {k: jnp.stack(v) for k, v in self.values.items()}
+
+
+def apply(model: nnx.Module, x_BHWC: jax.Array, plan: Plan | None = None, *, train: bool = False,
+          dropout_key: jax.Array | None = None, taps: bool = False):
+    """Run `model` on a global batch: logits, or (logits, taps) with `taps=True`.
+
+    taps[layer] is a list with one array per column (one element for one-column nets and for layers
+    the columns share): the layer's output after its activation, as the model's own forward pass
+    computed it (layers.Tap).  A column model runs under shard_map with its columns on `model`."""
+    if plan is None or plan.columns == 1:
+        rec = _Recorder()
+        logits = model(x_BHWC, train=train, dropout_key=dropout_key, tap=rec if taps else _no_tap)
+        return (logits, rec.values) if taps else logits
     graphdef, state = nnx.split(model)
-    specs = state_specs(state, mesh)
+    specs = jax.tree.map(lambda v: spec(v.get_metadata().get("axes")), state,
+                         is_leaf=lambda x: isinstance(x, nnx.Variable))
     use_masks = train and model.dropout_rate > 0
     masks = model.dropout_masks(dropout_key, x_BHWC.shape[0]) if use_masks else ()
-    mask_specs = (ROLES.column_acts_CB, ROLES.column_acts_CB) if use_masks else ()
+    per_column = P(MODEL, DATA)                     # (columns, B, ...) tensors: dropout masks, taps
+    tap_specs: dict[str, P] = {}
+    if taps:
+        probe = _Recorder()
+        jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, tap=probe), state, x_BHWC)
+        tap_specs = {k: P(None, DATA) if probe.shared[k] else per_column for k in probe.values}
 
     def per_device(state, x, masks):
         local_model = nnx.merge(graphdef, state)
+        rec = _Recorder()
 
         def exchange(hs, layer):  # scoped by the layer it feeds, so comms.py can attribute it in the HLO
             with jax.named_scope(layer):
                 return gather_columns(hs, to="invarying" if layer == "fc8" else "varying")
 
-        return local_model(x, train=train, dropout_masks=masks if use_masks else None, exchange=exchange)
+        logits = local_model(x, train=train, dropout_masks=masks if use_masks else None, exchange=exchange,
+                             tap=rec if taps else _no_tap)
+        return logits, rec.stacked()
 
-    fn = jax.shard_map(per_device, mesh=mesh, in_specs=(specs, ROLES.images_BHWC, mask_specs),
-                       out_specs=ROLES.logits_BK)
-    return fn(state, x_BHWC, masks)
-
-
-# ------------------------------------------------------------------------------------------------
-# Global batches from per-process data
-# ------------------------------------------------------------------------------------------------
-def global_batch(batch: dict[str, np.ndarray], model, mesh: Mesh) -> dict[str, jax.Array]:
-    """Assemble per-process numpy batches into global arrays sharded over the batch axis."""
-    spec = batch_spec(model, mesh)
-    n = batch_divisor(model, mesh)
-    out = {}
-    for k, v in batch.items():
-        if jax.process_count() == 1 and np.shape(v)[0] % n:
-            raise ValueError(f"batch of {np.shape(v)[0]} ({k!r}) is not divisible by the {n} devices that "
-                             f"split the batch (mesh data={mesh.shape[DATA]} x model={mesh.shape[MODEL]}); "
-                             f"choose a multiple of {n}")
-        sharding = NamedSharding(mesh, P(spec[0], *([None] * (v.ndim - 1))))
-        out[k] = jax.make_array_from_process_local_data(sharding, np.asarray(v))
-    return out
+    fn = jax.shard_map(per_device, mesh=plan.mesh,
+                       in_specs=(specs, P(DATA), (per_column, per_column) if use_masks else ()),
+                       out_specs=(P(DATA), tap_specs))
+    logits, stacked = fn(state, x_BHWC, masks)
+    if not taps:
+        return logits
+    return logits, {k: [v[i] for i in range(v.shape[0])] for k, v in stacked.items()}
 
 
-def batch_feed(model, mesh: Mesh, batch_size: int) -> tuple[int, int]:
-    """(index, count): this process feeds the index-th of `count` equal, contiguous slices of the global
-    batch, the rows its devices hold.  Processes whose devices hold the same rows (columns of one data
-    replica on different processes) must read the same data: with data=1 every process feeds the whole
-    batch, (0, 1).  One process: (0, 1)."""
-    sharding = NamedSharding(mesh, P(batch_spec(model, mesh)[0]))
-    rows = sorted({(i[0].start or 0, batch_size if i[0].stop is None else i[0].stop)
-                   for i in sharding.addressable_devices_indices_map((batch_size,)).values()})
-    if not rows:
-        raise ValueError(f"process {jax.process_index()} has no device in the mesh {dict(mesh.shape)}")
-    start, stop = rows[0][0], rows[-1][1]
-    n = stop - start
-    if any(a[1] != b[0] for a, b in zip(rows, rows[1:], strict=False)) or batch_size % n or start % n:
-        raise ValueError(f"process {jax.process_index()} holds batch rows {rows} of {batch_size}, not one "
-                         f"contiguous equal slice; lay the mesh out so each process's devices are adjacent")
-    return start // n, batch_size // n
-
-
-def batch_shardings(model, mesh: Mesh) -> dict[str, NamedSharding]:
-    """Shardings of a training batch {"image": (B, H, W, C), "label": (B,)}: split over the batch axis."""
-    axis = batch_spec(model, mesh)[0]
-    return {"image": NamedSharding(mesh, P(axis)), "label": NamedSharding(mesh, P(axis))}
+def _no_tap(name, column, value):
+    return value
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def tree_shardings(tree: Any):
+    return jax.tree.map(lambda x: x.sharding, tree)

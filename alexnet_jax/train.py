@@ -1,22 +1,22 @@
-"""Training and evaluation: the train state, one pure jitted step, the loop, `train_and_evaluate`.
+"""The Trainer (model, sharded state, plan and the jitted steps, built once from a config and a
+mesh) and `train_and_evaluate`, the loop every run goes through.
 
-The flow of one step: config -> mesh (parallel) -> sharded state (models created under the mesh)
--> grain batch -> global array on the batch axis -> jitted step [per-column forward under
-shard_map, all-gathers at conv3/fc6/fc7/fc8, loss, gradients (reverse collectives), the paper's
-SGD update] -> metrics -> orbax save.
+The flow of one step: config -> mesh -> Trainer (abstract state with shardings, plan) -> loader
+batch -> global array on the batch axes -> jitted step [inputs prepared on the device, per-column
+forward under shard_map with the four exchanges, loss, gradients, the paper's SGD] -> metrics.
+Training, resuming, `eval`, every tool, `bench` and the experiments obtain their model, state and
+steps from `Trainer.build`; nothing else builds a train state.
 """
 
 from __future__ import annotations
 
-import base64
+import dataclasses
+import functools
 import json
 import logging
 import math
 import os
-import signal
-import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -25,10 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import optim, parallel
-from alexnet_jax.config import Config
+from alexnet_jax.config import Config, ConfigError
+from alexnet_jax.errors import AlexnetJaxError
 from alexnet_jax.models import create_model
 
 log = logging.getLogger("alexnet_jax")
@@ -39,86 +41,148 @@ class TrainState:
     step: jax.Array          # int32 scalar
     params: Any              # nnx.State of the trainable parameters (float32)
     extra: Any               # nnx.State of everything else (BatchNorm statistics); may be empty
-    opt_state: Any           # optax state of paper_sgd (velocity, learning rate)
+    opt_state: Any           # optax state (velocity, learning rate)
     rng: jax.Array           # uint32 key data of the base key; dropout key = fold_in(key, step)
 
 
-# ------------------------------------------------------------------------------------------------
-# Construction
-# ------------------------------------------------------------------------------------------------
-def model_builder(config: Config) -> Callable[[], nnx.Module]:
+def build_model(config: Config) -> nnx.Module:
+    """The model a config names, its parameters drawn from `config.seed` (the same on every mesh)."""
     extra = {"head": config.head} if config.model == "lenet5" else {}
     if config.model in ("alexnet", "alexnet_half"):
         extra["init"] = config.init
-    return lambda: create_model(config.model, num_classes=config.num_classes, input_size=config.input_size,
-                                width=config.width, dtype=config.dtype, seed=config.seed, **extra)
+    return create_model(config.model, num_classes=config.num_classes, input_size=config.input_size,
+                        width=config.width, dtype=config.dtype, seed=config.seed, **extra)
 
 
-def create_train_state(config: Config, mesh, tx: optax.GradientTransformation):
-    """(graphdef, TrainState), every array created directly in its sharded layout."""
-    model = parallel.create_sharded(model_builder(config), mesh)
-    graphdef, params, extra = nnx.split(model, nnx.Param, ...)
-    # momentum buffers take their parameters' shardings (each column's velocity on its device)
-    rep = parallel.replicated(mesh)
-    opt_shardings = optax.tree_utils.tree_map_params(
-        tx, lambda _, p: p.sharding, jax.eval_shape(tx.init, params), params, transform_non_params=lambda _: rep,
-        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-    state = TrainState(step=jax.device_put(jnp.int32(0), rep), params=params, extra=extra, opt_state=opt_state,
-                       rng=jax.device_put(jax.random.key_data(jax.random.key(config.seed + 1)), rep))
-    return graphdef, state
-
-
-def state_shardings(state: TrainState):
-    return jax.tree.map(lambda x: x.sharding, state)
-
-
-# ------------------------------------------------------------------------------------------------
-# Steps
-# ------------------------------------------------------------------------------------------------
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, mesh, shardings, batch_sharding):
-    """The one pure training step `(state, batch) -> (state, metrics)`, jitted once, state donated."""
+def _abstract(tree, shardings):
+    """ShapeDtypeStructs carrying `shardings` (a tree of NamedShardings, one per leaf or per nnx Variable)."""
+    def one(a, s):
+        if isinstance(s, nnx.Variable):   # optax maps over Variables and keeps them around its results
+            s = s.get_value()
+        if isinstance(a, nnx.Variable):
+            return a.replace(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s))
+        return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array]):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.extra)
-            logits = parallel.apply(model, batch["image"], mesh=mesh, train=True, dropout_key=key)
-            loss = cross_entropy(logits, batch["label"]).mean()
-            _, _, extra = nnx.split(model, nnx.Param, ...)
-            return loss, (logits, extra)
-
-        (loss, (logits, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-                   "lr": optim.get_lr(opt_state)}
-        return state.replace(step=state.step + 1, params=params, extra=extra, opt_state=opt_state), metrics
-
-    rep = parallel.replicated(mesh)
-    return jax.jit(train_step, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, rep),
-                   donate_argnums=0)
+    return jax.tree.map(one, tree, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def make_eval_step(graphdef, mesh):
-    """`(params, extra, batch) -> sums` of loss, top-1 and top-5 hits over the unmasked examples.
+@dataclasses.dataclass(frozen=True, eq=False)
+class Trainer:
+    """Everything a run needs, built once: `Trainer.build(config, mesh)`.
 
-    `batch["image"]` is (B, H, W, C) or (B, V, H, W, C) for multi-view testing, where the softmax
-    outputs of the V views are averaged (K12 §4.1: 4 corners + centre and their flips).
+    abstract_state  the TrainState as ShapeDtypeStructs carrying this mesh's shardings: the target of
+                    `init()` (one jit with out_shardings: no array is ever whole on one device) and of
+                    every checkpoint restore (no initialiser runs).
+    train_step      (state, batch) -> (state, metrics), jitted once, the state donated.
+    eval_step       (params, extra, batch) -> sums of loss, top-1, top-5 hits and examples.
     """
 
-    def eval_step(params, extra, batch):
-        model = nnx.merge(graphdef, params, extra)
+    config: Config
+    mesh: Mesh
+    plan: parallel.Plan
+    graphdef: Any
+    tx: optax.GradientTransformation
+    abstract_state: TrainState
+    steps_per_epoch: int
+    input_shape: tuple[int, int, int]     # (H, W, C) of one model input
+
+    @classmethod
+    def build(cls, config: Config, mesh: Mesh | None = None, *, steps_per_epoch: int = 1,
+              batch_size: int | None = None) -> Trainer:
+        """`batch_size` defaults to config.batch_size (eval on another device count may need another)."""
+        config.validate()
+        mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh_data, config.mesh_model)
+        abstract_model = nnx.eval_shape(lambda: build_model(config))
+        plan = parallel.plan(abstract_model, mesh, batch_size or config.batch_size)
+        graphdef, params, extra = nnx.split(abstract_model, nnx.Param, ...)
+        tx = optim.optimizer_from_config(config, steps_per_epoch)
+        rep = plan.replicated
+        params = _abstract(params, plan.param_shardings(params))
+        extra = _abstract(extra, plan.param_shardings(extra))
+        abs_opt = jax.eval_shape(tx.init, params)
+        opt_shardings = optax.tree_utils.tree_map_params(
+            tx, lambda _, p: p.sharding, abs_opt, params, transform_non_params=lambda _: rep,
+            is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+        key = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+        abstract_state = TrainState(
+            step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), params=params, extra=extra,
+            opt_state=_abstract(abs_opt, opt_shardings), rng=jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep))
+        channels = int(getattr(abstract_model, "in_channels", 3))
+        return cls(config=config, mesh=mesh, plan=plan, graphdef=graphdef, tx=tx, abstract_state=abstract_state,
+                   steps_per_epoch=steps_per_epoch, input_shape=(config.input_size, config.input_size, channels))
+
+    # --- state -----------------------------------------------------------------------------------
+    @property
+    def shardings(self):
+        return parallel.tree_shardings(self.abstract_state)
+
+    def init(self) -> TrainState:
+        """A fresh state, every array created directly in its sharded layout."""
+        def fresh():
+            _, params, extra = nnx.split(build_model(self.config), nnx.Param, ...)
+            return TrainState(step=jnp.int32(0), params=params, extra=extra, opt_state=self.tx.init(params),
+                              rng=jax.random.key_data(jax.random.key(self.config.seed + 1)))
+
+        return jax.jit(fresh, out_shardings=self.shardings)()
+
+    def restore(self, checkpointer: ckpt_lib.Checkpointer, step: int | None = None):
+        """(state, meta, step) from the newest usable checkpoint (or `step`), or None when there is none."""
+        return checkpointer.restore(self.abstract_state, step=step)
+
+    def model(self, state: TrainState) -> nnx.Module:
+        return nnx.merge(self.graphdef, state.params, state.extra)
+
+    # --- steps -----------------------------------------------------------------------------------
+    def global_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return self.plan.global_batch(batch)
+
+    def batch_shardings(self, batch_like: dict[str, Any]) -> dict[str, Any]:
+        return {k: self.plan.batch_sharding(np.ndim(v)) for k, v in batch_like.items()}
+
+    def forward(self, params, extra, x_BHWC, *, train: bool = False, dropout_key=None, taps: bool = False):
+        """The model's forward pass on this mesh (logits, or (logits, taps)); see parallel.apply."""
+        model = nnx.merge(self.graphdef, params, extra)
+        return parallel.apply(model, x_BHWC, self.plan, train=train, dropout_key=dropout_key, taps=taps)
+
+    @functools.cached_property
+    def eval_step(self):
+        return jax.jit(self._eval_step)
+
+    @functools.cached_property
+    def train_step(self):
+        graphdef, tx, plan = self.graphdef, self.tx, self.plan
+
+        def train_step(state: TrainState, batch: dict[str, jax.Array]):
+            key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+            def loss_fn(params):
+                model = nnx.merge(graphdef, params, state.extra)
+                logits = parallel.apply(model, batch["image"], plan, train=True, dropout_key=key)
+                loss = cross_entropy(logits, batch["label"]).mean()
+                _, _, extra = nnx.split(model, nnx.Param, ...)
+                return loss, (logits, extra)
+
+            (loss, (logits, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+                       "lr": optim.get_lr(opt_state)}
+            return state.replace(step=state.step + 1, params=params, extra=extra, opt_state=opt_state), metrics
+
+        return jax.jit(train_step, out_shardings=(self.shardings, plan.replicated), donate_argnums=0)
+
+    def _eval_step(self, params, extra, batch):
+        """Sums over the unmasked examples.  `batch["image"]` is (B, H, W, C) or (B, V, H, W, C) for
+        multi-view testing, whose V views' softmax outputs are averaged (K12 §4.1)."""
         x, labels, mask = batch["image"], batch["label"], batch["mask"].astype(jnp.float32)
         views = x.shape[1] if x.ndim == 5 else 1
         if views > 1:
             x = x.reshape((-1,) + x.shape[2:])
-        logits = parallel.apply(model, x, mesh=mesh, train=False).astype(jnp.float32)
+        logits = self.forward(params, extra, x).astype(jnp.float32)
         logp = jax.nn.log_softmax(logits)
         if views > 1:
             logp = jax.nn.logsumexp(logp.reshape(labels.shape[0], views, -1), axis=1) - jnp.log(views)
@@ -129,86 +193,18 @@ def make_eval_step(graphdef, mesh):
         return {"loss": jnp.sum(loss * mask), "top1": jnp.sum(hit1 * mask), "top5": jnp.sum(hit5 * mask),
                 "examples": jnp.sum(mask)}
 
-    return jax.jit(eval_step)
+    def evaluate(self, state: TrainState, batches) -> dict[str, float]:
+        totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "examples": 0.0}
+        for batch in batches:
+            out = self.eval_step(state.params, state.extra, self.global_batch(batch))
+            for k, v in jax.device_get(out).items():
+                totals[k] += float(v)
+        n = max(totals["examples"], 1.0)
+        return {"top1": totals["top1"] / n, "top5": totals["top5"] / n, "loss": totals["loss"] / n,
+                "examples": int(totals["examples"])}
 
 
-def evaluate(eval_step, state: TrainState, batches, model_like, mesh) -> dict[str, float]:
-    totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "examples": 0.0}
-    for batch in batches:
-        out = eval_step(state.params, state.extra, parallel.global_batch(batch, model_like, mesh))
-        for k, v in jax.device_get(out).items():
-            totals[k] += float(v)
-    n = max(totals["examples"], 1.0)
-    return {"top1": totals["top1"] / n, "top5": totals["top5"] / n, "loss": totals["loss"] / n,
-            "examples": int(totals["examples"])}
-
-
-# ------------------------------------------------------------------------------------------------
-# Logging helpers
-# ------------------------------------------------------------------------------------------------
-class MetricWriter:
-    """metrics.jsonl plus TensorBoard event files (tensorboardX, no TensorFlow); process 0 only."""
-
-    def __init__(self, workdir: str, enabled: bool = True):
-        self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.tb = None
-        if enabled:
-            try:
-                from tensorboardX import SummaryWriter
-                self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            except ImportError:  # pragma: no cover - optional
-                self.tb = None
-
-    def write(self, step: int, kind: str, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": int(step), "kind": kind, **values}) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{kind}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _truncate_metrics(path: str, step: int) -> None:
-    """On resume, drop records written after the checkpoint we resume from (they will be redone)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path, "w") as f:
-        f.writelines(keep)
-
-
-class _StopFlag:
-    """SIGTERM / SIGINT: finish the current step, save a checkpoint, exit."""
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(AlexnetJaxError, FloatingPointError):
     pass
 
 
@@ -217,174 +213,119 @@ class NonFiniteLossError(FloatingPointError):
 # ------------------------------------------------------------------------------------------------
 def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming from its checkpoints) and return the final metrics."""
-    from alexnet_jax import data as data_lib  # lazy: `bench` builds steps without tfds/grain installed
+    from alexnet_jax import data as data_lib  # lazy: bench and the tools build Trainers without tfds
+    from alexnet_jax.workdir import Progress, RunDir, StopFlag
 
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    config.validate()
     primary = jax.process_index() == 0
     mesh = parallel.make_mesh(config.mesh_data, config.mesh_model)
     info = data_lib.dataset_info(config)
     if info.num_classes != config.num_classes:
-        raise ValueError(f"config.num_classes={config.num_classes} but dataset {config.dataset!r} has "
-                         f"{info.num_classes} classes; pass --set num_classes={info.num_classes}")
+        raise ConfigError(f"num_classes={config.num_classes} but dataset {config.dataset!r} has "
+                          f"{info.num_classes} classes; pass --set num_classes={info.num_classes}")
+    probe = Trainer.build(config, mesh)           # validates model x mesh x batch before anything is written
+    loader = data_lib.make_train_iter(config, batch_size=probe.plan.per_process_batch,
+                                      process_index=probe.plan.feed_index, process_count=probe.plan.feed_count)
+    spe = loader.steps_per_epoch
+    trainer = Trainer.build(config, mesh, steps_per_epoch=spe)
+    total_steps = config.num_steps or max(1, math.ceil(config.num_epochs * spe))
+    eval_every = max(1, round(config.eval_every_epochs * spe))
 
-    build = model_builder(config)
-    # the batch is split over the data axis (two-column net) or over every device (others)
-    abstract_model = nnx.eval_shape(lambda: _no_eager(build))
-    divisor = parallel.batch_divisor(abstract_model, mesh)
-    if config.batch_size % divisor or config.batch_size % jax.process_count():
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {divisor} devices that "
-                         f"split the batch (mesh data={mesh.shape['data']} x model={mesh.shape['model']}); "
-                         f"choose a multiple of {divisor}")
-    # processes holding the same batch rows (one column each) read the same data
-    feed_index, feed_count = parallel.batch_feed(abstract_model, mesh, config.batch_size)
-    per_process = config.batch_size // feed_count
-    train_iter = data_lib.make_train_iter(config, batch_size=per_process, process_index=feed_index,
-                                          process_count=feed_count, seed=config.seed)
-    steps_per_epoch = train_iter.steps_per_epoch
-    total_steps = config.num_steps or max(1, math.ceil(config.num_epochs * steps_per_epoch))
-    eval_every = max(1, round(config.eval_every_epochs * steps_per_epoch))
-    tx = optim.optimizer_from_config(config, steps_per_epoch)
-    plateau = optim.PlateauController.from_config(config) if config.lr_schedule == "plateau" else None
-
-    graphdef, state = create_train_state(config, mesh, tx)
-    shardings = state_shardings(state)
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    restored = checkpointer.restore(state)
-    history: list[dict[str, Any]] = []
-    if restored is not None:
-        state, meta, step0 = restored
-        train_iter.set_state(base64.b64decode(meta["data_state"]))
-        if plateau is not None and meta.get("plateau"):
-            plateau = optim.PlateauController.from_state_dict(meta["plateau"])
-        history = meta.get("evals", [])
+    with RunDir(workdir, config, primary=primary) as run:
         if primary:
-            log.info("resumed from %s at step %d", checkpointer.directory, step0)
-            _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), step0)
-    elif primary:
-        log.info("no checkpoint in %s: starting from scratch", checkpointer.directory)
-    if primary:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json())
+            log.info("%s; %d steps of %d (%d per epoch)", trainer.plan.describe(), total_steps,
+                     config.batch_size, spe)
+        plateau = optim.PlateauController.from_config(config) if config.lr_schedule == "plateau" else None
+        restored = trainer.restore(run.checkpointer)
+        history: list[dict[str, Any]] = []
+        if restored is None:
+            state, step = trainer.init(), 0
+        else:
+            state, meta, step = restored
+            loader.set_state(meta["data_state"].encode())
+            if plateau is not None and meta.get("plateau"):
+                plateau = optim.PlateauController.from_state_dict(meta["plateau"])
+            history = meta.get("evals", [])
+        run.start(step, resumed=restored is not None)
 
-    train_step = make_train_step(graphdef, tx, mesh, shardings, parallel.batch_shardings(abstract_model, mesh))
-    eval_step = make_eval_step(graphdef, mesh)
-    writer = MetricWriter(workdir, enabled=primary)
+        def meta() -> dict[str, Any]:
+            return {"config": config.to_dict(), "data_state": loader.get_state().decode(),
+                    "plateau": plateau.state_dict() if plateau else None, "evals": history,
+                    "provenance": ckpt_lib.provenance(mesh)}
 
-    def eval_batches(split):
-        return data_lib.make_eval_iter(config, split, batch_size=per_process, process_index=feed_index,
-                                       process_count=feed_count, ten_crop=config.ten_crop)
+        def evaluate() -> dict[str, Any]:
+            batches = data_lib.make_eval_iter(config, config.eval_split, batch_size=trainer.plan.per_process_batch,
+                                              process_index=trainer.plan.feed_index,
+                                              process_count=trainer.plan.feed_count, ten_crop=config.ten_crop)
+            return dict(trainer.evaluate(state, batches), epoch=step / spe, step=step)
 
-    def data_state_b64() -> str:
-        return base64.b64encode(train_iter.get_state()).decode()
+        if step >= total_steps:
+            if not (history and history[-1].get("step") == step):
+                history.append(evaluate())
+            log.info("%s is finished (step %d of %d): its final evaluation, from the checkpoint (no new "
+                     "training, so no timings)", run.path, step, total_steps)
+            return dict(history[-1], step=step, compile_seconds=None, finished_before=True, workdir=run.path)
 
-    def meta() -> dict[str, Any]:
-        return {"config": config.to_dict(), "data_state": data_state_b64(),
-                "plateau": plateau.state_dict() if plateau else None, "evals": history}
+        t0 = time.perf_counter()
+        batch = trainer.global_batch(next(loader))
+        compiled = trainer.train_step.lower(state, batch).compile()
+        compile_s = time.perf_counter() - t0
+        if primary:
+            log.info("compiled the train step in %.1f s", compile_s)
+            run.metrics.write(step, "compile", {"seconds": compile_s})
 
-    step = int(jax.device_get(state.step))
-    t_compile = time.perf_counter()
-    batch = parallel.global_batch(next(train_iter), abstract_model, mesh) if step < total_steps else None
-    compiled = train_step.lower(state, batch).compile() if batch is not None else None
-    compile_s = time.perf_counter() - t_compile
-    if primary and compiled is not None:
-        log.info("compiled the train step in %.1f s", compile_s)
-        writer.write(step, "compile", {"seconds": compile_s})
+        bar = Progress(total_steps, step, enabled=progress and primary)
+        window: list[dict[str, jax.Array]] = []
+        t_window = time.perf_counter()
 
-    pending: list[tuple[int, dict]] = []
-    last_saved = step if restored is not None else -1
-    pbar = None
-    if progress and primary:
-        from tqdm import tqdm
-        pbar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr,
-                    mininterval=0.5)
-    t_window, n_window = time.perf_counter(), 0
+        def flush():
+            nonlocal t_window
+            if not window:
+                return
+            fetched = jax.device_get(window)
+            for i, m in enumerate(fetched):
+                if not np.isfinite(m["loss"]):
+                    raise NonFiniteLossError(
+                        f"loss became {float(m['loss'])} at step {step - len(fetched) + i + 1}; stopping. Nothing "
+                        f"after checkpoint step {run.checkpointer.latest_step()} was saved. Lower the learning "
+                        f"rate (--set lr=...) or check the data.")
+            dt = time.perf_counter() - t_window
+            mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+            mean["images_per_second"] = len(fetched) * config.batch_size / max(dt, 1e-9)
+            mean["step_seconds"] = dt / len(fetched)
+            run.metrics.write(step, "train", mean)
+            bar.show(step, mean)
+            window.clear()
+            t_window = time.perf_counter()
 
-    def flush() -> dict[str, float] | None:
-        nonlocal t_window, n_window
-        if not pending:
-            return None
-        fetched = jax.device_get([m for _, m in pending])
-        for (s, _), m in zip(pending, fetched):
-            if not np.isfinite(m["loss"]):
-                raise NonFiniteLossError(
-                    f"loss became {float(m['loss'])} at step {s + 1}; stopping. Nothing after checkpoint step "
-                    f"{checkpointer.latest_step()} was saved. Lower the learning rate (--set lr=...) or check "
-                    f"the data.")
-        dt = time.perf_counter() - t_window
-        mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        mean["images_per_second"] = n_window * config.batch_size / max(dt, 1e-9)
-        mean["step_seconds"] = dt / max(n_window, 1)
-        writer.write(pending[-1][0] + 1, "train", mean)
-        if pbar is not None:
-            pbar.set_postfix(loss=f"{mean['loss']:.4f}", img_s=f"{mean['images_per_second']:.0f}")
-        pending.clear()
-        t_window, n_window = time.perf_counter(), 0
-        return mean
-
-    def save(at_step: int) -> None:
-        nonlocal last_saved
-        flush()
-        checkpointer.save(at_step, state, meta())
-        last_saved = at_step
-
-    last_eval: dict[str, float] | None = history[-1] if history else None
-    with _StopFlag() as stop:
-        try:
+        with StopFlag() as stop, bar:
             while step < total_steps:
-                if batch is None:
-                    batch = parallel.global_batch(next(train_iter), abstract_model, mesh)
+                batch = batch if batch is not None else trainer.global_batch(next(loader))
                 state, metrics = compiled(state, batch)
                 batch = None
-                pending.append((step, metrics))
+                window.append(metrics)
                 step += 1
-                n_window += 1
-                if pbar is not None:
-                    pbar.update(1)
-                if step % config.log_every_steps == 0 or step == total_steps:
+                bar.advance(step)
+                final = step == total_steps
+                if step % config.log_every_steps == 0 or final:
                     flush()
-                if step % eval_every == 0 or step == total_steps:
+                if step % eval_every == 0 or final:
                     flush()
-                    ev = evaluate(eval_step, state, eval_batches(config.eval_split), abstract_model, mesh)
-                    ev = dict(ev, epoch=step / steps_per_epoch)
-                    history.append(dict(ev, step=step))
-                    writer.write(step, "eval", ev)
-                    last_eval = ev
-                    if plateau is not None:
-                        new_scale = plateau.update(1.0 - ev["top1"])
-                        if new_scale is not None:
-                            state = state.replace(opt_state=optim.set_lr(state.opt_state, config.lr * new_scale))
-                            if primary:
-                                log.info("validation error stopped improving: lr -> %g at step %d",
-                                         config.lr * new_scale, step)
-                if step % config.checkpoint_every_steps == 0 or step == total_steps:
-                    save(step)
-                if stop.signum is not None:
-                    if last_saved != step:
-                        save(step)
-                    checkpointer.wait()
-                    if primary:
-                        log.warning("received signal %d: saved checkpoint at step %d, exiting", stop.signum, step)
+                    history.append(evaluate())
+                    run.metrics.write(step, "eval", history[-1])
+                    if plateau is not None and (scale := plateau.update(1.0 - history[-1]["top1"])) is not None:
+                        state = state.replace(opt_state=optim.set_lr(state.opt_state, config.lr * scale))
+                        log.info("validation error stopped improving: lr -> %g at step %d", config.lr * scale, step)
+                saved = step % config.checkpoint_every_steps == 0 or final
+                if saved or (stop.signum is not None and not final):
+                    flush()
+                    run.checkpointer.save(step, state, meta())
+                if stop.signum is not None and not final:
+                    run.checkpointer.wait()
+                    log.warning("received signal %d: saved checkpoint at step %d, exiting", stop.signum, step)
                     raise SystemExit(128 + stop.signum)
-        finally:
-            if pbar is not None:
-                pbar.close()
-            checkpointer.close()
-            writer.close()
-
-    final = dict(last_eval or {}, step=step, compile_seconds=compile_s, workdir=workdir)
-    if primary:
-        try:
-            from alexnet_jax.plotting import plot_runs
-            plot_runs([workdir], os.path.join(workdir, "curves.png"))
-        except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
-            log.warning("could not draw curves.png: %s", e)
-    return final
-
-
-def _no_eager(build):
-    with nnx.use_eager_sharding(False):
-        return build()
+        run.finish()
+    return dict(history[-1], step=step, compile_seconds=compile_s, workdir=run.path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -393,76 +334,65 @@ def _no_eager(build):
 def load_config(workdir: str) -> Config:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir} a workdir written by `alexnet-jax train`?")
+        from alexnet_jax.workdir import WorkdirError
+        raise WorkdirError(f"{path} not found: is {workdir} a workdir written by `alexnet-jax train`?")
     with open(path) as f:
         return Config.from_dict(json.load(f))
 
 
-def abstract_train_state(config: Config, mesh, tx: optax.GradientTransformation):
-    """(graphdef, TrainState of ShapeDtypeStructs carrying this mesh's shardings): a restore target.
+@dataclasses.dataclass
+class Restored:
+    """A workdir's checkpoint restored onto the devices present (`restore`)."""
 
-    Built without running (or compiling) the random initialiser or the optimiser's init, which on
-    a CPU costs more than the restore itself.
-    """
-    def _build():
-        with nnx.use_eager_sharding(False):
-            return model_builder(config)()
+    workdir: str
+    config: Config             # as trained, with the mesh it was restored onto
+    trainer: Trainer
+    state: TrainState
+    meta: dict[str, Any]
+    step: int
 
-    graphdef, params, extra = nnx.split(nnx.eval_shape(_build), nnx.Param, ...)
-    rep = parallel.replicated(mesh)
-
-    def with_shardings(tree):
-        shardings = parallel.state_shardings(tree, mesh)
-        return jax.tree.map(lambda v, s: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)), tree,
-                            shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-    params, extra = with_shardings(params), with_shardings(extra)
-    abs_opt = jax.eval_shape(tx.init, params)
-    opt_shardings = optax.tree_utils.tree_map_params(
-        tx, lambda _, p: p.sharding, abs_opt, params, transform_non_params=lambda _: rep,
-        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-    opt_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_opt, opt_shardings)
-    key = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
-    return graphdef, TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), params=params, extra=extra,
-                                opt_state=opt_state, rng=jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep))
+    @property
+    def model(self) -> nnx.Module:
+        return self.trainer.model(self.state)
 
 
-def restore_model(workdir: str, *, mesh=None, step: int | None = None):
-    """(config, model, meta, step, state, graphdef, mesh) from a workdir's newest usable checkpoint,
-    restored onto the current devices.
-
-    With no mesh, a one-device mesh is used, so a checkpoint saved on two devices (columns split)
-    restores onto one CPU for analysis.
-    """
+def restore(workdir: str, *, mesh: Mesh | None = None, step: int | None = None,
+            batch_size: int | None = None) -> Restored:
+    """The newest usable checkpoint of `workdir` (or `step`), restored onto `mesh` (default: every
+    device present; the columns of a two-column net split over 2 devices when there are 2+; one
+    device is fine, so a checkpoint saved on two devices opens on one CPU for analysis)."""
+    workdir = os.path.abspath(workdir)
     config = load_config(workdir)
-    if mesh is None:
-        mesh = parallel.make_mesh(1, 1)
+    mesh = mesh if mesh is not None else parallel.make_mesh(-1, -1)
     config = config.replace(mesh_data=mesh.shape["data"], mesh_model=mesh.shape["model"])
-    tx = optim.optimizer_from_config(config, steps_per_epoch=1)
-    graphdef, target = abstract_train_state(config, mesh, tx)
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    if batch_size is None:   # the training batch, rounded up to what this mesh splits evenly
+        n = mesh.devices.size
+        batch_size = -(-config.batch_size // n) * n
+    trainer = Trainer.build(config, mesh, batch_size=batch_size)
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     try:
-        restored = checkpointer.restore(target, step=step)
+        restored = trainer.restore(checkpointer, step=step)
     finally:
         checkpointer.close()
     if restored is None:
-        raise FileNotFoundError(f"no checkpoint under {os.path.join(workdir, 'checkpoints')}")
-    state, meta, step = restored
-    model = nnx.merge(graphdef, state.params, state.extra)
-    return config, model, meta, step, state, graphdef, mesh
+        raise ckpt_lib.CheckpointError(f"no checkpoint under {os.path.join(workdir, 'checkpoints')}: train first "
+                                       f"(alexnet-jax train --workdir {workdir})")
+    state, meta, got = restored
+    return Restored(workdir=workdir, config=config, trainer=trainer, state=state, meta=meta, step=int(got))
 
 
 def evaluate_workdir(workdir: str, *, split: str | None = None, ten_crop: bool | None = None,
-                     mesh=None) -> dict[str, Any]:
+                     mesh: Mesh | None = None, data_dir: str | None = None) -> dict[str, Any]:
+    """Evaluate a workdir's newest usable checkpoint on every device present."""
     from alexnet_jax import data as data_lib
 
-    config, model, _, step, state, graphdef, mesh = restore_model(workdir, mesh=mesh)
-    if ten_crop is not None:
-        config = config.replace(ten_crop=ten_crop)
+    r = restore(workdir, mesh=mesh)
+    config = r.config if ten_crop is None else r.config.replace(ten_crop=ten_crop)
+    config = config.replace(data_dir=data_dir) if data_dir else config
     split = split or config.eval_split
-    feed_index, feed_count = parallel.batch_feed(model, mesh, config.batch_size)
-    per_process = config.batch_size // feed_count
-    batches = data_lib.make_eval_iter(config, split, batch_size=per_process, process_index=feed_index,
-                                      process_count=feed_count, ten_crop=config.ten_crop)
-    res = evaluate(make_eval_step(graphdef, mesh), state, batches, model, mesh)
-    return dict(res, split=split, step=step, ten_crop=config.ten_crop)
+    plan = r.trainer.plan
+    batches = data_lib.make_eval_iter(config, split, batch_size=plan.per_process_batch,
+                                      process_index=plan.feed_index, process_count=plan.feed_count,
+                                      ten_crop=config.ten_crop)
+    return dict(r.trainer.evaluate(r.state, batches), split=split, step=r.step, ten_crop=config.ten_crop,
+                devices=int(r.trainer.mesh.devices.size))

@@ -8,6 +8,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-from alexnet_jax.tools.inspect import main  # noqa: E402
+from alexnet_jax.cli import main  # noqa: E402
 
-main()
+sys.exit(main(["inspect", *sys.argv[1:]]))

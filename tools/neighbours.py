@@ -5,6 +5,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-from alexnet_jax.tools.neighbours import main  # noqa: E402
+from alexnet_jax.cli import main  # noqa: E402
 
-main()
+sys.exit(main(["neighbours", *sys.argv[1:]]))

@@ -8,35 +8,21 @@ make_train_iter()  infinite, resumable, per-process-sharded training batches (se
 make_eval_iter()   one padded, masked pass over a split (optionally ten-crop)
 """
 
-from .pipeline import (
-    AUGMENTS,
-    IMAGENET_EIGVAL,
-    IMAGENET_EIGVEC,
-    ArrayEvalIterator,
-    ArraySplit,
-    ArrayTrainIterator,
-    DatasetInfo,
-    EvalIterator,
-    Preprocessor,
-    TrainIterator,
-    dataset_info,
-    load_array_split,
-    make_eval_iter,
-    make_preprocessor,
-    make_train_iter,
-)
-from .prepare import (
-    DATASETS,
-    DatasetNotPreparedError,
-    dataset_dir,
-    ensure_prepared,
-    prepare,
-    resolve_data_dir,
-)
+import importlib
 
-__all__ = [
-    "AUGMENTS", "DATASETS", "IMAGENET_EIGVAL", "IMAGENET_EIGVEC", "ArrayEvalIterator", "ArraySplit",
-    "ArrayTrainIterator", "DatasetInfo", "DatasetNotPreparedError", "EvalIterator", "Preprocessor",
-    "TrainIterator", "dataset_dir", "dataset_info", "ensure_prepared", "load_array_split", "make_eval_iter",
-    "make_preprocessor", "make_train_iter", "prepare", "resolve_data_dir",
-]
+_EXPORTS = {
+    "pipeline": ("AUGMENTS", "IMAGENET_EIGVAL", "IMAGENET_EIGVEC", "ArrayEvalIterator", "ArraySplit",
+                 "ArrayTrainIterator", "DatasetInfo", "EvalIterator", "Preprocessor", "TrainIterator",
+                 "dataset_info", "load_array_split", "make_eval_iter", "make_preprocessor", "make_train_iter"),
+    "prepare": ("DATASETS", "DatasetNotPreparedError", "dataset_dir", "ensure_prepared", "prepare",
+                "resolve_data_dir"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    """Lazy: importing alexnet_jax.data (or its light catalog) does not import tensorflow_datasets."""
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

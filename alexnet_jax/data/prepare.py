@@ -50,6 +50,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from alexnet_jax.errors import AlexnetJaxError
+
 log = logging.getLogger(__name__)
 
 if __name__ == "__main__":
@@ -70,7 +72,7 @@ _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp", ".tif",
 _WNID_RE = re.compile(r"^n\d{8}$")
 
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(AlexnetJaxError, FileNotFoundError):
     """The dataset is not in the data directory; the message says how to prepare it."""
 
 

@@ -29,11 +29,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from alexnet_jax.models.layers import adaptive_avg_pool, constant, conv_out, dropout, lrn, max_pool, normal
+from alexnet_jax.models.layers import (
+    COLUMN_AXIS,
+    Tap,
+    adaptive_avg_pool,
+    constant,
+    conv_out,
+    dropout,
+    lrn,
+    max_pool,
+    no_tap,
+    normal,
+)
 
 DN = ("NHWC", "HWIO", "NHWC")
 COLUMNS = 2  # the two GPUs of 2012
-MODEL_AXIS = "model"  # mesh axis name that carries the columns (see alexnet_jax.parallel)
 
 
 def _w(n: int, width: float) -> int:
@@ -67,9 +77,9 @@ class ColumnConv(nnx.Module):
         self.stride, self.padding, self.dtype = stride, padding, dtype
         std = std if std is not None else (2.0 / (kernel * kernel * in_ch)) ** 0.5  # None: He normal
         self.kernel = nnx.Param(normal(std)(rngs.params(), (columns, kernel, kernel, in_ch, out_ch)),
-                                out_sharding=(MODEL_AXIS, None, None, None, None))
+                                axes=(COLUMN_AXIS, None, None, None, None))
         self.bias = nnx.Param(constant(bias)(rngs.params(), (columns, out_ch)),
-                              out_sharding=(MODEL_AXIS, None))
+                              axes=(COLUMN_AXIS, None))
 
     def __call__(self, c: int, x_BHWC: jax.Array) -> jax.Array:
         kernel_HWIO = self.kernel[c].astype(self.dtype)
@@ -86,9 +96,9 @@ class ColumnDense(nnx.Module):
         self.dtype = dtype
         std = std if std is not None else (2.0 / in_features) ** 0.5  # None: He normal
         self.kernel = nnx.Param(normal(std)(rngs.params(), (columns, in_features, out_features)),
-                                out_sharding=(MODEL_AXIS, None, None))
+                                axes=(COLUMN_AXIS, None, None))
         self.bias = nnx.Param(constant(bias)(rngs.params(), (columns, out_features)),
-                              out_sharding=(MODEL_AXIS, None))
+                              axes=(COLUMN_AXIS, None))
 
     def __call__(self, c: int, x_BI: jax.Array) -> jax.Array:
         return x_BI.astype(self.dtype) @ self.kernel[c].astype(self.dtype) + self.bias[c].astype(self.dtype)
@@ -176,26 +186,32 @@ class AlexNet2012(nnx.Module):
         self.fc8 = nnx.Linear(COLUMNS * f, num_classes, kernel_init=_kernel_init(std), bias_init=constant(0.0),
                               dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
+    # --- what the tools and the sharding plan read ------------------------------------------------
+    columns = COLUMNS
+    layer_kinds = {**{n: "relu" for n in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")},
+                   "fc8": "linear"}
+    feature_layer = "fc7"       # what the classifier reads (both columns' fc7, joined)
+
     # --- the per-column halves of the network (one GPU's work between two exchanges) -----------
-    def column_conv12(self, c: int, x_BHWC: jax.Array) -> jax.Array:
+    def column_conv12(self, c: int, x_BHWC: jax.Array, tap: Tap = no_tap) -> jax.Array:
         """conv1 -> ReLU -> LRN -> pool -> conv2 -> ReLU -> LRN -> pool, column c only."""
         with jax.named_scope("conv1"):
-            h = jax.nn.relu(self.conv1(c, x_BHWC))
+            h = tap("conv1", c, jax.nn.relu(self.conv1(c, x_BHWC)))
         with jax.named_scope("lrn1"):
             h = max_pool(lrn(h))
         with jax.named_scope("conv2"):
-            h = jax.nn.relu(self.conv2(c, h))
+            h = tap("conv2", c, jax.nn.relu(self.conv2(c, h)))
         with jax.named_scope("lrn2"):
             return max_pool(lrn(h))
 
-    def column_conv345(self, c: int, pool2_all_BHWC: jax.Array) -> jax.Array:
+    def column_conv345(self, c: int, pool2_all_BHWC: jax.Array, tap: Tap = no_tap) -> jax.Array:
         """conv3 (reads all columns) -> conv4 -> conv5 (own column) -> pool5, column c."""
         with jax.named_scope("conv3"):
-            h = jax.nn.relu(self.conv3(c, pool2_all_BHWC))
+            h = tap("conv3", c, jax.nn.relu(self.conv3(c, pool2_all_BHWC)))
         with jax.named_scope("conv4"):
-            h = jax.nn.relu(self.conv4(c, h))
+            h = tap("conv4", c, jax.nn.relu(self.conv4(c, h)))
         with jax.named_scope("conv5"):
-            h = jax.nn.relu(self.conv5(c, h))
+            h = tap("conv5", c, jax.nn.relu(self.conv5(c, h)))
         with jax.named_scope("pool5"):
             return max_pool(h)
 
@@ -217,11 +233,12 @@ class AlexNet2012(nnx.Module):
 
     def __call__(self, x_BHWC: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None,
                  dropout_masks: tuple[jax.Array, jax.Array] | None = None,
-                 exchange: Exchange = concat_columns, column_offset: int = 0) -> jax.Array:
-        """Forward pass.  `exchange` joins the columns' maps (all-gather on a mesh).
+                 exchange: Exchange = concat_columns, tap: Tap = no_tap) -> jax.Array:
+        """Forward pass.  `exchange` joins the columns' maps (an all-gather on a mesh); `tap` sees
+        every layer's output after its activation (see layers.Tap).
 
         The loop runs over the columns whose parameters are present: both on one device, one per
-        device under `alexnet_jax.parallel` (which passes that device's masks and column offset).
+        device under `alexnet_jax.parallel` (which passes that device's dropout masks).
         """
         local = self.conv1.kernel.shape[0]
         keep6 = keep7 = None
@@ -230,24 +247,25 @@ class AlexNet2012(nnx.Module):
                 if dropout_key is None:
                     raise ValueError("training mode needs a dropout_key (or dropout_masks)")
                 dropout_masks = self.dropout_masks(dropout_key, x_BHWC.shape[0])
-                dropout_masks = tuple(m[column_offset:column_offset + local] for m in dropout_masks)
             keep6, keep7 = dropout_masks
         cols = range(local)
         x = x_BHWC.astype(self.dtype)
         if self.input_std is not None:  # "he" init: unit-scale inputs (see _init_rule)
             x = x / jnp.asarray(self.input_std, self.dtype)
-        h = [self.column_conv12(c, x) for c in cols]               # GPU-local
+        h = [self.column_conv12(c, x, tap) for c in cols]          # GPU-local
         h = exchange(h, "conv3")                                   # conv3 sees both columns
-        h = [self.column_conv345(c, h) for c in cols]              # GPU-local
+        h = [self.column_conv345(c, h, tap) for c in cols]         # GPU-local
         h = exchange(h, "fc6").reshape(x.shape[0], -1)             # fc6 sees both columns
         with jax.named_scope("fc6"):
-            h = [self._drop(jax.nn.relu(self.fc6(c, h)), None if keep6 is None else keep6[c]) for c in cols]
+            h = [self._drop(tap("fc6", c, jax.nn.relu(self.fc6(c, h))), None if keep6 is None else keep6[c])
+                 for c in cols]
         h = exchange(h, "fc7")                                     # fc7 sees both columns
         with jax.named_scope("fc7"):
-            h = [self._drop(jax.nn.relu(self.fc7(c, h)), None if keep7 is None else keep7[c]) for c in cols]
+            h = [self._drop(tap("fc7", c, jax.nn.relu(self.fc7(c, h))), None if keep7 is None else keep7[c])
+                 for c in cols]
         h = exchange(h, "fc8")                                     # fc8 sees both columns
         with jax.named_scope("fc8"):
-            return self.fc8(h).astype(jnp.float32)
+            return tap("fc8", None, self.fc8(h).astype(jnp.float32))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -292,8 +310,22 @@ class _OneColumn(nnx.Module):
             features = out
         self.batchnorm = batchnorm
 
+    columns = 1
+
+    @property
+    def layer_kinds(self) -> dict[str, str]:
+        kinds = {name: "relu" for name, _, _ in self.conv_names}
+        kinds.update({name: "relu" for name, _ in self.fc_names[:-1]})
+        kinds[self.fc_names[-1][0]] = "linear"
+        return kinds
+
+    @property
+    def feature_layer(self) -> str:
+        """The classifier's input: the last hidden fc layer (or the flattened conv maps when only one fc)."""
+        return self.fc_names[-2][0]
+
     def __call__(self, x_BHWC: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None,
-                 dropout_rate: float = 0.5) -> jax.Array:
+                 dropout_rate: float = 0.5, tap: Tap = no_tap) -> jax.Array:
         h = x_BHWC.astype(self.dtype)
         if self.input_std is not None:  # centred raw RGB -> unit scale, as torchvision's Normalize
             h = h / jnp.asarray(self.input_std, self.dtype)
@@ -302,7 +334,7 @@ class _OneColumn(nnx.Module):
                 h = getattr(self, name)(h)
                 if self.batchnorm:
                     h = getattr(self, f"bn_{name}")(h, use_running_average=not train)
-                h = jax.nn.relu(h)
+                h = tap(name, 0, jax.nn.relu(h))
                 if lrn_after:
                     h = lrn(h)
                 if pool_after:
@@ -311,13 +343,13 @@ class _OneColumn(nnx.Module):
             h = adaptive_avg_pool(h, self.adaptive_pool)
         h = h.reshape(h.shape[0], -1)
         keys = list(jax.random.split(dropout_key, len(self.fc_names))) if dropout_key is not None else None
+        last = len(self.fc_names) - 1
         for i, (name, drop_before) in enumerate(self.fc_names):
             with jax.named_scope(name):
                 if drop_before:
                     h = dropout(h, dropout_rate, keys[i] if keys else None, train)
                 h = getattr(self, name)(h)
-                if i < len(self.fc_names) - 1:
-                    h = jax.nn.relu(h)
+                h = tap(name, 0, jax.nn.relu(h) if i < last else h)
         return h.astype(jnp.float32)
 
 

@@ -5,9 +5,28 @@ Tensors are NHWC throughout (`x_BHWC`); kernels are HWIO (`kernel_HWIO`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+# --------------------------------------------------------------------------------------------
+# What every model shares with the sharding plan and the analysis tools
+# --------------------------------------------------------------------------------------------
+# The logical axis of the 2012 net's column-stacked parameters.  Models name only logical axes
+# (in each parameter's `axes` metadata); alexnet_jax.parallel maps them onto mesh axes.
+COLUMN_AXIS = "columns"
+
+# tap(layer, column, value) -> value: called by every model on each layer's output after its
+# activation (ReLU / squash; the logits for the last layer).  `column` is the column's index among
+# the columns present (0 for one-column nets), None for a layer every column shares (the 2012
+# net's fc8).  The default passes values through; the tools record them (see parallel.apply).
+Tap = Callable[[str, "int | None", jax.Array], jax.Array]
+
+
+def no_tap(name: str, column: int | None, value: jax.Array) -> jax.Array:
+    return value
 
 # --------------------------------------------------------------------------------------------
 # Local response normalisation (Krizhevsky et al. 2012, §3.3; paper_facts.md §1.4)

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from alexnet_jax.models.layers import Tap, no_tap
+
 # --------------------------------------------------------------------------------------------
 # Constants from the paper (paper_facts.md §4)
 # --------------------------------------------------------------------------------------------
@@ -323,26 +325,30 @@ class LeNet5(nnx.Module):
         else:
             self.out = Dense(f6, num_classes, activate=False, dtype=dtype, rngs=rngs)
 
-    def features_to_s2(self, x_BHWC: jax.Array) -> jax.Array:
+    columns = 1
+    layer_kinds = {**{n: "squash" for n in ("C1", "S2", "C3", "S4", "C5", "F6")}, "OUT": "linear"}
+    feature_layer = "F6"
+
+    def features_to_s2(self, x_BHWC: jax.Array, tap: Tap = no_tap) -> jax.Array:
         """Input -> C1 -> S2 maps (B, 14, 14, 6) at 32x32, in the compute dtype."""
         with jax.named_scope("C1"):
-            x = self.c1(x_BHWC.astype(self.dtype))
+            x = tap("C1", 0, self.c1(x_BHWC.astype(self.dtype)))
         with jax.named_scope("S2"):
-            return self.s2(x)
+            return tap("S2", 0, self.s2(x))
 
-    def __call__(self, x_BHWC: jax.Array, *, train: bool = False, dropout_key=None) -> jax.Array:
+    def __call__(self, x_BHWC: jax.Array, *, train: bool = False, dropout_key=None, tap: Tap = no_tap) -> jax.Array:
         del train, dropout_key  # LeNet-5 has no dropout or batch statistics
-        x = self.features_to_s2(x_BHWC)
+        x = self.features_to_s2(x_BHWC, tap)
         with jax.named_scope("C3"):
-            x = self.c3(x)
+            x = tap("C3", 0, self.c3(x))
         with jax.named_scope("S4"):
-            x = self.s4(x)
+            x = tap("S4", 0, self.s4(x))
         with jax.named_scope("C5"):
-            x = self.c5(x)
+            x = tap("C5", 0, self.c5(x))
         with jax.named_scope("F6"):
-            x = self.f6(x.reshape(x.shape[0], -1))
+            x = tap("F6", 0, self.f6(x.reshape(x.shape[0], -1)))
         with jax.named_scope("OUT"):
-            return self.out(x).astype(jnp.float32)
+            return tap("OUT", 0, self.out(x).astype(jnp.float32))
 
 
 class LeNet5Modern(nnx.Module):
@@ -376,21 +382,24 @@ class LeNet5Modern(nnx.Module):
         self.f6 = nnx.Linear(c5 * s * s, f6, **kw)
         self.out = nnx.Linear(f6, num_classes, **kw)
 
-    def __call__(self, x_BHWC: jax.Array, *, train: bool = False, dropout_key=None) -> jax.Array:
+    columns = 1
+    layer_kinds = {"C1": "relu", "C3": "relu", "C5": "relu", "F6": "relu", "OUT": "linear"}
+    feature_layer = "F6"
+
+    def __call__(self, x_BHWC: jax.Array, *, train: bool = False, dropout_key=None, tap: Tap = no_tap) -> jax.Array:
         del train, dropout_key
         x = x_BHWC.astype(self.dtype)
         with jax.named_scope("C1"):
-            x = jax.nn.relu(self.c1(x))
+            x = tap("C1", 0, jax.nn.relu(self.c1(x)))
         with jax.named_scope("S2"):
             x = nnx.max_pool(x, (2, 2), (2, 2), "VALID")
         with jax.named_scope("C3"):
-            x = jax.nn.relu(self.c3(x))
+            x = tap("C3", 0, jax.nn.relu(self.c3(x)))
         with jax.named_scope("S4"):
             x = nnx.max_pool(x, (2, 2), (2, 2), "VALID")
         with jax.named_scope("C5"):
-            x = jax.nn.relu(self.c5(x))
+            x = tap("C5", 0, jax.nn.relu(self.c5(x)))
         with jax.named_scope("F6"):
-            x = jax.nn.relu(self.f6(x.reshape(x.shape[0], -1)))
+            x = tap("F6", 0, jax.nn.relu(self.f6(x.reshape(x.shape[0], -1))))
         with jax.named_scope("OUT"):
-            return self.out(x).astype(jnp.float32)
-
+            return tap("OUT", 0, self.out(x).astype(jnp.float32))

@@ -4,8 +4,8 @@
     alexnet-jax activations --workdir runs/alexnet_cifar10 --synthetic [--limit 16]
     alexnet-jax activations --workdir runs/alexnet_imagenet --images ../shared/data/imagenet_samples
 
-Runs the model in evaluation mode through `_common.forward_layers`, which records every layer's
-output after its activation (AlexNet2012: conv1..conv5, fc6, fc7 per column, and the fc8 logits;
+Runs the model in evaluation mode and reads the layers' outputs from the model's own taps (every
+layer's output after its activation (AlexNet2012: conv1..conv5, fc6, fc7 per column, and the fc8 logits;
 one-column nets: their conv and fc layers; LeNet: C1..F6 and OUT).  Per layer (and per column):
 mean, std, min, max, the *dead fraction* = fraction of values that are exactly 0 after the ReLU
 (sparsity), and *dead units* = fraction of channels (conv) or features (fc) that are 0 for every
@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from alexnet_jax.tools import _common
+from alexnet_jax.tools import _cli, _images
 
 SYNTHETIC_STD = {"alexnet": 60.0, "cifar": 60.0}   # centred raw RGB, 0..255 units
 
 
 def add_arguments(p) -> None:
-    _common.add_checkpoint_args(p, "report JSON (default <workdir>/analysis/activations.json)")
-    _common.add_input_args(p, limit=64)
+    _cli.add_checkpoint_args(p, "report JSON (default <workdir>/analysis/activations.json)")
+    _cli.add_input_args(p, limit=64)
     p.add_argument("--synthetic", action="store_true", help="random Gaussian inputs instead of images")
     p.add_argument("--seed", type=int, default=0, help="seed of --synthetic (default 0)")
 
@@ -74,32 +74,24 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(args) -> int:
-    r = _common.restore(args.workdir, args.step)
+    r = _cli.restore(args)
     if args.synthetic:
         x, mean = synthetic_inputs(r.config, args.limit, args.seed), None
         source = f"synthetic, seed {args.seed}"
     else:
-        inputs = _common.load_inputs(r.config, images=args.images, dataset=args.dataset, split=args.split,
-                                     limit=args.limit)
+        inputs = _images.load_inputs(r.config, images=args.images, dataset=args.dataset, split=args.split,
+                                     limit=args.limit, data_dir=args.data_dir)
         x, source, mean = inputs.x, inputs.source, inputs.mean
-    forward = _common.compile_forward(r.model, "all")
-    layers, _, _ = _common.run_batched(forward, x, args.batch_size)
-    rows = layer_report(layers, _common.layer_kinds(r.model), _common.columns_of(r.model))
+    _, layers = _cli.run_model(r, x, args.batch_size)
+    rows = layer_report(layers, r.model.layer_kinds, r.model.columns)
     print(f"{len(x)} inputs from {source}")
     print(format_table(rows))
-    out = _common.out_path(args, r.workdir, "activations.json")
+    out = _cli.out_path(args, r.workdir, "activations.json")
     keys = ("layer", "column", "kind", "dead_fraction", "dead_units")
     summary = {"tool": "activations", "workdir": r.workdir, "step": r.step, "inputs": int(len(x)),
                "source": source, "mean": mean, "out": out,
                "layers": [{k: row[k] for k in keys} for row in rows]}
-    _common.write_json(out, dict(summary, layers=rows))
-    _common.emit(summary)
+    _cli.write_json(out, dict(summary, layers=rows))
+    _cli.emit(summary)
     return 0
 
-
-def main(argv: list[str] | None = None) -> None:
-    _common.tool_main(__doc__, add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    main()

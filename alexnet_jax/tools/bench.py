@@ -4,11 +4,10 @@
                       [--steps N] [--peer] [--force-host-devices N]
     alexnet-jax bench --lenet-epoch [--mnist-dir ../shared/data/mnist] [--chunks 1,12,468]
     alexnet-jax bench --input-pipeline [--images ../shared/data/imagenet_samples/imagenet_samples_100.tar]
-    alexnet-jax bench --lrn
 
 Models: presets alexnet (227), alexnet_owt (224), lenet5 (32), alexnet_cifar (alexnet at 32, width 1.0,
 10 classes), or any registry model (--input-size / --width / --num-classes override).  Prints a table,
-then ONE JSON object as the last line (keys: alexnet_jax/bench.py; with one model its numbers are also at
+then ONE JSON object as the last line (keys: alexnet_jax/bench/step.py; with one model its numbers are also at
 the top level: compile_seconds, step_seconds_median, images_per_second, mfu, peak_memory_bytes,
 macs_per_image, device).  Several models run one per subprocess (clean memory high-water marks).
 """
@@ -33,8 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps after warm-up (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling (default 2)")
     p.add_argument("--peak-tflops", type=float, help="peak TFLOP/s per device for MFU (default: PEAKS table)")
-    p.add_argument("--force-host-devices", type=int, metavar="N",
-                   help="set XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts (CPU)")
     p.add_argument("--peer", action="store_true", help="also run the PyTorch peers and print ours/peer")
     p.add_argument("--no-peer", action="store_true", help="--lenet-epoch: do not run the peer")
     p.add_argument("--peer-dir", help="PyTorch peers (default: <repo>/../shared/peers)")
@@ -53,7 +50,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default 0.01; --lenet-epoch 0.05 like the peer)")
     p.add_argument("--input-pipeline", action="store_true", help="decode + augment img/s per CPU core")
     p.add_argument("--images", help="JPEGs: a tar or a folder (default: imagenet_samples_100.tar)")
-    p.add_argument("--lrn", action="store_true", help="compare LRN formulations (speed, exactness)")
     p.add_argument("--profile", action="store_true",
                    help="also trace each model's step (jax.profiler) and print the top ops and per-layer shares")
     p.add_argument("--out", help="also write the final JSON object to this file")
@@ -63,6 +59,9 @@ def _threads(args) -> int:
     if args.threads:
         return args.threads
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+LOAD_WARNING = 1.5   # 1-minute load average above which timings (and the torch peers above all) mislead
 
 
 def _load() -> list[float] | None:
@@ -76,6 +75,10 @@ def _emit(obj: dict, args, table: str | None = None) -> int:
     if table:
         print(table, flush=True)
     obj["load_average"] = _load()
+    if obj["load_average"] and obj["load_average"][0] > LOAD_WARNING:
+        print(f"warning: load average {obj['load_average'][0]} > {LOAD_WARNING}: other work shares this machine, "
+              f"so these timings (and PyTorch's above all) are unreliable; rerun on a quiet machine",
+              file=sys.stderr, flush=True)
     line = json.dumps(obj, default=float)
     if args.out:
         with open(args.out, "w") as f:
@@ -90,26 +93,40 @@ def _child_argv(args, model: str) -> list[str]:
     for flag, v in (("--input-size", args.input_size), ("--width", args.width),
                     ("--num-classes", args.num_classes),
                     ("--mesh", args.mesh or None), ("--peak-tflops", args.peak_tflops),
-                    ("--force-host-devices", args.force_host_devices), ("--lr", args.lr)):
+                    ("--force-host-devices", getattr(args, "force_host_devices", None)), ("--lr", args.lr)):
         if v is not None:
             argv += [flag, str(v)]
     return argv
 
 
-def run(args) -> int:
-    if args.force_host_devices:
-        from alexnet_jax.bench import force_host_devices
-        force_host_devices(args.force_host_devices)
-    from alexnet_jax import bench
+def parse_mesh(text: str | None) -> tuple[int, int]:
+    """'data=1,model=2' (either may be omitted; data=-1 takes every device) -> (data, model)."""
+    if not text:
+        return -1, 1
+    out = {"data": -1, "model": 1}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise ValueError(f"bad --mesh {text!r}: expected data=N,model=M")
+        k, v = (s.strip() for s in part.split("=", 1))
+        if k not in out:
+            raise ValueError(f"bad --mesh axis {k!r}: the axes are data and model")
+        out[k] = int(v)
+    return out["data"], out["model"]
 
-    peer_dir = args.peer_dir or str(bench.default_peer_dir())
+
+def run(args) -> int:
+    from alexnet_jax.bench import lenet, peers, step
+
+    peer_dir = args.peer_dir or str(peers.default_peer_dir())
     threads = _threads(args)
 
     if args.lenet_epoch:
-        mnist = args.mnist_dir or str(bench.default_data_dir("mnist"))
+        mnist = args.mnist_dir or str(peers.default_data_dir("mnist"))
         chunks = [int(c) for c in args.chunks.split(",") if c.strip()] or None
-        peer = None if args.no_peer else bench.run_lenet_peer(mnist, peer_dir, threads)
-        ours = bench.lenet_epoch(mnist, batch=args.batch, chunks=chunks, lr=args.lr or 0.05, dtype=args.dtype)
+        peer = None if args.no_peer else peers.run_lenet_peer(mnist, peer_dir, threads)
+        ours = lenet.lenet_epoch(mnist, batch=args.batch, chunks=chunks, lr=args.lr or 0.05, dtype=args.dtype)
         ours["peer"] = peer
         ok = peer is not None and "images_per_second" in (peer or {})
         ours["ratio_vs_peer"] = ours["images_per_second"] / peer["images_per_second"] if ok else None
@@ -127,61 +144,44 @@ def run(args) -> int:
         return _emit(ours, args, "\n".join(lines))
 
     if args.input_pipeline:
-        images = args.images or str(bench.default_data_dir("imagenet_samples") / "imagenet_samples_100.tar")
-        r = bench.input_pipeline(images, input_size=args.input_size or 224)
-        table = (f"alexnet preprocessing of {r['images']} JPEGs (median {r['median_source_size'][0]}x"
-                 f"{r['median_source_size'][1]}) on one core:\n"
-                 f"  decode+resize+centre crop 256: {r['decode_images_per_second']:8.1f} img/s\n"
-                 f"  mean, crop, flip, lighting:    {r['augment_images_per_second']:8.1f} img/s\n"
-                 f"  together:                      {r['images_per_second_per_core']:8.1f} img/s per core\n"
-                 f"  a GPU step at {r['needed_images_per_second']:.0f} img/s needs "
-                 f"{r['cores_needed']:.0f} cores")
-        return _emit(r, args, table)
+        from alexnet_jax.bench import inputs
+        return inputs.run(args, _emit)
 
-    if args.lrn:
-        r = bench.compare_lrn()
-        lines = [f"{'shape':<20}{'variant':<28}{'fwd ms':>9}{'fwd+bwd ms':>12}{'rel err':>10}"
-                 f"{'grad diff':>11}"]
-        for shape, row in r.items():
-            for name, v in row.items():
-                lines.append(f"{shape:<20}{name:<28}{v['forward_ms']:>9.2f}{v['backward_ms']:>12.2f}"
-                             f"{v['max_rel_err_vs_float64']:>10.1e}{v['grad_max_rel_diff_vs_layers_lrn']:>11.1e}")
-        return _emit({"mode": "lrn", "results": r}, args, "\n".join(lines))
-
-    specs = [bench.resolve_model(m, input_size=args.input_size, width=args.width,
-                                 num_classes=args.num_classes) for m in args.model]
-    mesh_shape = bench.parse_mesh(args.mesh)
-    peers = None
+    mesh_shape = parse_mesh(args.mesh)
+    configs = {m: step.bench_config(m, batch=args.batch, dtype=args.dtype, mesh=mesh_shape,
+                                    input_size=args.input_size, width=args.width, num_classes=args.num_classes,
+                                    lr=args.lr or 0.01) for m in args.model}
+    peer_results = None
     if args.peer:  # before our models, so that JAX does not hold the GPU's memory while torch runs
-        peers = bench.run_peers(specs, batch=args.batch, steps=args.steps, peer_dir=peer_dir,
-                                device=args.peer_device, threads=threads, compile_=not args.peer_no_compile,
-                                dtype=args.dtype)
+        peer_results = peers.run_peers([{"name": m, "input_size": c.input_size} for m, c in configs.items()],
+                                       batch=args.batch, steps=args.steps, peer_dir=peer_dir,
+                                       device=args.peer_device, threads=threads,
+                                       compile_=not args.peer_no_compile, dtype=args.dtype)
     results = []
-    if len(specs) > 1 and not args.no_isolate:
-        for s in specs:
-            cmd = [sys.executable, "-m", "alexnet_jax.cli"] + _child_argv(args, s.name)
-            r = bench._run_json(cmd, env=bench._thread_env(None), timeout=3600)
+    if len(configs) > 1 and not args.no_isolate:
+        for m in configs:
+            cmd = [sys.executable, "-m", "alexnet_jax.cli"] + _child_argv(args, m)
+            r = peers.run_json(cmd, env=peers.thread_env(None), timeout=3600)
             r.pop("cmd", None)
             results.append(r if "error" in r or "results" not in r else r["results"][0])
     else:
-        for s in specs:
-            results.append(bench.bench_step(s, batch=args.batch, dtype=args.dtype, mesh_shape=mesh_shape,
-                                            steps=args.steps, warmup=args.warmup,
-                                            peak_tflops=args.peak_tflops, lr=args.lr or 0.01))
+        for m, c in configs.items():
+            results.append(step.bench_step(c, steps=args.steps, warmup=args.warmup, peak_tflops=args.peak_tflops,
+                                           name=m))
     profiles = None
     if args.profile:
-        profiles = [bench.profile_step(s, batch=args.batch, dtype=args.dtype, mesh_shape=mesh_shape)
-                    for s in specs]
+        from alexnet_jax.bench import profile
+        profiles = [profile.profile_step(c, name=m) for m, c in configs.items()]
     ok = [r for r in results if "error" not in r]
-    ratios = bench.peer_ratios(ok, peers) if peers else {}
+    ratios = peers.peer_ratios(ok, peer_results) if peer_results else {}
     out = {"mode": "step", "device": ok[0]["device"] if ok else None,
-           "platform": ok[0]["platform"] if ok else None, "results": results, "peers": peers,
+           "platform": ok[0]["platform"] if ok else None, "results": results, "peers": peer_results,
            "ratios": ratios}
     if len(results) == 1 and ok:
         out = {**results[0], **out}
     if profiles:
         out["profiles"] = profiles
-    lines = [bench.format_step_table(results, ratios)]
+    lines = [step.format_table(results, ratios)]
     for prof in profiles or []:
         if "error" in prof:
             lines.append(f"profile: {prof['error']}")
@@ -190,8 +190,8 @@ def run(args) -> int:
                      f"ms/step summed over threads, wall {prof['step_seconds_wall_traced'] * 1e3:.0f} ms/step")
         for o in prof["per_layer"][:12]:
             lines.append(f"  {o['share'] * 100:5.1f}%  {o['ms_per_step']:8.1f} ms  {o['layer']}")
-    if peers:
-        for k, v in peers.items():
+    if peer_results:
+        for k, v in peer_results.items():
             if k == "skipped":
                 for name, why in v.items():
                     lines.append(f"peer skipped for {name}: {why}")

@@ -4,7 +4,7 @@
 
 K12 Fig. 3 shows the 96 learned 11x11x3 conv1 kernels: 48 on GPU 1 (largely colour-agnostic) and
 48 on GPU 2 (largely colour-specific); the specialisation comes from the restricted connectivity
-(../shared/reference/paper_facts.md §1.10).  The PNG has one block per column (AlexNet2012: two
+(K12 §6.1, Fig. 3).  The PNG has one block per column (AlexNet2012: two
 blocks of 48 at full width; one block for a one-column AlexNet; LeNet's C1 5x5x1 kernels as grey).
 Each kernel is normalised to [0, 1] on its own for display (minimum -> 0, maximum -> 1).
 
@@ -29,36 +29,26 @@ import os
 
 import numpy as np
 
-from alexnet_jax.tools import _common
+from alexnet_jax.tools import _cli
 
 
 def add_arguments(p) -> None:
-    _common.add_checkpoint_args(p, "PNG (default <workdir>/analysis/filters.png; scores in the .json "
+    _cli.add_checkpoint_args(p, "PNG (default <workdir>/analysis/filters.png; scores in the .json "
                                    "beside it)")
     p.add_argument("--scale", type=int, default=0,
                    help="screen pixels per kernel pixel (default: about 60 px per kernel)")
 
 
 def conv1_kernels(model) -> tuple[str, list[np.ndarray]]:
-    """(layer name, one (N, H, W, C) array of kernels per column) of the first convolution."""
+    """(layer name, one (N, H, W, C) array of kernels per column) of the model's first layer."""
     import jax
 
-    from alexnet_jax.models.alexnet import AlexNet2012
-    from alexnet_jax.models.lenet import LeNet5
-
-    def get(v):
-        return np.asarray(jax.device_get(v[...]), np.float32)
-
-    if isinstance(model, AlexNet2012):
-        k = get(model.conv1.kernel)                                   # (columns, H, W, I, O)
-        return "conv1", [np.moveaxis(k[c], -1, 0) for c in range(k.shape[0])]
-    if isinstance(model, LeNet5):
-        return "C1", [np.moveaxis(get(model.c1.kernel_HWIO), -1, 0)]
-    for name in ("conv1", "c1"):                                      # nnx.Conv: kernel (H, W, I, O)
-        layer = getattr(model, name, None)
-        if layer is not None and hasattr(layer, "kernel"):
-            return name.upper() if name == "c1" else name, [np.moveaxis(get(layer.kernel), -1, 0)]
-    raise ValueError(f"no first convolution found in {type(model).__name__}")
+    layer = next(iter(model.layer_kinds))                       # conv1, or LeNet's C1
+    module = getattr(model, layer, None) or getattr(model, layer.lower())
+    kernel = getattr(module, "kernel", None) or module.kernel_HWIO
+    k = np.asarray(jax.device_get(kernel[...]), np.float32)    # (columns,) H, W, I, O
+    per_column = [k[c] for c in range(k.shape[0])] if model.columns > 1 else [k]
+    return layer, [np.moveaxis(kc, -1, 0) for kc in per_column]
 
 
 def colour_specificity(kernels_NHWC: np.ndarray) -> np.ndarray:
@@ -85,7 +75,7 @@ def normalise_for_display(k_HWC: np.ndarray) -> np.ndarray:
 def mosaic(kernels_NHWC: np.ndarray, cols: int, scale: int, gap: int = 1) -> np.ndarray:
     """The kernels of one column as one RGB image (each normalised on its own, upsampled by `scale`)."""
     n, h, w, c = kernels_NHWC.shape
-    rows, cols = _common.grid_shape(n, cols)
+    rows, cols = _cli.grid_shape(n, cols)
     hh, ww = h * scale, w * scale
     img = np.ones((rows * (hh + gap) + gap, cols * (ww + gap) + gap, 3), np.float32)
     for i in range(n):
@@ -116,7 +106,7 @@ def draw(blocks: list[np.ndarray], scores: list[float | None], layer: str, out_p
     for c, (ax, im, s) in enumerate(zip(axes[0], images, scores, strict=True)):
         ax.imshow(im, interpolation="nearest")
         ax.set_axis_off()
-        who = f"column {c} (GPU {c + 1})" if len(images) > 1 else "one column"
+        who = f"column {c}" if len(images) > 1 else "one column"
         score = "colour specificity n/a" if s is None else f"colour specificity {s:.3f}"
         shape = "x".join(map(str, blocks[c].shape[1:]))
         ax.set_title(f"{layer} {who}: {blocks[c].shape[0]} kernels {shape}\n{score}", fontsize=9)
@@ -138,9 +128,9 @@ def analyse(model) -> dict:
 
 
 def run(args) -> int:
-    r = _common.restore(args.workdir, args.step)
+    r = _cli.restore(args)
     a = analyse(r.model)
-    out = _common.out_path(args, r.workdir, "filters.png")
+    out = _cli.out_path(args, r.workdir, "filters.png")
     draw(a["blocks"], a["per_column"], a["layer"], out, args.scale,
          title=f"{os.path.basename(r.workdir)} step {r.step}")
     shape = list(a["blocks"][0].shape[1:])
@@ -150,20 +140,13 @@ def run(args) -> int:
               "columns": columns, "per_kernel": a["per_kernel"],
               "score": "share of mean-removed kernel energy off the grey axis: 0 grey, 2/3 single-channel "
                        "(zero-mean pattern), 1 no grey component; null for one-channel kernels"}
-    json_path = _common.write_json(os.path.splitext(out)[0] + ".json", report)
+    json_path = _cli.write_json(os.path.splitext(out)[0] + ".json", report)
     for col in columns:
         s = col["colour_specificity"]
         print(f"{a['layer']} column {col['column']}: {col['kernels']} kernels {'x'.join(map(str, shape))}, "
               f"colour specificity {'n/a (one input channel)' if s is None else f'{s:.4f}'}")
-    _common.emit({"tool": "filters", "workdir": r.workdir, "step": r.step, "layer": a["layer"],
+    _cli.emit({"tool": "filters", "workdir": r.workdir, "step": r.step, "layer": a["layer"],
                   "kernel_shape": shape, "columns": columns, "column_scores": a["per_column"], "out": out,
                   "json": json_path})
     return 0
 
-
-def main(argv: list[str] | None = None) -> None:
-    _common.tool_main(__doc__, add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -18,13 +18,13 @@ import os
 
 import numpy as np
 
-from alexnet_jax.tools import _common
+from alexnet_jax.tools import _cli
 
 SMALL = 1e-3
 
 
 def add_arguments(p) -> None:
-    _common.add_checkpoint_args(p, "report JSON (default <workdir>/analysis/inspect.json)")
+    _cli.add_checkpoint_args(p, "report JSON (default <workdir>/analysis/inspect.json)")
     p.add_argument("--stats", action="store_true", help="per-layer weight statistics")
 
 
@@ -33,17 +33,14 @@ def _path_str(path) -> str:
 
 
 def column_paths(model) -> set[str]:
-    """Paths ("conv1.kernel", ...) of the parameters stacked by column (leading axis = column)."""
+    """Paths ("conv1.kernel", ...) of the parameters stacked by column: their logical axes start with
+    the column axis (layers.COLUMN_AXIS)."""
     from flax import nnx
 
-    from alexnet_jax.models.alexnet import ColumnConv, ColumnDense
+    from alexnet_jax.models.layers import COLUMN_AXIS
 
-    out = set()
-    for path, node in nnx.iter_graph(model):
-        if isinstance(node, (ColumnConv, ColumnDense)):
-            prefix = _path_str(path)
-            out |= {f"{prefix}.kernel", f"{prefix}.bias"}
-    return out
+    return {_path_str(path) for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
+            if (var.get_metadata().get("axes") or (None,))[0] == COLUMN_AXIS}
 
 
 def weight_stats(w: np.ndarray) -> dict[str, float]:
@@ -111,7 +108,7 @@ def format_table(rows: list[dict], stats: bool) -> str:
 
 
 def run(args) -> int:
-    r = _common.restore(args.workdir, args.step)
+    r = _cli.restore(args)
     rows = parameter_table(r.model, stats=args.stats)
     total = sum(row["size"] for row in rows)
     by_column: dict[str, int] = {}
@@ -119,10 +116,10 @@ def run(args) -> int:
         by_column[str(row["column"])] = by_column.get(str(row["column"]), 0) + row["size"]
     history = eval_history(r.workdir, r.meta)
     report = {"workdir": r.workdir, "step": r.step, "config": r.config.to_dict(),
-              "model": type(r.model).__name__, "columns": _common.columns_of(r.model), "params": total,
+              "model": type(r.model).__name__, "columns": r.model.columns, "params": total,
               "params_by_column": by_column,
               "other_variables": other_variables(r.model), "evals": history, "parameters": rows}
-    out = _common.write_json(_common.out_path(args, r.workdir, "inspect.json"), report)
+    out = _cli.write_json(_cli.out_path(args, r.workdir, "inspect.json"), report)
 
     cfg = r.config
     print(f"workdir {r.workdir}  step {r.step}  model {cfg.model} ({type(r.model).__name__}, "
@@ -138,17 +135,10 @@ def run(args) -> int:
     print(f"total {total:,} parameters (" + ", ".join(
         f"{'column ' + k if k != 'shared' else k} {v:,}" for k, v in by_column.items()) + ")")
     last = history[-1] if history else {}
-    _common.emit({"tool": "inspect", "workdir": r.workdir, "step": r.step, "model": cfg.model,
+    _cli.emit({"tool": "inspect", "workdir": r.workdir, "step": r.step, "model": cfg.model,
                   "columns": report["columns"], "params": total, "params_by_column": by_column,
                   "num_param_rows": len(rows), "evals": len(history),
                   "last_eval": {k: last[k] for k in ("step", "top1", "top5", "loss") if k in last},
                   "out": out})
     return 0
 
-
-def main(argv: list[str] | None = None) -> None:
-    _common.tool_main(__doc__, add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,7 @@
 K12 §6.1: images whose last-hidden-layer feature vectors are close in Euclidean distance are
 similar for the network, even when their pixels are not.  The features are the 4096-d post-ReLU fc7
 outputs (AlexNet2012: both columns' fc7 after the exchange, i.e. what fc8 reads; the one-column nets'
-last hidden layer; LeNet's F6), computed in evaluation mode with `_common.forward_layers`.  The pool is
+last hidden layer; LeNet's F6), read from the model's own taps in evaluation mode.  The pool is
 `--limit` images from a dataset split (default: the checkpoint's dataset and eval split) or the given
 image files/folders/tars, preprocessed as evaluation batches.  The queries are the first `--queries`
 images of the pool (or `--query-indices`); each row of the PNG shows a query (first column) and its
@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_jax.tools import _common
+from alexnet_jax.tools import _cli, _images
 
 
 def add_arguments(p) -> None:
-    _common.add_checkpoint_args(p, "PNG (default <workdir>/analysis/neighbours.png; details in the .json "
+    _cli.add_checkpoint_args(p, "PNG (default <workdir>/analysis/neighbours.png; details in the .json "
                                    "beside it)")
-    _common.add_input_args(p, limit=500)
+    _cli.add_input_args(p, limit=500)
     p.add_argument("--queries", type=int, default=8, help="the first N images are the queries (default 8)")
     p.add_argument("--query-indices", type=int, nargs="+", help="explicit query indices into the pool")
     p.add_argument("--k", type=int, default=6, help="neighbours per query (default 6, as in K12 Fig. 4)")
@@ -97,11 +97,11 @@ def draw(display: list[np.ndarray], names: list[str], queries, idx: np.ndarray, 
 
 
 def run(args) -> int:
-    r = _common.restore(args.workdir, args.step)
-    inputs = _common.load_inputs(r.config, images=args.images, dataset=args.dataset, split=args.split,
-                                 limit=args.limit)
-    forward = _common.compile_forward(r.model, "features")
-    feats = _common.run_batched(forward, inputs.x, args.batch_size)
+    r = _cli.restore(args)
+    inputs = _images.load_inputs(r.config, images=args.images, dataset=args.dataset, split=args.split,
+                                 limit=args.limit, data_dir=args.data_dir)
+    _, taps = _cli.run_model(r, inputs.x, args.batch_size)
+    feats = _cli.features(r, taps)
     n = len(feats)
     queries = args.query_indices if args.query_indices else list(range(min(args.queries, n)))
     k = min(args.k, n - 1)
@@ -109,8 +109,8 @@ def run(args) -> int:
         raise ValueError(f"need at least 2 images for neighbours, got {n}")
     idx = nearest_neighbours(feats, queries, k)
     dist = distances(feats, queries, idx)
-    layer = _common.feature_layer(r.model)
-    out = _common.out_path(args, r.workdir, "neighbours.png")
+    layer = r.model.feature_layer
+    out = _cli.out_path(args, r.workdir, "neighbours.png")
     draw(inputs.display, inputs.names, queries, idx, dist, out,
          title=f"{os.path.basename(r.workdir)} step {r.step}: {layer} nearest neighbours ({inputs.source})")
     rows = []
@@ -126,14 +126,7 @@ def run(args) -> int:
                "feature_dim": int(feats.shape[1]), "images": n, "source": inputs.source, "mean": inputs.mean,
                "k": k, "queries": len(queries), "same_label_fraction": float(np.mean(same)) if same else None,
                "out": out}
-    summary["json"] = _common.write_json(os.path.splitext(out)[0] + ".json", dict(summary, rows=rows))
-    _common.emit(summary)
+    summary["json"] = _cli.write_json(os.path.splitext(out)[0] + ".json", dict(summary, rows=rows))
+    _cli.emit(summary)
     return 0
 
-
-def main(argv: list[str] | None = None) -> None:
-    _common.tool_main(__doc__, add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 
-from alexnet_jax.tools import _common
+from alexnet_jax.tools import _cli
+
+USES_DEVICES = False
 
 
 def add_arguments(p) -> None:
@@ -39,7 +41,7 @@ def run(args) -> int:
     if not workdirs:
         raise ValueError("give at least one workdir")
     labels = parse_labels(args.labels, len(workdirs))
-    out = _common.out_path(args, workdirs[0], "curves_overlay.png")
+    out = _cli.out_path(args, workdirs[0], "curves_overlay.png")
     plot_runs(workdirs, out, labels)
     runs = []
     for i, wd in enumerate(workdirs):
@@ -55,13 +57,6 @@ def run(args) -> int:
         print(f"{runs[-1]['label']}: {len(train)} train points, {len(evals)} evals, "
               f"last step {runs[-1]['last_step']}{top1}")
     print(f"wrote {out}")
-    _common.emit({"tool": "plot", "out": out, "runs": runs})
+    _cli.emit({"tool": "plot", "out": out, "runs": runs})
     return 0
 
-
-def main(argv: list[str] | None = None) -> None:
-    _common.tool_main(__doc__, add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,13 @@
+"""Benchmarks of the real training step, the input pipeline and the PyTorch peers (`alexnet-jax bench`).
+
+    step.py         the Trainer's train step on synthetic data already on the device: compile time,
+                    step time, img/s, MFU, peak memory
+    profile.py      per-op device time of that step from a jax.profiler trace, named by layer through
+                    the HLO reader of alexnet_jax/comms.py
+    peers.py        the PyTorch peers and exact torch twins, each in a subprocess, and ours/peer ratios
+    lenet.py        one MNIST epoch of LeNet-5 against the LeNet peers
+    inputs.py       the input pipeline per host core, and the on-device augmentation's share of the step
+
+Nothing here imports tensorflow-datasets or grain except inputs.py, so the step benchmark runs on a
+bare GPU image with jax, flax, optax and orbax.
+"""

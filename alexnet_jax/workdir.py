@@ -1,0 +1,337 @@
+"""A run's directory: its lock, its record (config, provenance, metrics.jsonl, TensorBoard), its
+checkpoints, and what the run prints while it trains.
+
+    <workdir>/config.json        the resolved config          provenance.json  where each start ran
+    <workdir>/metrics.jsonl      one JSON record per line      tensorboard/     the same, for TensorBoard
+    <workdir>/checkpoints/<step> orbax checkpoints             curves.png       drawn at the end
+    <workdir>/.lock              held (flock) while a run trains in the workdir
+
+One run at a time: a second `train` in a locked workdir exits at once naming the holder; the
+kernel drops the lock when the holder exits in any way (SIGKILL included).  On resume both
+metrics.jsonl and the TensorBoard events are cut back to the restored step, so they stay one
+monotonic history through any number of restarts and checkpoint fallbacks.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+from alexnet_jax.errors import AlexnetJaxError
+
+log = logging.getLogger("alexnet_jax")
+
+
+class WorkdirError(AlexnetJaxError, RuntimeError):
+    """The workdir cannot be used (locked by another run, not writable); the message says what to do."""
+
+
+def check_writable(path: str, what: str = "workdir") -> str:
+    """Create `path` (a directory) if needed and make sure we can write in it; else a clear error."""
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise WorkdirError(f"cannot write to the {what} {path}: {e.strerror or e}; choose a writable "
+                           f"{'--workdir' if what == 'workdir' else '--out'} or fix its permissions") from None
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# The lock
+# ------------------------------------------------------------------------------------------------
+class WorkdirLock:
+    """An exclusive `flock` on <workdir>/.lock holding the owner's pid and host."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, ".lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise WorkdirError(f"{os.path.dirname(self.path)} is in use by another run ({holder}); wait for it, "
+                               f"stop it, or choose another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+# ------------------------------------------------------------------------------------------------
+# TensorBoard event files (TFRecord framing: length, masked crc32c of the length, data, masked crc32c)
+# ------------------------------------------------------------------------------------------------
+def _masked_crc(data: bytes) -> int:
+    from tensorboardX.crc32c import crc32c
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def read_records(path: str) -> list[bytes]:
+    """The records of a TFRecord file, up to the first incomplete or damaged one."""
+    out = []
+    with open(path, "rb") as f:
+        while True:
+            head = f.read(12)
+            if len(head) < 12:
+                break
+            (n,) = struct.unpack("<Q", head[:8])
+            if struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8]):
+                break
+            data, crc = f.read(n), f.read(4)
+            if len(data) < n or len(crc) < 4 or struct.unpack("<I", crc)[0] != _masked_crc(data):
+                break
+            out.append(data)
+    return out
+
+
+def write_records(path: str, records: list[bytes]) -> None:
+    with open(path, "wb") as f:
+        for data in records:
+            head = struct.pack("<Q", len(data))
+            f.write(head + struct.pack("<I", _masked_crc(head)) + data + struct.pack("<I", _masked_crc(data)))
+
+
+def read_events(tb_dir: str) -> list[Any]:
+    """Every Event protobuf in a TensorBoard directory, in file order."""
+    from tensorboardX.proto.event_pb2 import Event
+    events = []
+    for name in sorted(os.listdir(tb_dir)) if os.path.isdir(tb_dir) else []:
+        if name.startswith("events.out.tfevents"):
+            events += [Event.FromString(r) for r in read_records(os.path.join(tb_dir, name))]
+    return events
+
+
+def purge_events(tb_dir: str, step: int) -> int:
+    """Cut every event file in `tb_dir` back to events with step <= `step` (in place, atomically per file);
+    returns how many events were dropped."""
+    from tensorboardX.proto.event_pb2 import Event
+    dropped = 0
+    for name in sorted(os.listdir(tb_dir)) if os.path.isdir(tb_dir) else []:
+        if not name.startswith("events.out.tfevents"):
+            continue
+        path = os.path.join(tb_dir, name)
+        records = read_records(path)
+        keep = [r for r in records if Event.FromString(r).step <= step]
+        dropped += len(records) - len(keep)
+        if len(keep) != len(records) or os.path.getsize(path) != sum(len(r) + 16 for r in records):
+            write_records(path + ".tmp", keep)
+            os.replace(path + ".tmp", path)
+    return dropped
+
+
+class MetricWriter:
+    """metrics.jsonl plus TensorBoard (tensorboardX, no TensorFlow); process 0 only."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tb_dir = os.path.join(workdir, "tensorboard")
+        self.tb = None
+
+    def start(self, step: int) -> None:
+        """Resume the record at `step`: drop what was written after it, then open TensorBoard."""
+        if not self.enabled:
+            return
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                keep = [line for line in f if line.strip() and _record_step(line) <= step]
+            with open(self.path, "w") as f:
+                f.writelines(keep)
+        purge_events(self.tb_dir, step)
+        from tensorboardX import SummaryWriter
+        self.tb = SummaryWriter(self.tb_dir, flush_secs=30)
+
+    def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": int(step), "kind": kind, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+
+def _record_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62   # an unreadable line (a write cut short) is dropped
+
+
+# ------------------------------------------------------------------------------------------------
+# The run directory
+# ------------------------------------------------------------------------------------------------
+class RunDir:
+    """Opens a workdir for training: lock (process 0), config.json, provenance.json, the metric
+    writer and the checkpointer.  Use as a context manager; everything is released on any exit."""
+
+    def __init__(self, workdir: str, config, *, primary: bool = True):
+        from alexnet_jax.checkpoint import Checkpointer
+
+        self.path = check_writable(workdir) if primary else os.path.abspath(workdir)
+        self.config, self.primary = config, primary
+        self.lock = WorkdirLock(self.path)
+        self.metrics = MetricWriter(self.path, enabled=primary)
+        self._checkpointer_args = (os.path.join(self.path, "checkpoints"), config.keep_checkpoints)
+        self._make_checkpointer = Checkpointer
+        self.checkpointer = None
+
+    def __enter__(self) -> RunDir:
+        if self.primary:
+            self.lock.acquire()
+        try:
+            directory, keep = self._checkpointer_args
+            self.checkpointer = self._make_checkpointer(directory, keep=keep)
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def start(self, step: int, *, resumed: bool) -> None:
+        """After the restore: write the config and this start's provenance, cut the record back."""
+        if not self.primary:
+            return
+        from alexnet_jax.checkpoint import provenance
+        with open(os.path.join(self.path, "config.json"), "w") as f:
+            f.write(self.config.to_json())
+        prov_path = os.path.join(self.path, "provenance.json")
+        starts = []
+        if os.path.exists(prov_path):
+            try:
+                starts = json.loads(open(prov_path).read()).get("starts", [])
+            except (OSError, ValueError):
+                starts = []
+        starts.append(dict(provenance(), started_at=time.strftime("%Y-%m-%d %H:%M:%S %z"), at_step=step,
+                           resumed=resumed))
+        with open(prov_path, "w") as f:
+            json.dump({"starts": starts}, f, indent=1)
+        self.metrics.start(step)
+        if resumed:
+            log.info("resumed from %s at step %d", self.checkpointer.directory, step)
+        else:
+            log.info("no checkpoint in %s: starting from scratch", self.checkpointer.directory)
+
+    def finish(self) -> None:
+        """The run completed: draw curves.png (never fails the run)."""
+        if not self.primary:
+            return
+        self.metrics.close()
+        try:
+            from alexnet_jax.plotting import plot_runs
+            plot_runs([self.path], os.path.join(self.path, "curves.png"))
+        except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
+            log.warning("could not draw curves.png: %s", e)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.checkpointer is not None:
+                self.checkpointer.close()
+        finally:
+            self.metrics.close()
+            self.lock.release()
+
+
+# ------------------------------------------------------------------------------------------------
+# What a run prints
+# ------------------------------------------------------------------------------------------------
+class Progress:
+    """A tqdm bar on a terminal (log lines are written through it, not glued onto it); when stderr is
+    not a terminal, one plain line every `every_seconds` instead."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool = True, every_seconds: float = 30.0):
+        self.total, self.enabled, self.every = total, enabled, every_seconds
+        self.tty = enabled and sys.stderr.isatty()
+        self.bar = None
+        self._redirect = None
+        self._last_line = time.monotonic()
+        self._start = (time.monotonic(), initial)
+        self._postfix: dict[str, float] = {}
+        if self.tty:
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr,
+                            mininterval=0.5)
+            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger()], tqdm_class=type(self.bar))
+
+    def __enter__(self) -> Progress:
+        if self._redirect is not None:
+            self._redirect.__enter__()
+        return self
+
+    def advance(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+        elif self.enabled and time.monotonic() - self._last_line >= self.every:
+            self._line(step)
+
+    def show(self, step: int, metrics: dict[str, float]) -> None:
+        self._postfix = {"loss": metrics["loss"], "img_s": metrics["images_per_second"]}
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_second']:.0f}")
+
+    def _line(self, step: int) -> None:
+        self._last_line = time.monotonic()
+        t0, s0 = self._start
+        rate = (step - s0) / max(time.monotonic() - t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        extra = "".join(f" {k} {v:.4g}" for k, v in self._postfix.items())
+        log.info("step %d/%d (%.0f%%)%s, eta %s", step, self.total, 100 * step / self.total, extra,
+                 time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?")
+
+    def __exit__(self, *exc) -> None:
+        if self._redirect is not None:
+            self._redirect.__exit__(*exc)
+        if self.bar is not None:
+            self.bar.close()
+
+
+class StopFlag:
+    """SIGTERM / SIGINT: finish the current step, save a checkpoint, exit (128 + signal)."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self) -> StopFlag:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
