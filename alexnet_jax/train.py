@@ -345,7 +345,7 @@ class Restored:
     """A workdir's checkpoint restored onto the devices present (`restore`)."""
 
     workdir: str
-    config: Config             # as trained, with the mesh it was restored onto
+    config: Config             # as trained (trainer.config has the mesh it was restored onto)
     trainer: Trainer
     state: TrainState
     meta: dict[str, Any]
@@ -364,11 +364,11 @@ def restore(workdir: str, *, mesh: Mesh | None = None, step: int | None = None,
     workdir = os.path.abspath(workdir)
     config = load_config(workdir)
     mesh = mesh if mesh is not None else parallel.make_mesh(-1, -1)
-    config = config.replace(mesh_data=mesh.shape["data"], mesh_model=mesh.shape["model"])
     if batch_size is None:   # the training batch, rounded up to what this mesh splits evenly
         n = mesh.devices.size
         batch_size = -(-config.batch_size // n) * n
-    trainer = Trainer.build(config, mesh, batch_size=batch_size)
+    here = config.replace(mesh_data=mesh.shape["data"], mesh_model=mesh.shape["model"])
+    trainer = Trainer.build(here, mesh, batch_size=batch_size)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     try:
         restored = trainer.restore(checkpointer, step=step)
@@ -387,7 +387,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, ten_crop: bool |
     from alexnet_jax import data as data_lib
 
     r = restore(workdir, mesh=mesh)
-    config = r.config if ten_crop is None else r.config.replace(ten_crop=ten_crop)
+    config = r.trainer.config if ten_crop is None else r.trainer.config.replace(ten_crop=ten_crop)
     config = config.replace(data_dir=data_dir) if data_dir else config
     split = split or config.eval_split
     plan = r.trainer.plan

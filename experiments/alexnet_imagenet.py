@@ -4,7 +4,7 @@
     alexnet-jax prepare imagenet2012 --source /data/ILSVRC2012 --data-dir $TFDS_DATA_DIR   # the two tars
     python experiments/alexnet_imagenet.py --workdir runs/alexnet_imagenet                  # 2 devices: columns split
 
-Krizhevsky, Sutskever & Hinton 2012 (../shared/reference/paper_facts.md §1.6-1.8): the two-column
+Krizhevsky, Sutskever & Hinton 2012 (K12 §2, §4-5; experiments/REPRODUCTION.md): the two-column
 net, batch 128, SGD momentum 0.9, weight decay 0.0005, lr 0.01 divided by 10 whenever the
 validation error stops improving (three times), about 90 epochs; weights N(0, 0.01), biases 1 in
 conv2/4/5 and fc6/7; 224 crops of the 256x256 images (+ conv1's 3 px padding, as cuda-convnet) with
@@ -33,7 +33,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--workdir", default="runs/alexnet_imagenet")
     p.add_argument("--data-dir", default=None, help="TFDS data dir holding imagenet2012")
-    p.add_argument("--mesh-model", type=int, default=None, help="2 = split the columns (default when >= 2 devices)")
+    p.add_argument("--mesh-model", type=int, default=-1,
+                   help="2 = split the columns, 1 = both on each device (default -1: 2 when >= 2 devices)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     args = p.parse_args(argv)
 
@@ -43,11 +44,9 @@ def main(argv=None) -> int:
     from alexnet_jax.configs import get_config
     from alexnet_jax.train import evaluate_workdir, train_and_evaluate
 
-    model_axis = args.mesh_model or (2 if jax.device_count() >= 2 else 1)
-    config = get_config("alexnet_imagenet").replace(mesh_model=model_axis, data_dir=args.data_dir or "")
+    config = get_config("alexnet_imagenet").replace(mesh_model=args.mesh_model, data_dir=args.data_dir or "")
     config = apply_overrides(config, args.set)
-    print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; mesh data=-1 x model={model_axis}",
-          flush=True)
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}", flush=True)
     train_and_evaluate(config, args.workdir, progress=sys.stderr.isatty())
     ev = evaluate_workdir(args.workdir, ten_crop=True)
     res = {"top1_error": 1 - ev["top1"], "top5_error": 1 - ev["top5"], "examples": ev["examples"],

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train one model on the same data with different device splits and compare what each costs.
 
-    python experiments/compare_splits.py --out experiments/results/compare_splits_cpu \\
+    python experiments/compare_splits.py [--out runs/compare_splits] [--publish compare_splits_cpu] \\
         [--model alexnet] [--input-size 64] [--width 0.25] [--batch 32] [--steps 30] [--devices 4]
 
 Splits (mesh data x model, see alexnet_jax/parallel.py):
@@ -11,8 +11,9 @@ Splits (mesh data x model, see alexnet_jax/parallel.py):
   2x2  both (only with >= 4 devices)
 
 Every split starts from the same parameters and sees the same batches (synthetic, fixed seed; or the
-first --steps batches of --dataset), so their loss curves must coincide.  Written to --out:
-table.md, compare.png (loss curves + costs) and results.json (every number).
+first --steps batches of --dataset), so their loss curves must coincide.  Written to --out (default
+runs/compare_splits): table.md, compare.png (loss curves + costs) and results.json (every number);
+--publish NAME also copies them to experiments/results/NAME.
 
 On CPU the script forces --devices host devices itself (XLA_FLAGS, set before JAX starts): those
 "devices" share the same CPU cores, so timing on forced host devices is not GPU timing.  On GPU/TPU
@@ -37,7 +38,8 @@ SPLITS = [("1x1", 1, 1, "one device"), ("1x2", 1, 2, "column split (2012)"),
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", default="runs/compare_splits", help="output directory (default runs/compare_splits)")
+    p.add_argument("--publish", metavar="NAME", help="also copy the results to experiments/results/NAME")
     p.add_argument("--model", default="alexnet", help="model name (alexnet_jax.models.MODELS)")
     p.add_argument("--input-size", type=int, default=64)
     p.add_argument("--width", type=float, default=0.25, help="channel width multiplier")
@@ -74,20 +76,12 @@ def dataset_batches(args, config):
 
 def run_split(config, d: int, m: int, batches):
     import jax
-    import numpy as np
-    from flax import nnx
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
-    from alexnet_jax import comms, optim, parallel, train
+    from alexnet_jax import comms, parallel
+    from alexnet_jax.train import Trainer
 
-    mesh = parallel.make_mesh(d, m)
-    tx = optim.optimizer_from_config(config, steps_per_epoch=max(1, len(batches)))
-    graphdef, state = train.create_train_state(config, mesh, tx)
-    probe = nnx.eval_shape(lambda: train._no_eager(train.model_builder(config)))
-    spec = NamedSharding(mesh, P(parallel.batch_spec(probe, mesh)[0]))
-    step = train.make_train_step(graphdef, tx, mesh, train.state_shardings(state),
-                                 {"image": spec, "label": spec})
+    trainer = Trainer.build(config, parallel.make_mesh(d, m), steps_per_epoch=max(1, len(batches)))
+    mesh, state = trainer.mesh, trainer.init()
 
     dev0 = mesh.devices.flat[0]
 
@@ -97,7 +91,7 @@ def run_split(config, d: int, m: int, batches):
 
     param_bytes, opt_bytes = bytes_on_dev0(state.params), bytes_on_dev0(state.opt_state)
     t = time.perf_counter()
-    compiled = step.lower(state, parallel.global_batch(batches[0], probe, mesh)).compile()
+    compiled = trainer.train_step.lower(state, trainer.global_batch(batches[0])).compile()
     compile_s = time.perf_counter() - t
     mem = compiled.memory_analysis()
     mem_d = {k: int(getattr(mem, k, 0) or 0) for k in ("temp_size_in_bytes", "argument_size_in_bytes",
@@ -106,7 +100,7 @@ def run_split(config, d: int, m: int, batches):
     report = comms.analyze(compiled, mesh)
     losses, times = [], []
     for b in batches:
-        gb = parallel.global_batch(b, probe, mesh)
+        gb = trainer.global_batch(b)
         jax.block_until_ready(gb)
         t = time.perf_counter()
         state, metrics = compiled(state, gb)
@@ -276,6 +270,9 @@ def main(argv=None) -> int:
     plot(res, out / "compare.png")
     print(text)
     print(f"wrote {out / 'table.md'}, {out / 'compare.png'}, {out / 'results.json'}")
+    if args.publish:
+        from _results import publish
+        print(f"published to {publish(out, args.publish, ['table.md', 'compare.png', 'results.json'])}")
     return 0
 
 

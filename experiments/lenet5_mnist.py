@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """LeNet-5 on MNIST: reproduce LeCun et al. 1998 (test error 0.95%; 0.8% with affine distortions).
 
-    python experiments/lenet5_mnist.py --out experiments/results/lenet5_mnist
+    python experiments/lenet5_mnist.py [--out runs/lenet5_mnist] [--publish lenet5_mnist]
     python experiments/lenet5_mnist.py --variants plain --epochs 2     # a quick look
 
 Prepares MNIST from ../shared/data/mnist (or --mnist-source) into the TFDS data dir when it is not
@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     here = Path(__file__).resolve()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--out", default=str(here.parent / "results" / "lenet5_mnist"))
+    p.add_argument("--out", default="runs/lenet5_mnist", help="output directory (default runs/lenet5_mnist)")
+    p.add_argument("--publish", metavar="NAME", help="also copy the summary to experiments/results/NAME")
     p.add_argument("--data-dir", default=None, help="TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     p.add_argument("--mnist-source", default=str(here.parents[2] / "shared" / "data" / "mnist"))
     p.add_argument("--variants", default="plain,affine", help="comma list of plain, affine")
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
 
     from alexnet_jax.config import apply_overrides
     from alexnet_jax.configs import get_config
-    from alexnet_jax.data import DatasetNotPreparedError, ensure_prepared, prepare
+    from alexnet_jax.data.prepare import DatasetNotPreparedError, ensure_prepared, prepare
     from alexnet_jax.plotting import plot_runs
     from alexnet_jax.train import train_and_evaluate
 
@@ -90,6 +91,11 @@ def main(argv=None) -> int:
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({"runs": rows, "machine_cpus": os.cpu_count()}, indent=2))
     print("\n".join(lines))
+    if args.publish:
+        from _results import publish
+        files = ["results.md", "results.json", "curves.png"] + [f"{r['variant']}/{f}" for r in rows
+                                                                 for f in ("config.json", "metrics.jsonl", "curves.png")]
+        print(f"published to {publish(out, args.publish, files)}")
     print(json.dumps({"runs": rows}))
     return 0
 

@@ -34,8 +34,7 @@ SMALL = dict(width=0.125)
 # ---------------------------------------------------------------------------------------------
 def abstract_model(name, **kw):
     """A full-size model with ShapeDtypeStruct leaves (nothing is materialised)."""
-    with nnx.use_eager_sharding(False):
-        return nnx.eval_shape(lambda: create_model(name, **kw))
+    return nnx.eval_shape(lambda: create_model(name, **kw))
 
 
 def filled_model(name, seed=0, **kw):
@@ -707,8 +706,7 @@ BIAS_ZERO = {"conv1", "conv3", "fc8"}
 
 @pytest.fixture(scope="module", params=["alexnet", "alexnet_half"])
 def full_model(request):
-    with nnx.use_eager_sharding(False):
-        return request.param, nnx.jit(lambda: create_model(request.param, seed=0))()
+    return request.param, nnx.jit(lambda: create_model(request.param, seed=0))()
 
 
 def test_init_statistics(full_model):

@@ -279,11 +279,14 @@ def test_one_column_models_data_parallel_2x2(tmp_path):
 # ================================================================================================
 def test_bad_shapes_fail_clearly(tmp_path):
     res = run_task("errors", tmp_path)
-    assert "needs 8 devices but 4 are available" in res["mesh_too_big"]
-    assert "xla_force_host_platform_device_count=8" in res["mesh_too_big"]
-    assert "not divisible by the 4 devices" in res["batch_6_on_data_4"], res
+    assert "needs 8 devices but 4 are present" in res["mesh_too_big"]
+    assert "xla_force_host_platform_device_count=N" in res["mesh_too_big"]
+    assert "batch_size 6 is not divisible by the 4 devices" in res["batch_6_on_data_4"], res
     assert "divisible" in res["train_batch_6_on_data_4"] and "multiple of 4" in res["train_batch_6_on_data_4"]
-    assert "needs mesh model axis 1 or 2, got 3" in res["model_axis_3"], res
+    assert "cannot split over mesh_model=3; use mesh_model 1 or 2" in res["model_axis_3"], res
+    assert "mesh_model=3 needs a multiple of 3 devices, but 4 are present" in res["model_axis_2_on_4_devices_3"]
+    # a one-column model on a model axis of 2 stays data-parallel over both devices, and says so
+    assert res["one_column_on_model_2"] == "mesh data=1 x model=2: one-column model: data-parallel over all 2 devices"
 
 
 # ================================================================================================
@@ -310,47 +313,26 @@ def _flat(tree) -> dict[str, np.ndarray]:
     return out
 
 
-def _probe(config):
-    """The model as shapes only (what parallel.batch_spec / global_batch need)."""
-    from flax import nnx
-
-    from alexnet_jax import train
-    return nnx.eval_shape(lambda: train._no_eager(train.model_builder(config)))
-
-
-def _trainer(config, mesh):
-    """(graphdef, state, tx, step_fn, model_probe) for `config` on `mesh`."""
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    from alexnet_jax import optim, parallel, train
-    tx = optim.optimizer_from_config(config, steps_per_epoch=100)
-    graphdef, state = train.create_train_state(config, mesh, tx)
-    probe = _probe(config)
-    spec = NamedSharding(mesh, P(parallel.batch_spec(probe, mesh)[0]))
-    step = train.make_train_step(graphdef, tx, mesh, train.state_shardings(state),
-                                 {"image": spec, "label": spec})
-    return graphdef, state, tx, step, probe
+def _trainer(config, mesh, **kw):
+    from alexnet_jax.train import Trainer
+    return Trainer.build(config, mesh, steps_per_epoch=100, **kw)
 
 
 def _train(config, mesh, batches, steps):
-    from alexnet_jax import parallel
-    graphdef, state, tx, step, probe = _trainer(config, mesh)
-    compiled = step.lower(state, parallel.global_batch(batches[0], probe, mesh)).compile()
+    trainer = _trainer(config, mesh)
+    state = trainer.init()
+    compiled = trainer.train_step.lower(state, trainer.global_batch(batches[0])).compile()
     losses = []
     for i in range(steps):
-        state, metrics = compiled(state, parallel.global_batch(batches[i % len(batches)], probe, mesh))
+        state, metrics = compiled(state, trainer.global_batch(batches[i % len(batches)]))
         losses.append(float(metrics["loss"]))
-    return state, losses, compiled, graphdef
+    return state, losses, compiled, trainer
 
 
-def _forward(graphdef, mesh):
-    """jit((params, extra, images) -> logits): the evaluation forward pass on `mesh`."""
+def _forward(trainer):
+    """jit((params, extra, images) -> logits): the evaluation forward pass on the trainer's mesh."""
     import jax
-    from flax import nnx
-
-    from alexnet_jax import parallel
-    return jax.jit(lambda p, e, x: parallel.apply(nnx.merge(graphdef, p, e), x, mesh=mesh, train=False))
+    return jax.jit(lambda p, e, x: trainer.forward(p, e, x))
 
 
 def task_meshes(out: Path, steps: int) -> dict:
@@ -358,7 +340,7 @@ def task_meshes(out: Path, steps: int) -> dict:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from alexnet_jax import comms, optim, parallel, train
+    from alexnet_jax import comms, parallel
     config = _small_config()
     batches = _synthetic(config)
     res = {"losses": {}, "comms": {}, "shardings_1x2": {}}
@@ -367,20 +349,20 @@ def task_meshes(out: Path, steps: int) -> dict:
         mesh = parallel.make_mesh(d, m)
         name = f"{d}x{m}"
         if (d, m) in ((1, 1), (1, 2)):
-            tx = optim.optimizer_from_config(config, steps_per_epoch=100)
-            _, st = train.create_train_state(config, mesh, tx)
+            trainer = _trainer(config, mesh)
+            st = trainer.init()
             if (d, m) == (1, 1):
                 init_1x1 = _flat(st.params)
             else:
-                res["shardings_1x2"] = _sharding_report(st, tx, init_1x1)
-        state, losses, compiled, graphdef = _train(config, mesh, batches, steps)
+                res["shardings_1x2"] = _sharding_report(st, trainer.tx, init_1x1)
+        state, losses, compiled, trainer = _train(config, mesh, batches, steps)
         res["losses"][name] = losses
         print(f"{name}: {time.perf_counter() - T0:.1f} s", file=sys.stderr, flush=True)
         with open(out / f"params_{name}.pkl", "wb") as f:
             pickle.dump(_flat(state.params), f)
         if m == 2:
             x = jax.device_put(batches[0]["image"], NamedSharding(mesh, P("data")))
-            fwd = _forward(graphdef, mesh)
+            fwd = _forward(trainer)
             res["comms"][name] = {
                 "train": comms.analyze(compiled, mesh).to_dict(),
                 "forward": comms.analyze(fwd.lower(state.params, state.extra, x).compile(), mesh).to_dict(),
@@ -420,16 +402,17 @@ def task_fullsize(out: Path) -> dict:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from alexnet_jax import comms, parallel, train
+    from alexnet_jax import comms, parallel
     from alexnet_jax.config import Config
     config = Config(model="alexnet", num_classes=1000, input_size=227, width=1.0)
     res = {}
     for d, m, batch in ((1, 2, 2), (2, 2, 4)):
         mesh = parallel.make_mesh(d, m)
-        graphdef, abstract = parallel.abstract_state(train.model_builder(config), mesh)
-        fwd = _forward(graphdef, mesh)
+        trainer = _trainer(config, mesh, batch_size=batch)
+        abstract = trainer.abstract_state
+        fwd = _forward(trainer)
         x = jax.ShapeDtypeStruct((batch, 227, 227, 3), jnp.float32, sharding=NamedSharding(mesh, P("data")))
-        rep = comms.analyze(fwd.lower(abstract, {}, x).compile(), mesh)
+        rep = comms.analyze(fwd.lower(abstract.params, abstract.extra, x).compile(), mesh)
         cs = [c for c in rep.collectives if c.group_size > 1]
         assert all(c.op == "all-gather" and c.axis == "model" for c in cs), cs
         images = batch / d
@@ -448,7 +431,7 @@ def task_checkpoint(out: Path) -> dict:
     from jax.sharding import NamedSharding
 
     from alexnet_jax import checkpoint as ckpt_lib
-    from alexnet_jax import optim, parallel, train
+    from alexnet_jax import parallel, train
     config = _small_config()
     batches = _synthetic(config)
 
@@ -477,19 +460,17 @@ def task_checkpoint(out: Path) -> dict:
     state12, _, _, _ = _train(config, mesh12, batches, 3)
     specs = state12                                      # every leaf's spec, as created on a mesh
     saved = save(out / "run_1x2", state12, 3, mesh12)
-    # restore on 1x1 and on 2x2 through train.restore_model (which builds the state on that mesh)
+    # restore on 1x1 and on 2x2 through train.restore (which targets the abstract state on that mesh)
     for mesh in (mesh11, mesh22):
-        _, _, _, step, st, graphdef, _ = train.restore_model(str(out / "run_1x2"), mesh=mesh)
+        restored = train.restore(str(out / "run_1x2"), mesh=mesh, batch_size=config.batch_size)
+        st = restored.state
         name = f"1x2->{mesh.shape['data']}x{mesh.shape['model']}"
-        r = res[name] = dict(compare(saved, st, mesh), step=step)
+        r = res[name] = dict(compare(saved, st, mesh), step=restored.step)
         if mesh is mesh22:
             st22 = st
         else:   # training continues from the restored state on the new mesh
-            tx = optim.optimizer_from_config(config, steps_per_epoch=100)
-            probe = _probe(config)
-            bs = {k: NamedSharding(mesh11, parallel.batch_spec(probe, mesh11)) for k in ("image", "label")}
-            step_fn = train.make_train_step(graphdef, tx, mesh11, train.state_shardings(st), bs)
-            st11, metrics = step_fn(st, parallel.global_batch(batches[3], probe, mesh11))
+            tr = restored.trainer
+            st11, metrics = tr.train_step(st, tr.global_batch(batches[3]))
             r["continues"] = bool(np.isfinite(float(metrics["loss"]))) and int(st11.step) == 4
     # and back: saved on 2x2, restored onto 1x2 by Checkpointer.restore against a state made on 1x2
     saved22 = save(out / "run_2x2", st22, 3, mesh22)
@@ -499,7 +480,7 @@ def task_checkpoint(out: Path) -> dict:
     res["2x2->1x2"] = compare(saved22, st12, mesh12)
     # and from one device (after a step there) onto two columns
     saved11 = save(out / "run_1x1", st11, 4, mesh11)
-    _, _, _, _, st, _, _ = train.restore_model(str(out / "run_1x1"), mesh=mesh12)
+    st = train.restore(str(out / "run_1x1"), mesh=mesh12, batch_size=config.batch_size).state
     res["1x1->1x2"] = compare(saved11, st, mesh12)
     return res
 
@@ -515,8 +496,8 @@ def task_onecolumn(out: Path) -> dict:
         batches = _synthetic(config)
         one, l1, _, _ = _train(config, parallel.make_mesh(1, 1), batches, 5)
         mesh = parallel.make_mesh(2, 2)
-        four, l4, compiled, _ = _train(config, mesh, batches, 5)
-        gb = parallel.global_batch(batches[0], _probe(config), mesh)
+        four, l4, compiled, trainer = _train(config, mesh, batches, 5)
+        gb = trainer.global_batch(batches[0])
         rep = comms.analyze(compiled, mesh)
         cs = [c for c in rep.collectives if c.group_size > 1]
         p1, p4 = _flat(one.params), _flat(four.params)
@@ -530,8 +511,6 @@ def task_onecolumn(out: Path) -> dict:
 
 
 def task_errors(out: Path) -> dict:
-    import optax
-
     from alexnet_jax import parallel, train
     res = {}
 
@@ -544,15 +523,15 @@ def task_errors(out: Path) -> dict:
 
     res["mesh_too_big"] = message(lambda: parallel.make_mesh(4, 2))
     config = _small_config(batch_size=6)
-    batch = _synthetic(config, n=1)[0]
     mesh = parallel.make_mesh(4, 1)
-    res["batch_6_on_data_4"] = message(lambda: parallel.global_batch(batch, _probe(config), mesh))
+    res["batch_6_on_data_4"] = message(lambda: _trainer(config, mesh))
     # the user-facing path refuses before any data is read
     cfg = _small_config(batch_size=6, mesh_data=4, mesh_model=1, dataset="digits", data_dir=str(out / "tfds"))
     res["train_batch_6_on_data_4"] = message(lambda: train.train_and_evaluate(cfg, str(out / "wd"),
                                                                              progress=False))
-    res["model_axis_3"] = message(lambda: train.create_train_state(_small_config(), parallel.make_mesh(1, 3),
-                                                                   optax.sgd(0.1)))
+    res["model_axis_3"] = message(lambda: _trainer(_small_config(), parallel.make_mesh(1, 3)))
+    res["model_axis_2_on_4_devices_3"] = message(lambda: parallel.make_mesh(-1, 3))
+    res["one_column_on_model_2"] = _trainer(_small_config(model="alexnet_owt"), parallel.make_mesh(1, 2)).plan.describe()
     return res
 
 

@@ -35,7 +35,7 @@ CONFIG = dict(model="alexnet", num_classes=1000, input_size=64, width=0.0625, da
 _TRAIN = """
 import json, sys
 from alexnet_jax.config import Config
-from alexnet_jax.data import prepare
+from alexnet_jax.data.prepare import prepare
 from alexnet_jax.train import train_and_evaluate
 spec = json.loads(sys.argv[1])
 prepare("imagenet2012", spec["source"], spec["data_dir"])
@@ -181,8 +181,7 @@ def _filled_model(name, **kw):
 
     from alexnet_jax.models import create_model
 
-    with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(lambda: create_model(name, **kw))
+    abstract = nnx.eval_shape(lambda: create_model(name, **kw))
     graphdef, state = nnx.split(abstract)
     rng = np.random.default_rng(0)
 
@@ -203,34 +202,74 @@ def _filled_model(name, **kw):
     return nnx.merge(graphdef, state)
 
 
-@pytest.mark.parametrize("name,kw,feature,dim", [
-    ("alexnet", dict(input_size=32, width=0.0625, num_classes=10), "fc7", 256),
-    ("alexnet_bn", dict(input_size=32, width=0.0625, num_classes=10), "fc7", 256),
-    ("lenet5", dict(input_size=32), "F6", 84),
-    ("lenet5_modern", dict(input_size=32), "F6", 84),
-])
-def test_forward_layers_match_the_model(name, kw, feature, dim):
+TAP_MODELS = [
+    ("alexnet", dict(init="paper"), "fc7", 256), ("alexnet", dict(init="he"), "fc7", 256),
+    ("alexnet_half", dict(init="paper"), "fc7", 256), ("alexnet_half", dict(init="he"), "fc7", 256),
+    ("alexnet_owt", {}, "fc7", 256), ("alexnet_keras", {}, "fc6", 256), ("alexnet_bn", {}, "fc7", 256),
+    ("lenet5", dict(head="softmax"), "F6", 84), ("lenet5", dict(head="rbf"), "F6", 84),
+    ("lenet5_modern", {}, "F6", 84),
+]
+
+
+@pytest.mark.parametrize("name,kw,feature,dim", TAP_MODELS)
+def test_taps_are_the_models_own_forward_pass(name, kw, feature, dim):
+    """Every model, both inits: the taps come from the model's forward pass itself.  The logits with taps
+    on are bitwise those without (op by op; compiled, to rounding); the last tap is the logits; the classifier applied to the feature tap
+    gives the logits again (what fc8 reads is what the tools call features: the old shadow forward pass
+    of the tools broke this for He init); the first layer's tap equals an independent lax.conv of the
+    model's input scaling, kernel and bias; ReLU layers are non-negative; the taps follow layer_kinds."""
     import jax
-    from flax import nnx
+    import jax.numpy as jnp
 
-    from alexnet_jax.tools import _common
+    from alexnet_jax import parallel
+    from alexnet_jax.tools._cli import features
 
-    model = _filled_model(name, **kw)
+    width = {} if name.startswith("lenet") else dict(width=0.0625)
+    model = _filled_model(name, input_size=32, num_classes=10, **width, **kw)
     channels = 1 if name.startswith("lenet") else 3
-    x = np.random.default_rng(1).normal(size=(3, 32, 32, channels)).astype(np.float32)
-    layers, feats, logits = _common.compile_forward(model)(x)
-    expected = nnx.jit(lambda m, x: m(x))(model, x)
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), rtol=1e-4, atol=1e-5)
-    kinds = _common.layer_kinds(model)
-    assert list(layers) == list(kinds) and _common.feature_layer(model) == feature
+    x = np.random.default_rng(1).normal(size=(3, 32, 32, channels)).astype(np.float32) * (
+        1.0 if name.startswith("lenet") else 60.0)
+    logits, taps = parallel.apply(model, x, taps=True)      # op by op: bitwise the plain forward pass
+    np.testing.assert_array_equal(np.asarray(logits), np.asarray(model(x)))
+    jitted, _ = jax.jit(lambda x: parallel.apply(model, x, taps=True))(x)   # compiled: the same to rounding
+    scale = float(np.abs(np.asarray(logits)).max())
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(logits), rtol=1e-5, atol=1e-5 * scale)
+    kinds = model.layer_kinds
+    assert list(taps) == list(kinds) and model.feature_layer == feature
+    last = list(kinds)[-1]
+    np.testing.assert_array_equal(np.asarray(taps[last][0]), np.asarray(logits))
+    feats = features(type("R", (), {"model": model})(), {k: [np.asarray(a) for a in v] for k, v in taps.items()})
     assert feats.shape == (3, dim)
-    joined = np.concatenate([np.asarray(a) for a in layers[feature]], -1)
-    np.testing.assert_array_equal(joined, np.asarray(feats))
-    for layer, per_column in layers.items():
+    head = getattr(model, last, None) or getattr(model, last.lower())
+    again = jax.jit(lambda f: head(f.astype(model.dtype)).astype(jnp.float32))(feats)
+    np.testing.assert_allclose(np.asarray(again), np.asarray(logits), rtol=1e-5, atol=1e-5 * scale)
+    for layer, per_column in taps.items():
         assert len(per_column) == (2 if name == "alexnet" and layer != "fc8" else 1)
         if kinds[layer] == "relu":
             assert all(np.asarray(a).min() >= 0 for a in per_column)
-    assert jax.tree.leaves(layers)
+    # the first layer, independently: conv of the (scaled) input with the layer's own kernel and bias
+    first = next(iter(kinds))
+    module = getattr(model, first, None) or getattr(model, first.lower())
+    kernel = np.asarray(getattr(module, "kernel", None) or getattr(module, "kernel_HWIO"))
+    bias = np.asarray(getattr(module, "bias", None) or getattr(module, "bias_C"))
+    if name == "alexnet":
+        kernel, bias = kernel[1], bias[1]                      # column 1
+    scale = np.asarray(getattr(model, "input_std", None) or 1.0, np.float32)
+    pad = getattr(module, "padding", "VALID")
+    if name == "lenet5":
+        pad = model.c1.padding
+    stride = getattr(module, "stride", None) or getattr(module, "strides", (1, 1))
+    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    a = jax.lax.conv_general_dilated(x / scale, kernel, stride, pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=jax.lax.Precision.HIGHEST) + bias
+    a = np.asarray(a)
+    if name == "alexnet_bn":
+        bn = model.bn_conv1
+        a = (a - np.asarray(bn.mean)) / np.sqrt(np.asarray(bn.var) + bn.epsilon) * np.asarray(bn.scale) + np.asarray(
+            bn.bias)
+    expect = 1.7159 * np.tanh(2.0 / 3.0 * a) if kinds[first] == "squash" else np.maximum(a, 0)
+    got = np.asarray(taps[first][1 if name == "alexnet" else 0])
+    np.testing.assert_allclose(got, expect, rtol=2e-4, atol=2e-4 * np.abs(expect).max())
 
 
 def test_filters_lenet_c1_grid_without_colour_score(tmp_path):
@@ -248,16 +287,16 @@ def test_filters_lenet_c1_grid_without_colour_score(tmp_path):
 
 def test_class_names_without_the_dataset(tmp_path):
     from alexnet_jax.config import Config
-    from alexnet_jax.tools import _common
+    from alexnet_jax.tools import _images
 
     cfg = Config(model="alexnet", num_classes=1000, input_size=64, dataset="imagenet2012", augment="alexnet",
                  data_dir=str(tmp_path / "empty"))
-    names = _common.class_names(cfg)
+    names = _images.class_names(cfg)
     assert len(names.ids) == 1000 and names.ids[0] == "n01440764" and names.ids[-1] == "n15075141"
     assert names.names[0] == "tench" and "ILSVRC-2012 synsets" in names.source
-    pre, how = _common.preprocessor(cfg)
+    pre, how = _images.preprocessor(cfg)
     assert pre.mean.shape == (3,) and "not prepared" in how
-    small = _common.class_names(cfg.replace(num_classes=10, dataset="cifar10"))
+    small = _images.class_names(cfg.replace(num_classes=10, dataset="cifar10"))
     assert small.ids == [f"class_{i}" for i in range(10)]
 
 
@@ -265,7 +304,7 @@ def test_image_inputs_from_folders_and_tars(tmp_path):
     from PIL import Image
 
     from alexnet_jax.config import Config
-    from alexnet_jax.tools import _common
+    from alexnet_jax.tools import _images
 
     photos = tmp_path / "photos" / "sub"
     photos.mkdir(parents=True)
@@ -279,14 +318,14 @@ def test_image_inputs_from_folders_and_tars(tmp_path):
     cfg = Config(model="alexnet", num_classes=10, input_size=32, dataset="cifar10", augment="cifar",
                  data_dir=str(tmp_path / "empty"))                 # not prepared: per-channel mean stands in
     for source in (tmp_path / "photos", tmp_path / "photos.tar"):
-        inputs = _common.load_inputs(cfg, images=[str(source)])
+        inputs = _images.load_inputs(cfg, images=[str(source)])
         assert inputs.x.shape == (3, 32, 32, 3) and inputs.x.dtype == np.float32
         assert "CIFAR-10 per-channel mean" in inputs.mean and len(inputs.display) == 3
         assert [Path(n).name for n in inputs.names] == [f"n01440764_tench_{i}.jpg" for i in range(3)]
         assert abs(float(inputs.x.mean())) < 60                     # centred raw RGB, 0..255 units
-    assert _common.sample_label("a/n01440764_tench_0.jpg") == ("n01440764", "tench 0")
+    assert _images.sample_label("a/n01440764_tench_0.jpg") == ("n01440764", "tench 0")
     with pytest.raises(FileNotFoundError):
-        _common.read_image_files([str(tmp_path / "missing")])
+        _images.read_image_files([str(tmp_path / "missing")])
 
 
 def test_wrapper_scripts():
@@ -309,9 +348,8 @@ def _param_count(config: dict) -> int:
 
     from alexnet_jax.models import create_model
 
-    with nnx.use_eager_sharding(False):
-        m = nnx.eval_shape(lambda: create_model("alexnet", num_classes=config["num_classes"],
-                                                input_size=config["input_size"], width=config["width"]))
+    m = nnx.eval_shape(lambda: create_model("alexnet", num_classes=config["num_classes"],
+                                            input_size=config["input_size"], width=config["width"]))
     return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
 
 

@@ -24,7 +24,7 @@ SMALL = ["--set", "num_steps=40", "--set", "checkpoint_every_steps=5", "--set", 
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tfds")
-    from alexnet_jax.data import prepare
+    from alexnet_jax.data.prepare import prepare
     prepare("digits", None, str(d))
     return d
 
