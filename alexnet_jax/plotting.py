@@ -26,8 +26,8 @@ def plot_runs(workdirs: list[str], out_png: str, labels: list[str] | None = None
         tr = [r for r in recs if r["kind"] == "train"]
         ev = [r for r in recs if r["kind"] == "eval"]
         line, = ax_loss.plot([r["step"] for r in tr], [r["loss"] for r in tr], label=f"{label} train")
-        if ev:
-            ax_loss.plot([r["step"] for r in ev], [r["loss"] for r in ev], "--", color=line.get_color(),
+        if ev:   # markers too: a single evaluation is a point, not an invisible one-point line
+            ax_loss.plot([r["step"] for r in ev], [r["loss"] for r in ev], "o--", color=line.get_color(),
                          label=f"{label} eval")
             ax_acc.plot([r["step"] for r in ev], [100 * (1 - r["top1"]) for r in ev], "o-",
                         color=line.get_color(), label=f"{label} top-1 error")

@@ -85,14 +85,16 @@ def summarize(name: str, *, input_size: int | None = None, num_classes: int | No
 
     MACs are per image (the forward pass is traced with batch 1).
     """
-    with nnx.use_eager_sharding(False):
-        model = create_model(name, input_size=input_size, num_classes=num_classes, width=width, **kwargs)
+    model = create_model(name, input_size=input_size, num_classes=num_classes, width=width, **kwargs)
     size = model.input_size
     channels = getattr(model, "in_channels", 3)
     x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
     graphdef, state = nnx.split(model)
     table = layer_table(lambda s, x: nnx.merge(graphdef, s)(x, train=False), state, x)
     params = _param_rows(model)
+    from alexnet_jax.models.layers import COLUMN_AXIS
+    per_column = {str(path[0]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+                  if (v.get_metadata().get("axes") or (None,))[0] == COLUMN_AXIS}
     layers, seen = [], set()
     for scope, row in table.items():
         if row["macs"] == 0 and scope not in params and not any(p.lower().endswith(scope.lower()) for p in params):
@@ -100,22 +102,30 @@ def summarize(name: str, *, input_size: int | None = None, num_classes: int | No
         owned = [p for p in params
                  if p == scope or p.lower().endswith("_" + scope.lower()) or p.lower() == scope.lower()]
         seen.update(owned)
+        columns = model.columns if set(owned) & per_column else 1
         layers.append({"layer": scope, "output_shape": list(row["shape"][1:]) if row["shape"] else None,
-                       "params": sum(params[p] for p in owned), "macs": row["macs"]})
+                       "columns": columns, "params": sum(params[p] for p in owned), "macs": row["macs"]})
     rest = [p for p in params if p not in seen]
     if rest:
-        layers.append({"layer": "+".join(rest), "output_shape": None, "params": sum(params[p] for p in rest),
-                       "macs": 0})
-    return {"model": name, "input_size": size, "num_classes": model.num_classes,
+        layers.append({"layer": "+".join(rest), "output_shape": None, "columns": 1,
+                       "params": sum(params[p] for p in rest), "macs": 0})
+    return {"model": name, "input_size": size, "num_classes": model.num_classes, "columns": model.columns,
             "params": sum(params.values()), "macs": sum(r["macs"] for r in table.values()), "layers": layers}
 
 
 def format_table(summary: dict[str, Any]) -> str:
+    """One row per layer.  In a column net, a column layer's output shape is one column's (marked
+    "x2": every column has one), while its parameters and multiply-adds count all columns."""
     lines = [f"{summary['model']}  input {summary['input_size']}x{summary['input_size']}  "
              f"classes {summary['num_classes']}",
-             f"{'layer':<12}{'output (HWC / features)':<26}{'params':>14}{'mult-adds':>16}"]
+             f"{'layer':<12}{'output (HWC / features)':<32}{'params':>14}{'mult-adds':>16}"]
     for r in summary["layers"]:
         shape = "x".join(map(str, r["output_shape"])) if r["output_shape"] else "-"
-        lines.append(f"{r['layer']:<12}{shape:<26}{r['params']:>14,}{r['macs']:>16,}")
-    lines.append(f"{'total':<12}{'':<26}{summary['params']:>14,}{summary['macs']:>16,}")
+        if r["columns"] > 1:
+            shape += f" (per column, x{r['columns']})"
+        lines.append(f"{r['layer']:<12}{shape:<32}{r['params']:>14,}{r['macs']:>16,}")
+    lines.append(f"{'total':<12}{'':<32}{summary['params']:>14,}{summary['macs']:>16,}")
+    if summary.get("columns", 1) > 1:
+        lines.append(f"{summary['columns']} columns: parameters and multiply-adds count every column; a column "
+                     f"layer's output shape is one column's")
     return "\n".join(lines)

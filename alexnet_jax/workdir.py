@@ -263,13 +263,19 @@ class RunDir:
 # ------------------------------------------------------------------------------------------------
 # What a run prints
 # ------------------------------------------------------------------------------------------------
+PROGRESS_SECONDS_ENV = "ALEXNET_JAX_PROGRESS_SECONDS"
+
+
 class Progress:
     """A tqdm bar on a terminal (log lines are written through it, not glued onto it); when stderr is
-    not a terminal, one plain line every `every_seconds` instead."""
+    not a terminal, one plain log line every `every_seconds` (default 30, or $ALEXNET_JAX_PROGRESS_SECONDS)."""
 
-    def __init__(self, total: int, initial: int, *, enabled: bool = True, every_seconds: float = 30.0):
+    def __init__(self, total: int, initial: int, *, enabled: bool = True, every_seconds: float | None = None,
+                 tty: bool | None = None):
+        if every_seconds is None:
+            every_seconds = float(os.environ.get(PROGRESS_SECONDS_ENV, "30"))
         self.total, self.enabled, self.every = total, enabled, every_seconds
-        self.tty = enabled and sys.stderr.isatty()
+        self.tty = enabled and (sys.stderr.isatty() if tty is None else tty)
         self.bar = None
         self._redirect = None
         self._last_line = time.monotonic()

@@ -1,6 +1,14 @@
-"""Shared pytest setup.  Tests marked `slow` run only when selected with `-m slow` (or any -m naming slow)."""
+"""Shared pytest setup.
 
+* Tests marked `slow` run only when selected with `-m slow` (or any -m naming slow).
+* Implicit rank promotion is an error in every test (jax_numpy_rank_promotion="raise"): broadcasting a
+  lower-rank array must be written out.
+"""
+
+import jax
 import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 def pytest_collection_modifyitems(config, items):

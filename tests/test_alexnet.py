@@ -676,7 +676,7 @@ def test_alexnet_bn_train_updates_stats_and_eval_uses_them():
     mean0, var0 = np.asarray(m.bn_conv1.mean, np.float64), np.asarray(m.bn_conv1.var, np.float64)
     # the input the model's conv1 sees (the unit-variance nets first divide by a per-channel std)
     std = getattr(m, "input_std", None)
-    conv1_out = np.asarray(m.conv1(pair if std is None else pair / jnp.asarray(std)), np.float64)
+    conv1_out = np.asarray(m.conv1(pair if std is None else pair / jnp.asarray(std).reshape(1, 1, 1, 3)), np.float64)
     # train mode: batch statistics (dropout off to isolate BN)
     tr = np.asarray(apply(m, pair, k, train=True, rate=0.0))
     after = _stats(m)

@@ -32,6 +32,7 @@ from flax import nnx
 from alexnet_jax.models.layers import (
     COLUMN_AXIS,
     Tap,
+    channels_last,
     adaptive_avg_pool,
     constant,
     conv_out,
@@ -85,7 +86,7 @@ class ColumnConv(nnx.Module):
         kernel_HWIO = self.kernel[c].astype(self.dtype)
         y = jax.lax.conv_general_dilated(x_BHWC.astype(self.dtype), kernel_HWIO, (self.stride,) * 2,
                                          self.padding, dimension_numbers=DN)
-        return y + self.bias[c].astype(self.dtype)
+        return y + channels_last(self.bias[c].astype(self.dtype), y.ndim)
 
 
 class ColumnDense(nnx.Module):
@@ -101,7 +102,8 @@ class ColumnDense(nnx.Module):
                               axes=(COLUMN_AXIS, None))
 
     def __call__(self, c: int, x_BI: jax.Array) -> jax.Array:
-        return x_BI.astype(self.dtype) @ self.kernel[c].astype(self.dtype) + self.bias[c].astype(self.dtype)
+        y = x_BI.astype(self.dtype) @ self.kernel[c].astype(self.dtype)
+        return y + channels_last(self.bias[c].astype(self.dtype), y.ndim)
 
 
 def _init_rule(init: str) -> tuple[float | None, float]:
@@ -251,7 +253,7 @@ class AlexNet2012(nnx.Module):
         cols = range(local)
         x = x_BHWC.astype(self.dtype)
         if self.input_std is not None:  # "he" init: unit-scale inputs (see _init_rule)
-            x = x / jnp.asarray(self.input_std, self.dtype)
+            x = x / channels_last(jnp.asarray(self.input_std, self.dtype), x.ndim)
         h = [self.column_conv12(c, x, tap) for c in cols]          # GPU-local
         h = exchange(h, "conv3")                                   # conv3 sees both columns
         h = [self.column_conv345(c, h, tap) for c in cols]         # GPU-local
@@ -328,7 +330,7 @@ class _OneColumn(nnx.Module):
                  dropout_rate: float = 0.5, tap: Tap = no_tap) -> jax.Array:
         h = x_BHWC.astype(self.dtype)
         if self.input_std is not None:  # centred raw RGB -> unit scale, as torchvision's Normalize
-            h = h / jnp.asarray(self.input_std, self.dtype)
+            h = h / channels_last(jnp.asarray(self.input_std, self.dtype), h.ndim)
         for name, lrn_after, pool_after in self.conv_names:
             with jax.named_scope(name):
                 h = getattr(self, name)(h)

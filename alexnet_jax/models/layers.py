@@ -28,6 +28,12 @@ Tap = Callable[[str, "int | None", jax.Array], jax.Array]
 def no_tap(name: str, column: int | None, value: jax.Array) -> jax.Array:
     return value
 
+
+def channels_last(v: jax.Array, ndim: int) -> jax.Array:
+    """A per-channel vector (C,) shaped to broadcast against an `ndim`-D channels-last tensor: (1, ..., C).
+    Broadcasting is written out everywhere (the tests run with jax_numpy_rank_promotion="raise")."""
+    return jnp.reshape(v, (1,) * (ndim - 1) + (-1,))
+
 # --------------------------------------------------------------------------------------------
 # Local response normalisation (Krizhevsky et al. 2012, §3.3; paper_facts.md §1.4)
 # --------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alexnet_jax.models.layers import Tap, no_tap
+from alexnet_jax.models.layers import Tap, channels_last, no_tap
 
 # --------------------------------------------------------------------------------------------
 # Constants from the paper (paper_facts.md §4)
@@ -143,7 +143,7 @@ class SquashConv(nnx.Module):
     def __call__(self, x_BHWC: jax.Array) -> jax.Array:
         x = x_BHWC.astype(self.dtype)
         a = _conv(x, self.kernel_HWIO[...].astype(self.dtype), padding=self.padding)
-        return squash(a + self.bias_C[...].astype(self.dtype))
+        return squash(a + channels_last(self.bias_C[...].astype(self.dtype), a.ndim))
 
 
 class Subsampling(nnx.Module):
@@ -167,7 +167,8 @@ class Subsampling(nnx.Module):
         h2, w2 = h // 2, w // 2
         x = x[:, : 2 * h2, : 2 * w2, :].reshape(b, h2, 2, w2, 2, c)
         s = x.sum(axis=(2, 4))
-        return squash(s * self.coef_C[...].astype(self.dtype) + self.bias_C[...].astype(self.dtype))
+        coef, bias = (channels_last(v[...].astype(self.dtype), s.ndim) for v in (self.coef_C, self.bias_C))
+        return squash(s * coef + bias)
 
 
 class SparseC3(nnx.Module):
@@ -216,7 +217,7 @@ class SparseC3(nnx.Module):
         if x.shape[-1] != 6:
             raise ValueError(f"sparse C3 needs 6 S2 maps, got {x.shape[-1]}")
         a = _conv(x, self.dense_kernel_HWIO().astype(self.dtype))
-        return squash(a + self.bias_C[...].astype(self.dtype))
+        return squash(a + channels_last(self.bias_C[...].astype(self.dtype), a.ndim))
 
 
 class Dense(nnx.Module):
@@ -231,7 +232,8 @@ class Dense(nnx.Module):
 
     def __call__(self, x_BI: jax.Array) -> jax.Array:
         x = x_BI.astype(self.dtype)
-        a = x @ self.kernel_IO[...].astype(self.dtype) + self.bias_O[...].astype(self.dtype)
+        a = x @ self.kernel_IO[...].astype(self.dtype)
+        a = a + channels_last(self.bias_O[...].astype(self.dtype), a.ndim)
         return squash(a) if self.activate else a
 
 
@@ -261,7 +263,7 @@ class RBFOutput(nnx.Module):
     def penalties(self, x_BD: jax.Array) -> jax.Array:
         x = x_BD.astype(jnp.float32)
         w_KD = jax.lax.stop_gradient(self.codes_KD[...])
-        y = (x * x).sum(-1, keepdims=True) - 2.0 * (x @ w_KD.T) + (w_KD * w_KD).sum(-1)
+        y = (x * x).sum(-1, keepdims=True) - 2.0 * (x @ w_KD.T) + channels_last((w_KD * w_KD).sum(-1), 2)
         return jnp.maximum(y, 0.0)
 
     def __call__(self, x_BD: jax.Array) -> jax.Array:

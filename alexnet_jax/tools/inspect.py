@@ -92,6 +92,14 @@ def eval_history(workdir: str, meta: dict) -> list[dict]:
     return []
 
 
+def checkpoint_steps(workdir: str) -> dict[str, list]:
+    """The checkpoint steps present, and the damaged ones moved aside (`<step>.corrupt-<time>`)."""
+    d = os.path.join(workdir, "checkpoints")
+    names = os.listdir(d) if os.path.isdir(d) else []
+    return {"usable_or_unchecked": sorted(int(n) for n in names if n.isdigit()),
+            "moved_aside": sorted(n for n in names if ".corrupt-" in n)}
+
+
 def format_table(rows: list[dict], stats: bool) -> str:
     head = f"{'parameter':<22} {'column':>6} {'shape':<22} {'dtype':<8} {'size':>11}"
     if stats:
@@ -115,7 +123,9 @@ def run(args) -> int:
     for row in rows:
         by_column[str(row["column"])] = by_column.get(str(row["column"]), 0) + row["size"]
     history = eval_history(r.workdir, r.meta)
-    report = {"workdir": r.workdir, "step": r.step, "config": r.config.to_dict(),
+    steps = checkpoint_steps(r.workdir)
+    report = {"workdir": r.workdir, "step": r.step, "checkpoint_steps": steps, "config": r.config.to_dict(),
+              "format": r.meta.get("format"), "provenance": r.meta.get("provenance"),
               "model": type(r.model).__name__, "columns": r.model.columns, "params": total,
               "params_by_column": by_column,
               "other_variables": other_variables(r.model), "evals": history, "parameters": rows}
@@ -125,6 +135,8 @@ def run(args) -> int:
     print(f"workdir {r.workdir}  step {r.step}  model {cfg.model} ({type(r.model).__name__}, "
           f"{report['columns']} column{'s' if report['columns'] > 1 else ''})  dataset {cfg.dataset}  "
           f"input {cfg.input_size}  width {cfg.width}  classes {cfg.num_classes}")
+    print(f"checkpoints: steps {steps['usable_or_unchecked']}" +
+          (f"; moved aside as damaged: {', '.join(steps['moved_aside'])}" if steps["moved_aside"] else ""))
     print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
     if history:
         nan = float("nan")
@@ -135,7 +147,8 @@ def run(args) -> int:
     print(f"total {total:,} parameters (" + ", ".join(
         f"{'column ' + k if k != 'shared' else k} {v:,}" for k, v in by_column.items()) + ")")
     last = history[-1] if history else {}
-    _cli.emit({"tool": "inspect", "workdir": r.workdir, "step": r.step, "model": cfg.model,
+    _cli.emit({"tool": "inspect", "workdir": r.workdir, "step": r.step, "checkpoint_steps": steps,
+               "model": cfg.model,
                   "columns": report["columns"], "params": total, "params_by_column": by_column,
                   "num_param_rows": len(rows), "evals": len(history),
                   "last_eval": {k: last[k] for k in ("step", "top1", "top5", "loss") if k in last},

@@ -90,7 +90,7 @@ def draw(display: list[np.ndarray], names: list[str], queries, idx: np.ndarray, 
                     s.set_linewidth(2)
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if title else None)   # room for the title
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
     return out_png
