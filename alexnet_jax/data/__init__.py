@@ -4,7 +4,7 @@ Import-light: ``import alexnet_jax.data`` (and ``alexnet_jax.data.catalog``) imp
 tensorflow_datasets, grain nor jax; the names below are loaded on first use.
 
 catalog      DATASETS, AUGMENTS, STORES, dataset_names(): the accepted names (``imagenet2012/raw256``, ...)
-prepare      prepare(name, source, data_dir): build a dataset offline (staging, resume, process pool)
+preparation prepare(name, source, data_dir): build a dataset offline (staging, resume, process pool)
 sources      ensure_prepared / dataset_dir / dataset_info / RecordSource / load_array_split / mean_image
 loader       make_train_loader (infinite, resumable, per-process uint8 batches with stream positions),
              make_eval_loader (one padded, masked pass)
@@ -26,7 +26,7 @@ _LAZY = {
     "ArraySplit": "sources", "dataset_dir": "sources", "dataset_info": "sources", "ensure_prepared": "sources",
     "load_array_split": "sources", "mean_image": "sources", "resolve_data_dir": "sources",
     "stored_shape": "sources",
-    "prepare": "prepare", "SourceError": "prepare",
+    "prepare": "preparation", "SourceError": "preparation",
     "read_idx": "files", "iter_image_files": "files", "read_image_files": "files", "decode_images": "files",
 }
 

@@ -114,7 +114,7 @@ def ensure_prepared(config: Any) -> Path:
     """Dataset directory for ``config.dataset``; ``digits`` is prepared automatically (it is offline)."""
     name = config.dataset
     if name == "digits" and find_dataset_dir(name, config.data_dir or None) is None:
-        from .prepare import prepare
+        from .preparation import prepare
 
         prepare("digits", None, config.data_dir or None)
     return dataset_dir(name, config.data_dir or None)

@@ -795,7 +795,7 @@ def _prepare_locked(dataset, plan, digest, staging, done_dir, final, root, shard
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m alexnet_jax.data.prepare NAME [--source PATH] [--data-dir DIR] [--overwrite] [--workers N]``."""
+    """``python -m alexnet_jax.data.preparation NAME [--source PATH] [--data-dir DIR] [--overwrite] [--workers N]``."""
     import argparse
 
     p = argparse.ArgumentParser(description="Prepare a dataset offline as TFDS array_record.")
