@@ -12,7 +12,6 @@ import importlib
 import io
 import json
 import logging
-import math
 import os
 import pickle
 import struct
@@ -212,7 +211,7 @@ def test_catalog_names_and_unknown_store(tmp_path):
                                              batch_size=2)):
         with pytest.raises(ValueError) as e:
             call()
-        assert "raw999" in str(e.value) and "imagenet2012/raw256" in str(e.value) and "imagenet2012/jpeg256" in str(e.value)
+        assert all(w in str(e.value) for w in ("raw999", "imagenet2012/raw256", "imagenet2012/jpeg256"))
     assert not (tmp_path / "dd").exists()
 
 
@@ -803,3 +802,362 @@ def test_stream_loader_threads_and_stores(inet_dir, monkeypatch):
             assert (d.max() == 0) if name == "imagenet2012" else d.mean() < 2.0
     for x, y in zip(out["imagenet2012/raw256", 1], out["imagenet2012/raw256", 3], strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# device augmentation: independent numpy references of the papers' formulas
+# ----------------------------------------------------------------------------------------------------
+def np_draw(rng, kind: str, n: int, span: int, std: float = 0.1) -> dict[str, np.ndarray]:
+    """Host reference draws (K12 §4.1, LC98 §III): offsets uniform over 0..span, flip p=0.5, alpha
+    ~ N(0, std^2); affine: scales U(0.85, 1.15) per axis, shear U(-0.3, 0.3), shifts U(-2, 2)."""
+    if kind == "lenet_affine":
+        return {"affine": np.column_stack([rng.uniform(0.85, 1.15, (n, 2)), rng.uniform(-0.3, 0.3, n),
+                                           rng.uniform(-2, 2, (n, 2))])}
+    return {"top": rng.integers(0, span + 1, n), "left": rng.integers(0, span + 1, n), "flip": rng.random(n) < 0.5,
+            "alpha": rng.normal(0, std, (n, 3))}
+
+
+def np_lighting(alpha: np.ndarray) -> np.ndarray:
+    """K12 §4.1: add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T (fb.resnet pairs, [0, 1] scale) in 0..255 units."""
+    return 255.0 * (EIGVEC @ (alpha * EIGVAL).T).T
+
+
+def np_alexnet_train(img_u8, mean, params, s):
+    out = []
+    for i, x in enumerate(np.asarray(img_u8, np.float64) - mean):
+        t, l = int(params["top"][i]), int(params["left"][i])
+        v = x[t:t + s, l:l + s]
+        v = v[:, ::-1] if params["flip"][i] else v
+        out.append(v + np_lighting(np.asarray(params["alpha"][i], np.float64)))
+    return np.stack(out)
+
+
+def device_draw(aug, n, seed=0, offset=0):
+    p = jax.jit(aug.draw)(jnp.arange(offset, offset + n, dtype=jnp.int32), jax.random.key(seed))
+    return {k: np.asarray(v) for k, v in p.items()}
+
+
+def device_draw_at(aug, positions, seed):
+    p = jax.jit(aug.draw)(jnp.asarray(positions, jnp.int32), jax.random.key(seed))
+    return {k: np.asarray(v) for k, v in p.items()}
+
+
+def _coord_image(n=256) -> np.ndarray:
+    r, c = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    return np.stack([r, c, np.zeros_like(r)], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind,input_size,span", [("alexnet", 32, 32), ("alexnet", 35, 29), ("cifar", 32, 8)])
+def test_crop_offsets_uniform_and_flip_rate(kind, input_size, span):
+    """Pixels hold their (row, col) coordinates, so each output reveals its crop offset and flip.  The
+    alexnet crops come from 64x64 stored images here (the same spans as 224 / 227 from 256; the 256 case
+    itself: test_alexnet_train_matches_numpy_reference)."""
+    n = 3000
+    if kind == "alexnet":
+        img, shift = _coord_image(64), 0
+        aug = A.Augment("alexnet", input_size, (64, 64, 3), None, lighting_std=0.0)
+    else:   # 32x32 zero-padded by 4; coordinates + 1 so that the padding (0) is distinct
+        img, shift = _coord_image()[:32, :32] + np.array([1, 1, 0], np.uint8), 1 - 4
+        aug = A.Augment("cifar", input_size, (32, 32, 3), np.zeros(3, np.float32))
+    train = jax.jit(aug.train)
+    tops, lefts, flips = [], [], []
+    for start in range(0, n, 500):
+        x = np.rint(np.asarray(train(jnp.asarray(np.repeat(img[None], 500, 0)),
+                                     jnp.arange(start, start + 500, dtype=jnp.int32), jax.random.key(6)))).astype(int)
+        flipped = x[:, 16, 15, 1] > x[:, 16, 17, 1]
+        x = np.where(flipped[:, None, None, None], x[:, :, ::-1], x)
+        tops.append(x[:, 16, 16, 0] - 16 - shift), lefts.append(x[:, 16, 16, 1] - 16 - shift), flips.append(flipped)
+    for o in (np.concatenate(tops), np.concatenate(lefts)):
+        assert o.min() == 0 and o.max() == span
+        counts = np.bincount(o, minlength=span + 1)
+        expected = n / (span + 1)
+        chi2 = ((counts - expected) ** 2 / expected).sum()
+        assert chi2 < span + 6 * np.sqrt(2 * span)          # ~uniform (chi-square, span dof, ~6 sigma)
+    assert abs(np.mean(np.concatenate(flips)) - 0.5) < 0.04
+
+
+def test_lighting_noise_covariance():
+    n = 6000
+    aug = A.Augment("alexnet", 8, (256, 256, 3), np.full((256, 256, 3), 128, np.float32))
+    img = jnp.full((n, 256, 256, 3), 128, jnp.uint8)
+    x = np.asarray(jax.jit(aug.train)(img, jnp.arange(n, dtype=jnp.int32), jax.random.key(7)), np.float64)
+    np.testing.assert_allclose(x, np.broadcast_to(x[:, :1, :1], x.shape), atol=1e-4)   # constant per image
+    offsets = x[:, 0, 0]
+    analytic = 255.0**2 * EIGVEC @ np.diag((0.1 * EIGVAL) ** 2) @ EIGVEC.T
+    emp = np.cov(offsets.T)
+    assert np.abs(offsets.mean(0)).max() < 0.1 * np.sqrt(analytic.diagonal().max())
+    assert np.linalg.norm(emp - analytic) / np.linalg.norm(analytic) < 0.08
+    coord_var = np.var(offsets @ np.linalg.inv(EIGVEC).T, axis=0)       # each eigen-direction separately
+    np.testing.assert_allclose(coord_var, (255 * 0.1 * EIGVAL) ** 2, rtol=0.1)
+
+
+def test_affine_parameter_ranges():
+    aug = A.Augment("lenet_affine", 32, (28, 28, 1))
+    p = device_draw(aug, 8000, seed=3)["affine"]
+    lo, hi = np.array([0.85, 0.85, -0.3, -2, -2]), np.array([1.15, 1.15, 0.3, 2, 2])
+    assert (p >= lo).all() and (p <= hi).all()
+    width = hi - lo
+    assert (np.abs(p.min(0) - lo) < 0.01 * width).all() and (np.abs(p.max(0) - hi) < 0.01 * width).all()
+    assert (np.abs(p.mean(0) - (lo + hi) / 2) < 0.02 * width).all()
+    np.testing.assert_allclose(p.var(0), width**2 / 12, rtol=0.06)          # uniform's variance
+    assert np.abs(np.corrcoef(p.T) - np.eye(5)).max() < 0.05                 # independent parameters
+
+
+def test_host_and_device_draws_same_distributions():
+    """The device draws and the small numpy reference (np_draw) come from the same distributions
+    (two-sample Kolmogorov-Smirnov on each parameter, for crops/flips/lighting and the affine one)."""
+    from scipy import stats
+
+    n = 4000
+    rng = np.random.default_rng(11)
+    dev = device_draw(A.Augment("alexnet", 224, (256, 256, 3)), n, seed=5)
+    host = np_draw(rng, "alexnet", n, 32)
+    for k in ("top", "left", "flip"):
+        assert stats.ks_2samp(dev[k].astype(float), host[k].astype(float)).pvalue > 1e-3, k
+    for j in range(3):
+        assert stats.ks_2samp(dev["alpha"][:, j], host["alpha"][:, j]).pvalue > 1e-3
+    lit_dev, lit_host = np_lighting(dev["alpha"].astype(np.float64)), np_lighting(host["alpha"])
+    for j in range(3):
+        assert stats.ks_2samp(lit_dev[:, j], lit_host[:, j]).pvalue > 1e-3
+    dev_a = device_draw(A.Augment("lenet_affine", 32, (28, 28, 1)), n, seed=5)["affine"]
+    host_a = np_draw(rng, "lenet_affine", n, 0)["affine"]
+    for j in range(5):
+        assert stats.ks_2samp(dev_a[:, j], host_a[:, j]).pvalue > 1e-3
+    # a wrong distribution is told apart: offsets over 0..31 instead of 0..32
+    assert stats.ks_2samp(dev["top"].astype(float), rng.integers(0, 32, n).astype(float) * 0.9).pvalue < 1e-3
+
+
+@pytest.mark.parametrize("input_size", [224, 227])
+def test_alexnet_train_matches_numpy_reference(input_size):
+    """Mean subtracted at the crop's offset, crop, flip, lighting: the device output = the numpy formula
+    with the device's own draws."""
+    rng = np.random.default_rng(12)
+    mean = rng.uniform(0, 255, (256, 256, 3)).astype(np.float32)
+    aug = A.Augment("alexnet", input_size, (256, 256, 3), mean)
+    imgs = rng.integers(0, 256, (6, 256, 256, 3), dtype=np.uint8)
+    pos = np.array([5, 900, 3, 77, 12345, 0], np.int32)
+    out = np.asarray(jax.jit(aug.train)(jnp.asarray(imgs), jnp.asarray(pos), jax.random.key(1)))
+    params = device_draw_at(aug, pos, 1)
+    assert params["flip"].any() and not params["flip"].all()
+    many = device_draw(aug, 3000, seed=1)
+    assert many["top"].min() == many["left"].min() == 0
+    assert many["top"].max() == many["left"].max() == 256 - input_size
+    np.testing.assert_allclose(out, np_alexnet_train(imgs, mean, params, input_size), atol=2e-3)
+    # a zero image shows -mean at the crop's offset (the mean is cropped with the image)
+    zero = np.asarray(jax.jit(A.Augment("alexnet", input_size, (256, 256, 3), mean, lighting_std=0.0).train)(
+        jnp.zeros((6, 256, 256, 3), jnp.uint8), jnp.asarray(pos), jax.random.key(1)))
+    for i in range(6):
+        t, l = params["top"][i], params["left"][i]
+        want = -mean[t:t + input_size, l:l + input_size]
+        np.testing.assert_allclose(zero[i], want[:, ::-1] if params["flip"][i] else want, atol=1e-4)
+
+
+def test_cifar_train_and_eval_match_numpy_reference():
+    rng = np.random.default_rng(13)
+    mean = rng.uniform(0, 255, (32, 32, 3)).astype(np.float32)
+    imgs = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    for s in (32, 24):
+        aug = A.Augment("cifar", s, (32, 32, 3), mean)
+        pos = jnp.arange(8, dtype=jnp.int32) * 3
+        out = np.asarray(jax.jit(aug.train)(jnp.asarray(imgs), pos, jax.random.key(2)))
+        p = device_draw_at(aug, pos, 2)
+        for i in range(8):
+            x = np.pad(imgs[i].astype(np.float64) - mean, ((4, 4), (4, 4), (0, 0)))
+            v = x[p["top"][i]:p["top"][i] + s, p["left"][i]:p["left"][i] + s]
+            np.testing.assert_allclose(out[i], v[:, ::-1] if p["flip"][i] else v, atol=1e-4)
+        ev = np.asarray(aug.eval(jnp.asarray(imgs)))
+        c = (32 - s) // 2
+        np.testing.assert_allclose(ev, (imgs.astype(np.float64) - mean)[:, c:c + s, c:c + s], atol=1e-4)
+    big = A.Augment("cifar", 40, (32, 32, 3), A.channel_mean(3))       # base 40: resized, channel mean
+    assert big.base_shape == (40, 40) and big.crop_span == (8, 8)
+    e = np.asarray(big.eval(jnp.asarray(imgs)))
+    assert e.shape == (8, 40, 40, 3) and abs(e.mean() - (imgs.mean() - np.mean(A.CIFAR_CHANNEL_MEAN))) < 2
+
+
+def test_ten_crop_order_and_content():
+    rng = np.random.default_rng(5)
+    mean = rng.uniform(0, 255, (256, 256, 3)).astype(np.float32)
+    imgs = rng.integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+    aug = A.Augment("alexnet", 224, (256, 256, 3), mean)
+    views = np.asarray(jax.jit(lambda x: aug.eval(x, ten_crop=True))(jnp.asarray(imgs)))
+    x, s = imgs.astype(np.float64) - mean, 224
+    expect = [x[:, :s, :s], x[:, :s, -s:], x[:, -s:, :s], x[:, -s:, -s:], x[:, 16:16 + s, 16:16 + s]]
+    expect += [v[:, :, ::-1] for v in expect]                     # TL TR BL BR C, then their mirrors
+    assert views.shape == (2, 10, 224, 224, 3) and aug.output_shape(True) == (10, 224, 224, 3)
+    for k, e in enumerate(expect):
+        np.testing.assert_allclose(views[:, k], e, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(aug.eval(jnp.asarray(imgs))), expect[4], atol=1e-3)
+
+
+def test_draws_depend_only_on_key_and_position():
+    """Same (key, position) -> same image, whether in a batch of 8 or a shard of 4 in another order;
+    other positions or keys -> other draws."""
+    rng = np.random.default_rng(9)
+    imgs = rng.integers(0, 256, (8, 256, 256, 3), dtype=np.uint8)
+    pos = np.arange(100, 108, dtype=np.int32)
+    aug = A.Augment("alexnet", 224, (256, 256, 3), rng.uniform(0, 255, (256, 256, 3)).astype(np.float32))
+    train = jax.jit(aug.train)
+    full = np.asarray(train(jnp.asarray(imgs), jnp.asarray(pos), jax.random.key(3)))
+    shard = [5, 2, 7, 0]
+    part = np.asarray(train(jnp.asarray(imgs[shard]), jnp.asarray(pos[shard]), jax.random.key(3)))
+    np.testing.assert_allclose(part, full[shard], atol=1e-5)      # XLA may round differently per batch size
+    d_full, d_part = (device_draw_at(aug, p, 3) for p in (pos, pos[shard]))
+    for k in d_full:
+        np.testing.assert_array_equal(d_part[k], d_full[k][shard])   # the draws themselves: identical
+    other_pos = np.asarray(train(jnp.asarray(imgs), jnp.asarray(pos + 8), jax.random.key(3)))
+    other_key = np.asarray(train(jnp.asarray(imgs), jnp.asarray(pos), jax.random.key(4)))
+    for o in (other_pos, other_key):
+        assert all(not np.allclose(o[i], full[i]) for i in range(8))
+    aff = A.Augment("lenet_affine", 32, (28, 28, 1))
+    d8 = device_draw(aff, 8, seed=1, offset=40)["affine"]
+    d4 = device_draw(aff, 4, seed=1, offset=44)["affine"]
+    np.testing.assert_array_equal(d8[4:], d4)
+
+
+def test_lenet_scaling_padding_and_affine_warp():
+    from scipy import ndimage
+
+    img = np.zeros((3, 28, 28, 1), np.uint8)
+    img[:, :, 14:] = 255
+    aug = A.Augment("lenet", 32, (28, 28, 1))
+    x = np.asarray(aug.eval(jnp.asarray(img)))[0]
+    assert x.shape == (32, 32, 1)
+    np.testing.assert_allclose(x[2:30, 2:16], -0.1, atol=1e-6)
+    np.testing.assert_allclose(x[2:30, 16:30], 1.175, atol=1e-6)
+    border = np.concatenate([x[:2].ravel(), x[30:].ravel(), x[:, :2].ravel(), x[:, 30:].ravel()])
+    np.testing.assert_allclose(border, -0.1, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(aug.train(jnp.asarray(img), jnp.arange(3), jax.random.key(0)))[0], x)
+    assert A.Augment("lenet", 28, (28, 28, 1)).eval(jnp.asarray(img)).shape == (3, 28, 28, 1)
+    # lenet_affine = lenet of the warped digit; the warp = scipy.ndimage.affine_transform(order=1, constant)
+    rng = np.random.default_rng(8)
+    digits = rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8)
+    aff = A.Augment("lenet_affine", 32, (28, 28, 1))
+    pos = jnp.arange(16, dtype=jnp.int32)
+    out = np.asarray(jax.jit(aff.train)(jnp.asarray(digits), pos, jax.random.key(2)))
+    params = device_draw_at(aff, pos, 2)["affine"].astype(np.float64)
+    padded = np.pad(digits[..., 0].astype(np.float64), ((0, 0), (2, 2), (2, 2)))
+    for i in range(16):
+        sy, sx, sh, ty, tx = params[i]
+        inv = np.linalg.inv(np.array([[sy, 0.0], [sh, sx]]))
+        ctr = np.array([15.5, 15.5])
+        off = ctr - inv @ (ctr + np.array([ty, tx]))
+        want = ndimage.affine_transform(padded[i], inv, offset=off, order=1, mode="constant", cval=0.0)
+        np.testing.assert_allclose(out[i, ..., 0], want * 1.275 / 255 - 0.1, atol=2e-4)
+    np.testing.assert_array_equal(np.asarray(aff.eval(jnp.asarray(digits))), np.asarray(
+        A.Augment("lenet", 32, (28, 28, 1)).eval(jnp.asarray(digits))))
+
+
+def test_none_fits_to_input_size():
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (2, 28, 28, 1), dtype=np.uint8)
+    x = np.asarray(A.Augment("none", 32, (28, 28, 1)).eval(jnp.asarray(imgs)))
+    np.testing.assert_allclose(x[:, 2:30, 2:30], imgs / 255.0, atol=1e-6)
+    assert (x[:, :2] == 0).all()
+    np.testing.assert_allclose(np.asarray(A.Augment("none", 28, (28, 28, 1)).eval(jnp.asarray(imgs))),
+                               imgs / 255.0, atol=1e-6)
+    big = np.asarray(A.Augment("none", 16, (32, 32, 3)).eval(jnp.asarray(rng.integers(0, 256, (1, 32, 32, 3)))))
+    assert big.shape == (1, 16, 16, 3) and 0 <= big.min() and big.max() <= 1
+
+
+def test_augment_bad_settings_are_clear_errors():
+    with pytest.raises(ValueError, match="256x256 store"):
+        A.Augment("alexnet", 224, (32, 32, 3))
+    with pytest.raises(ValueError, match="mean of shape"):
+        A.Augment("alexnet", 224, (256, 256, 3), np.zeros((224, 224, 3)))
+    with pytest.raises(ValueError, match="unknown augment"):
+        A.Augment("fancy", 224, (256, 256, 3))
+    with pytest.raises(ValueError, match="expects uint8 images of shape"):
+        A.Augment("alexnet", 224, (256, 256, 3)).eval(jnp.zeros((1, 250, 256, 3), jnp.uint8))
+
+
+def test_make_augment_mean_images(cifar_dir, digits_dir, inet_dir):
+    import tensorflow_datasets as tfds
+
+    cfg = Config(dataset="cifar10", data_dir=str(cifar_dir), augment="cifar", input_size=32)
+    aug = D.make_augment(cfg)
+    imgs = np.stack([ex["image"] for ex in tfds.data_source("cifar10", split="train", data_dir=str(cifar_dir))])
+    np.testing.assert_allclose(aug.mean, imgs.astype(np.float64).mean(0), atol=1e-3)
+    assert (cifar_dir / "cifar10" / "3.0.2" / "mean_train_32x32x3.npy").is_file()
+    assert aug.stored_shape == (32, 32, 3)
+    np.testing.assert_allclose(D.make_augment(cfg.replace(input_size=24)).mean, aug.mean)   # base 32 still
+    np.testing.assert_allclose(D.make_augment(cfg.replace(input_size=40)).mean, A.CIFAR_CHANNEL_MEAN)
+    lenet = D.make_augment(Config(dataset="digits", data_dir=str(digits_dir), augment="lenet_affine"))
+    assert lenet.mean is None and lenet.stored_shape == (28, 28, 1)
+    icfg = Config(dataset="imagenet2012/raw256", data_dir=str(inet_dir), augment="alexnet", input_size=224)
+    ia = D.make_augment(icfg)
+    src = S.RecordSource(D.dataset_dir(icfg.dataset, icfg.data_dir), "train")
+    ref = np.mean([src.decode(src.record(i)).astype(np.float64) for i in range(len(src))], axis=0)
+    np.testing.assert_allclose(ia.mean, ref, atol=1e-3)
+    assert D.make_augment(icfg, mean=None).mean is None
+
+
+def test_loader_then_augment_end_to_end(inet_dir, digits_dir):
+    cfg = Config(dataset="imagenet2012/raw256", data_dir=str(inet_dir), augment="alexnet", input_size=224,
+                 seed=2)
+    aug = D.make_augment(cfg)
+    b = next(D.make_train_loader(cfg, batch_size=4))
+    x = jax.jit(aug.train)(jnp.asarray(b["image"]), jnp.asarray(b["index"]), jax.random.key(cfg.seed))
+    assert x.shape == (4, 224, 224, 3) and x.dtype == jnp.float32 and abs(float(x.mean())) < 40
+    ev = next(iter(D.make_eval_loader(cfg, "validation", batch_size=4)))
+    ten = jax.jit(lambda u: aug.eval(u, ten_crop=True))(jnp.asarray(ev["image"]))
+    assert ten.shape == (4, 10, 224, 224, 3)
+    dcfg = Config(dataset="digits", data_dir=str(digits_dir), augment="lenet", input_size=32)
+    e = next(iter(D.make_eval_loader(dcfg, "test", batch_size=360)))
+    y = np.asarray(D.make_augment(dcfg).eval(jnp.asarray(e["image"])))
+    assert e["mask"].all() and np.isclose(y.min(), -0.1) and y.max() > 1.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# the real data in ../shared/data (skipped when absent)
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_shared_mnist(tmp_path):
+    src = SHARED / "mnist"
+    if not (src / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"shared MNIST not found at {src}")
+    path = D.prepare("mnist", str(src), str(tmp_path))
+    info = D.dataset_info(Config(dataset="mnist", data_dir=str(tmp_path)))
+    assert info.splits == {"train": 60000, "test": 10000}
+    x = D.read_idx(src / "t10k-images-idx3-ubyte.gz")
+    y = D.read_idx(src / "t10k-labels-idx1-ubyte.gz")
+    ev = D.make_eval_loader(Config(dataset="mnist", data_dir=str(tmp_path)), "test", batch_size=1000)
+    got = np.concatenate([b["image"][..., 0] for b in ev])
+    lab = np.concatenate([b["label"] for b in ev])
+    np.testing.assert_array_equal(got, x)                           # key order = the file's order
+    np.testing.assert_array_equal(lab, y)
+    assert path.name == "3.0.1"
+
+
+@pytest.mark.slow
+def test_shared_cifar10(tmp_path):
+    src = SHARED / "cifar10" / "cifar10_train_jpeg.tar.gz"
+    if not src.is_file():
+        pytest.skip(f"shared CIFAR-10 not found at {src}")
+    path = D.prepare("cifar10", str(src), str(tmp_path))
+    info = D.dataset_info(Config(dataset="cifar10", data_dir=str(tmp_path), eval_split="validation"))
+    assert info.splits == {"train": 45000, "validation": 5000}
+    assert json.loads((path / PR.REPORT_FILE).read_text())["num_skipped"] == 0
+    cfg = Config(dataset="cifar10", data_dir=str(tmp_path), augment="cifar", input_size=32)
+    ev = list(D.make_eval_loader(cfg, "validation", batch_size=1000))
+    labels = np.concatenate([b["label"] for b in ev])
+    assert np.all(np.bincount(labels, minlength=10) == 500)
+    b = next(D.make_train_loader(cfg, batch_size=64))
+    assert b["image"].shape == (64, 32, 32, 3) and b["image"].dtype == np.uint8
+
+
+def test_shared_imagenet_samples_decode(tmp_path):
+    """The 100 real photos: decode_images = the Pillow reference of K12 §2 (the DCT-reduced decode is
+    used only where the photo is at least twice the size, and is then close)."""
+    if not SAMPLES.is_file():
+        pytest.skip(f"shared ImageNet samples not found at {SAMPLES}")
+    items = D.read_image_files(SAMPLES)
+    assert len(items) == 100 and all("_" in n for n, _ in items)
+    x = D.decode_images("alexnet", [d for _, d in items])
+    assert x.shape == (100, 256, 256, 3)
+    for (name, data), got in zip(items[:30], x[:30], strict=True):
+        w, h = F.image_size(data)
+        err = np.abs(got.astype(int) - ref_store256(data))
+        if min(w, h) < 512:
+            assert err.max() == 0, name
+        else:
+            assert err.mean() < 2.0, name
