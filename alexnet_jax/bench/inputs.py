@@ -66,26 +66,44 @@ def _time_loader(loader, batches: int) -> dict[str, float]:
             "images_per_second_wall": n / wall}
 
 
+try:  # grain is only needed for the threads-vs-processes comparison
+    import grain as _grain
+except ImportError:  # pragma: no cover
+    _grain = None
+
+if _grain is not None:
+    class _ReadRecord(_grain.transforms.Map):
+        """Read + decode one record (module level: picklable for grain's worker processes)."""
+
+        def __init__(self, path: str, split: str):
+            self.path, self.split, self._src = path, split, None
+
+        def __getstate__(self):
+            return {"path": self.path, "split": self.split, "_src": None}
+
+        def map(self, i):
+            from alexnet_jax.data.sources import RecordSource
+
+            if self._src is None:
+                self._src = RecordSource(self.path, self.split)
+            rec = self._src.record(int(i))
+            return {"image": self._src.decode(rec), "label": np.int32(rec["label"])}
+
+
 def _grain_processes(path, workers: int, batch: int, batches: int) -> dict[str, float]:
     """The same records read + decoded by grain worker processes (threads vs processes)."""
-    import grain
     from absl import flags
 
     from alexnet_jax.data.sources import RecordSource
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()          # grain 0.2.18 workers read an absl flag (google/grain#1355)
-    src = RecordSource(path, "train")
-
-    class Read(grain.transforms.Map):
-        def map(self, i):
-            rec = src.record(int(i))
-            return {"image": src.decode(rec), "label": np.int32(rec["label"])}
-
-    loader = grain.DataLoader(
-        data_source=grain.sources.RangeDataSource(0, len(src), 1),
-        sampler=grain.samplers.IndexSampler(len(src), shuffle=True, seed=0, num_epochs=None),
-        operations=[Read(), grain.transforms.Batch(batch, drop_remainder=True)], worker_count=workers)
+    n = len(RecordSource(path, "train"))
+    loader = _grain.DataLoader(
+        data_source=_grain.sources.RangeDataSource(0, n, 1),
+        sampler=_grain.samplers.IndexSampler(n, shuffle=True, seed=0, num_epochs=None),
+        operations=[_ReadRecord(str(path), "train"), _grain.transforms.Batch(batch, drop_remainder=True)],
+        worker_count=workers)
     it = iter(loader)
     next(it)                                  # start-up (worker processes) not timed
     t = time.perf_counter()

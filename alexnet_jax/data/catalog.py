@@ -7,8 +7,8 @@ dataset was prepared (TFDS builder configs of the same dataset):
                           filled by ``tfds build imagenet2012 --file_format=array_record`` reads the same).
                           Loaders decode them and bring them to 256x256 on the host (the costly path).
 ``imagenet2012/jpeg256``  every image rescaled so that its shorter side is 256, the central 256x256 kept
-                          (K12 §2), re-encoded as JPEG at ``JPEG256_QUALITY`` (~25 KB an image, ~30 GB for
-                          the 1.28 M ILSVRC-2012 training images).  Loaders decode a small JPEG.
+                          (K12 §2), re-encoded as JPEG at ``JPEG256_QUALITY`` (~21 KB an image measured on the 100 sample photos,
+                          ~25-30 GB for the 1.28 M training images).  Loaders decode a small JPEG.
 ``imagenet2012/raw256``   the same 256x256 crops stored as raw uint8 (256 * 256 * 3 = 196,608 bytes a
                           record, about 250 GB for ILSVRC-2012 train, 10 GB for validation): loaders only
                           read records, no decoding at all.

@@ -43,6 +43,7 @@ import math
 import os
 import queue
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -125,7 +126,9 @@ class _Prefetcher:
     """Runs ``produce(state) -> (item, next_state)`` in a background thread, ``depth`` items ahead."""
 
     def __init__(self, produce, state, depth: int):
-        self._produce, self._q = produce, queue.Queue(maxsize=max(1, depth))
+        # a weak reference to a bound method: the thread does not keep an abandoned loader alive
+        self._produce = weakref.WeakMethod(produce) if hasattr(produce, "__self__") else (lambda: produce)
+        self._q = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(state,), daemon=True, name="alexnet_jax-prefetch")
         self._thread.start()
@@ -133,7 +136,11 @@ class _Prefetcher:
     def _run(self, state):
         try:
             while not self._stop.is_set():
-                item = self._produce(state)
+                produce = self._produce()
+                if produce is None:            # the loader was garbage-collected
+                    return
+                item = produce(state)
+                del produce
                 state = item[1]
                 while not self._stop.is_set():
                     try:
