@@ -7,8 +7,9 @@ dataset was prepared (TFDS builder configs of the same dataset):
                           filled by ``tfds build imagenet2012 --file_format=array_record`` reads the same).
                           Loaders decode them and bring them to 256x256 on the host (the costly path).
 ``imagenet2012/jpeg256``  every image rescaled so that its shorter side is 256, the central 256x256 kept
-                          (K12 §2), re-encoded as JPEG at ``JPEG256_QUALITY`` (~21 KB an image measured on the 100 sample photos,
-                          ~25-30 GB for the 1.28 M training images).  Loaders decode a small JPEG.
+                          (K12 §2), re-encoded as JPEG at ``JPEG256_QUALITY`` (~21 KB an image on the 100
+                          sample photos: ~25-30 GB for the 1.28 M training images).  Loaders decode a small
+                          JPEG.
 ``imagenet2012/raw256``   the same 256x256 crops stored as raw uint8 (256 * 256 * 3 = 196,608 bytes a
                           record, about 250 GB for ILSVRC-2012 train, 10 GB for validation): loaders only
                           read records, no decoding at all.
@@ -21,7 +22,7 @@ AUGMENTS = ("none", "lenet", "lenet_affine", "cifar", "alexnet")
 STORES = {"imagenet2012": ("jpeg256", "raw256")}
 VERSIONS = {"digits": "1.0.0", "mnist": "3.0.1", "cifar10": "3.0.2", "imagenet2012": "5.1.0"}
 STORE_SIZE = 256              # K12 §2: images stored at 256x256
-JPEG256_QUALITY = 90          # measured ~25 KB a 256x256 ImageNet image (85: ~20 KB, 95: ~36 KB)
+JPEG256_QUALITY = 90          # ~21-25 KB a 256x256 ImageNet image (85: ~20 KB, 95: ~36 KB), 1.5x decode vs 95
 RAW256_RECORD_BYTES = STORE_SIZE * STORE_SIZE * 3
 
 
