@@ -89,7 +89,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from alexnet_jax.data.prepare import prepare
+    from alexnet_jax.data import prepare
 
     path = prepare(args.dataset, args.source, args.data_dir)
     print(json.dumps({"dataset": args.dataset, "path": str(path)}))

@@ -1,15 +1,17 @@
 """The Trainer (model, sharded state, plan and the jitted steps, built once from a config and a
 mesh) and `train_and_evaluate`, the loop every run goes through.
 
-The flow of one step: config -> mesh -> Trainer (abstract state with shardings, plan) -> loader
-batch -> global array on the batch axes -> jitted step [inputs prepared on the device, per-column
-forward under shard_map with the four exchanges, loss, gradients, the paper's SGD] -> metrics.
+The flow of one step: config -> mesh -> Trainer (abstract state with shardings, plan) -> loader:
+uint8 records -> global array on the batch axes -> jitted step [augmentation on the device (crop,
+flip, lighting, mean), per-column forward under shard_map with the four exchanges, loss, gradients,
+the paper's SGD] -> metrics -> orbax save.
 Training, resuming, `eval`, every tool, `bench` and the experiments obtain their model, state and
 steps from `Trainer.build`; nothing else builds a train state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -54,6 +56,9 @@ def build_model(config: Config) -> nnx.Module:
                         width=config.width, dtype=config.dtype, seed=config.seed, **extra)
 
 
+AUGMENT_STREAM = 0xA06   # the augmentation key is fold_in(key(seed), AUGMENT_STREAM); dropout's is state.rng
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
@@ -77,8 +82,12 @@ class Trainer:
     abstract_state  the TrainState as ShapeDtypeStructs carrying this mesh's shardings: the target of
                     `init()` (one jit with out_shardings: no array is ever whole on one device) and of
                     every checkpoint restore (no initialiser runs).
+    augment         the device preprocessing (alexnet_jax.data.augment): batches hold uint8 images and
+                    their stream positions, and the steps turn them into model inputs.  None: batches
+                    hold model inputs already (the benchmarks' synthetic data).
     train_step      (state, batch) -> (state, metrics), jitted once, the state donated.
-    eval_step       (params, extra, batch) -> sums of loss, top-1, top-5 hits and examples.
+    eval_step       (params, extra, batch) -> sums of loss, top-1, top-5 hits and examples; with
+                    `ten_crop` the softmax outputs of 10 views are averaged (K12 §4.1).
     """
 
     config: Config
@@ -89,10 +98,11 @@ class Trainer:
     abstract_state: TrainState
     steps_per_epoch: int
     input_shape: tuple[int, int, int]     # (H, W, C) of one model input
+    augment: Any = None
 
     @classmethod
     def build(cls, config: Config, mesh: Mesh | None = None, *, steps_per_epoch: int = 1,
-              batch_size: int | None = None) -> Trainer:
+              batch_size: int | None = None, augment=None) -> Trainer:
         """`batch_size` defaults to config.batch_size (eval on another device count may need another)."""
         config.validate()
         mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh_data, config.mesh_model)
@@ -113,7 +123,8 @@ class Trainer:
             opt_state=_abstract(abs_opt, opt_shardings), rng=jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep))
         channels = int(getattr(abstract_model, "in_channels", 3))
         return cls(config=config, mesh=mesh, plan=plan, graphdef=graphdef, tx=tx, abstract_state=abstract_state,
-                   steps_per_epoch=steps_per_epoch, input_shape=(config.input_size, config.input_size, channels))
+                   steps_per_epoch=steps_per_epoch, input_shape=(config.input_size, config.input_size, channels),
+                   augment=augment)
 
     # --- state -----------------------------------------------------------------------------------
     @property
@@ -150,18 +161,23 @@ class Trainer:
 
     @functools.cached_property
     def eval_step(self):
-        return jax.jit(self._eval_step)
+        return jax.jit(self._eval_step, static_argnames="ten_crop")
 
     @functools.cached_property
     def train_step(self):
-        graphdef, tx, plan = self.graphdef, self.tx, self.plan
+        graphdef, tx, plan, augment = self.graphdef, self.tx, self.plan, self.augment
+        augment_key_seed = self.config.seed
 
         def train_step(state: TrainState, batch: dict[str, jax.Array]):
             key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+            x = batch["image"]
+            if augment is not None:   # each example's draws from (seed, its stream position): any mesh
+                x = augment.train(x, batch["index"], jax.random.fold_in(jax.random.key(augment_key_seed),
+                                                                        AUGMENT_STREAM))
 
             def loss_fn(params):
                 model = nnx.merge(graphdef, params, state.extra)
-                logits = parallel.apply(model, batch["image"], plan, train=True, dropout_key=key)
+                logits = parallel.apply(model, x, plan, train=True, dropout_key=key)
                 loss = cross_entropy(logits, batch["label"]).mean()
                 _, _, extra = nnx.split(model, nnx.Param, ...)
                 return loss, (logits, extra)
@@ -175,10 +191,12 @@ class Trainer:
 
         return jax.jit(train_step, out_shardings=(self.shardings, plan.replicated), donate_argnums=0)
 
-    def _eval_step(self, params, extra, batch):
-        """Sums over the unmasked examples.  `batch["image"]` is (B, H, W, C) or (B, V, H, W, C) for
+    def _eval_step(self, params, extra, batch, ten_crop: bool = False):
+        """Sums over the unmasked examples.  The model inputs are (B, H, W, C), or (B, V, H, W, C) for
         multi-view testing, whose V views' softmax outputs are averaged (K12 §4.1)."""
         x, labels, mask = batch["image"], batch["label"], batch["mask"].astype(jnp.float32)
+        if self.augment is not None:
+            x = self.augment.eval(x, ten_crop)
         views = x.shape[1] if x.ndim == 5 else 1
         if views > 1:
             x = x.reshape((-1,) + x.shape[2:])
@@ -193,10 +211,11 @@ class Trainer:
         return {"loss": jnp.sum(loss * mask), "top1": jnp.sum(hit1 * mask), "top5": jnp.sum(hit5 * mask),
                 "examples": jnp.sum(mask)}
 
-    def evaluate(self, state: TrainState, batches) -> dict[str, float]:
+    def evaluate(self, state: TrainState, batches, ten_crop: bool | None = None) -> dict[str, float]:
+        ten_crop = self.config.ten_crop if ten_crop is None else ten_crop
         totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "examples": 0.0}
         for batch in batches:
-            out = self.eval_step(state.params, state.extra, self.global_batch(batch))
+            out = self.eval_step(state.params, state.extra, self.global_batch(batch), ten_crop=ten_crop)
             for k, v in jax.device_get(out).items():
                 totals[k] += float(v)
         n = max(totals["examples"], 1.0)
@@ -223,11 +242,11 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -
     if info.num_classes != config.num_classes:
         raise ConfigError(f"num_classes={config.num_classes} but dataset {config.dataset!r} has "
                           f"{info.num_classes} classes; pass --set num_classes={info.num_classes}")
-    probe = Trainer.build(config, mesh)           # validates model x mesh x batch before anything is written
-    loader = data_lib.make_train_iter(config, batch_size=probe.plan.per_process_batch,
-                                      process_index=probe.plan.feed_index, process_count=probe.plan.feed_count)
+    plan = Trainer.build(config, mesh).plan      # validates model x mesh x batch before anything is written
+    loader = data_lib.make_train_loader(config, batch_size=plan.per_process_batch, process_index=plan.feed_index,
+                                        process_count=plan.feed_count)
     spe = loader.steps_per_epoch
-    trainer = Trainer.build(config, mesh, steps_per_epoch=spe)
+    trainer = Trainer.build(config, mesh, steps_per_epoch=spe, augment=data_lib.make_augment(config))
     total_steps = config.num_steps or max(1, math.ceil(config.num_epochs * spe))
     eval_every = max(1, round(config.eval_every_epochs * spe))
 
@@ -254,9 +273,8 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -
                     "provenance": ckpt_lib.provenance(mesh)}
 
         def evaluate() -> dict[str, Any]:
-            batches = data_lib.make_eval_iter(config, config.eval_split, batch_size=trainer.plan.per_process_batch,
-                                              process_index=trainer.plan.feed_index,
-                                              process_count=trainer.plan.feed_count, ten_crop=config.ten_crop)
+            batches = data_lib.make_eval_loader(config, config.eval_split, batch_size=plan.per_process_batch,
+                                                process_index=plan.feed_index, process_count=plan.feed_count)
             return dict(trainer.evaluate(state, batches), epoch=step / spe, step=step)
 
         if step >= total_steps:
@@ -298,7 +316,7 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -
             window.clear()
             t_window = time.perf_counter()
 
-        with StopFlag() as stop, bar:
+        with StopFlag() as stop, bar, contextlib.closing(loader):
             while step < total_steps:
                 batch = batch if batch is not None else trainer.global_batch(next(loader))
                 state, metrics = compiled(state, batch)
@@ -356,19 +374,24 @@ class Restored:
         return self.trainer.model(self.state)
 
 
-def restore(workdir: str, *, mesh: Mesh | None = None, step: int | None = None,
-            batch_size: int | None = None) -> Restored:
+def restore(workdir: str, *, mesh: Mesh | None = None, step: int | None = None, batch_size: int | None = None,
+            data_dir: str | None = None) -> Restored:
     """The newest usable checkpoint of `workdir` (or `step`), restored onto `mesh` (default: every
     device present; the columns of a two-column net split over 2 devices when there are 2+; one
-    device is fine, so a checkpoint saved on two devices opens on one CPU for analysis)."""
+    device is fine, so a checkpoint saved on two devices opens on one CPU for analysis).
+
+    Its Trainer carries the run's device augmentation when the dataset is prepared here (for `eval`);
+    without the dataset, the per-channel mean stands in for the training mean image (for the tools'
+    photos), with a warning."""
     workdir = os.path.abspath(workdir)
     config = load_config(workdir)
     mesh = mesh if mesh is not None else parallel.make_mesh(-1, -1)
     if batch_size is None:   # the training batch, rounded up to what this mesh splits evenly
         n = mesh.devices.size
         batch_size = -(-config.batch_size // n) * n
-    here = config.replace(mesh_data=mesh.shape["data"], mesh_model=mesh.shape["model"])
-    trainer = Trainer.build(here, mesh, batch_size=batch_size)
+    here = config.replace(mesh_data=mesh.shape["data"], mesh_model=mesh.shape["model"],
+                          **({"data_dir": data_dir} if data_dir else {}))
+    trainer = Trainer.build(here, mesh, batch_size=batch_size, augment=_augment_or_stand_in(here))
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     try:
         restored = trainer.restore(checkpointer, step=step)
@@ -381,18 +404,38 @@ def restore(workdir: str, *, mesh: Mesh | None = None, step: int | None = None,
     return Restored(workdir=workdir, config=config, trainer=trainer, state=state, meta=meta, step=int(got))
 
 
+def _augment_or_stand_in(config: Config):
+    from alexnet_jax import data as data_lib
+
+    try:
+        return data_lib.make_augment(config)
+    except data_lib.DatasetNotPreparedError:
+        from alexnet_jax.data.augment import IMAGENET_RGB_MEAN, channel_mean
+        from alexnet_jax.data.catalog import stored_shape_of
+
+        shape = stored_shape_of(config.dataset)
+        mean = None
+        if config.augment == "alexnet":
+            mean = np.asarray(IMAGENET_RGB_MEAN, np.float32)
+        elif config.augment == "cifar":
+            mean = channel_mean(shape[-1])
+        if mean is not None:
+            log.warning("%s is not prepared here: subtracting a per-channel mean instead of the training mean "
+                        "image", config.dataset)
+        return data_lib.Augment(config.augment, config.input_size, shape, mean)
+
+
 def evaluate_workdir(workdir: str, *, split: str | None = None, ten_crop: bool | None = None,
                      mesh: Mesh | None = None, data_dir: str | None = None) -> dict[str, Any]:
     """Evaluate a workdir's newest usable checkpoint on every device present."""
     from alexnet_jax import data as data_lib
 
-    r = restore(workdir, mesh=mesh)
-    config = r.trainer.config if ten_crop is None else r.trainer.config.replace(ten_crop=ten_crop)
-    config = config.replace(data_dir=data_dir) if data_dir else config
+    r = restore(workdir, mesh=mesh, data_dir=data_dir)
+    config = r.trainer.config
+    ten_crop = config.ten_crop if ten_crop is None else ten_crop
     split = split or config.eval_split
     plan = r.trainer.plan
-    batches = data_lib.make_eval_iter(config, split, batch_size=plan.per_process_batch,
-                                      process_index=plan.feed_index, process_count=plan.feed_count,
-                                      ten_crop=config.ten_crop)
-    return dict(r.trainer.evaluate(r.state, batches), split=split, step=r.step, ten_crop=config.ten_crop,
-                devices=int(r.trainer.mesh.devices.size))
+    batches = data_lib.make_eval_loader(config, split, batch_size=plan.per_process_batch,
+                                        process_index=plan.feed_index, process_count=plan.feed_count)
+    return dict(r.trainer.evaluate(r.state, batches, ten_crop=ten_crop), split=split, step=r.step,
+                ten_crop=ten_crop, devices=int(r.trainer.mesh.devices.size))

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
 
     from alexnet_jax.config import apply_overrides
     from alexnet_jax.configs import get_config
-    from alexnet_jax.data.prepare import DatasetNotPreparedError, ensure_prepared, prepare
+    from alexnet_jax.data import DatasetNotPreparedError, ensure_prepared, prepare
     from alexnet_jax.plotting import plot_runs
     from alexnet_jax.train import train_and_evaluate
 

@@ -24,7 +24,7 @@ TINY = ["--model", "alexnet", "--input-size", "32", "--width", "0.0625", "--num-
 
 def _run_cli(argv: list[str], *, env: dict | None = None, block_data: bool = False, timeout: float = 240):
     pre = "sys.modules['tensorflow_datasets'] = None; sys.modules['grain'] = None; " if block_data else ""
-    check = "assert 'alexnet_jax.data' not in sys.modules; " if block_data else ""
+    check = "assert 'alexnet_jax.data.sources' not in sys.modules; " if block_data else ""
     code = f"import sys; {pre}from alexnet_jax.cli import main; rc = main({argv!r}); {check}sys.exit(rc)"
     e = dict(os.environ, **(env or {}))
     e["PYTHONPATH"] = os.pathsep.join([str(REPO), e.get("PYTHONPATH", "")])
@@ -50,10 +50,14 @@ def test_bench_step_table_and_json_without_tfds_or_grain():
             assert k in r, k
         assert r["mfu"] is None                     # CPU: no known peak
         assert r["step_seconds_median"] > 0 and r["images_per_second"] > 0 and r["loss_finite"]
-        assert r["peak_memory_bytes"] > 0 and r["macs_per_image"] > 0 and r["steps"] == 3
-    lenet = out["results"][1]
-    assert lenet["model"] == "lenet5" and lenet["input_size"] == 32 and lenet["width"] == 0.0625
-    assert out["results"][0]["macs_per_image"] == 1_216_784   # summary.py: alexnet at 32 px, width 1/16
+        assert r["peak_memory_bytes"] > 0 and r["steps"] == 3
+        # img/s is what the step times say: the batch over the median step
+        assert r["images_per_second"] == pytest.approx(8 / r["step_seconds_median"], rel=1e-9)
+    # forward multiply-adds per image, by the papers' formulas (not read from the code):
+    # LeNet-5 at width 1/16 (C1 0, C3 1, C5 8, F6 5 maps: max(1, round(w * n))), fully connected C3
+    lenet = 28 * 28 * 1 * 25 + 10 * 10 * 1 * 25 * 1 + 1 * 1 * 8 * 25 * 1 + 8 * 5 + 5 * 10
+    assert out["results"][1]["macs_per_image"] == lenet
+    assert out["load_average"] and len(out["load_average"]) == 3
 
 
 def test_bench_forced_two_device_mesh():
@@ -63,45 +67,54 @@ def test_bench_forced_two_device_mesh():
     for k in KEYS:
         assert k in out
     assert out["mesh"] == {"data": 1, "model": 2} and out["devices_used"] == 2
+    assert out["plan"].startswith("mesh data=1 x model=2: the 2 columns split over `model`")
     assert out["mfu"] is None and out["loss_finite"]
     assert any("1x2" in line for line in table)
 
 
 def test_parse_mesh_and_peaks():
-    assert bench.parse_mesh("data=1,model=2") == (1, 2)
-    assert bench.parse_mesh("model=2") == (-1, 2)
-    assert bench.parse_mesh("") == (-1, 1)
+    from alexnet_jax.bench.step import peak_flops
+    from alexnet_jax.tools.bench import parse_mesh
+
+    assert parse_mesh("data=1,model=2") == (1, 2)
+    assert parse_mesh("model=2") == (-1, 2)
+    assert parse_mesh("") == (-1, 1)
     with pytest.raises(ValueError):
-        bench.parse_mesh("rows=2")
-    assert bench.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16")[0] == pytest.approx(989.4e12)
-    assert bench.peak_flops("NVIDIA H200", "bfloat16")[0] == pytest.approx(989.4e12)
-    assert bench.peak_flops("NVIDIA A100-SXM4-80GB", "bfloat16")[0] == pytest.approx(312e12)
-    assert bench.peak_flops("cpu", "float32")[0] is None
-    assert bench.peak_flops("cpu", "float32", 2.0)[0] == pytest.approx(2e12)
+        parse_mesh("rows=2")
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bfloat16")[0] == pytest.approx(989.4e12)
+    assert peak_flops("NVIDIA H200", "bfloat16")[0] == pytest.approx(989.4e12)
+    assert peak_flops("NVIDIA A100-SXM4-80GB", "bfloat16")[0] == pytest.approx(312e12)
+    assert peak_flops("cpu", "float32")[0] is None
+    assert peak_flops("cpu", "float32", 2.0)[0] == pytest.approx(2e12)
 
 
 def test_presets():
-    s = bench.resolve_model("alexnet_cifar")
-    assert (s.model, s.input_size, s.width, s.num_classes, s.channels) == ("alexnet", 32, 1.0, 10, 3)
-    assert bench.resolve_model("lenet5").channels == 1
-    assert bench.resolve_model("alexnet").input_size == 227
-    assert bench.resolve_model("alexnet_owt").input_size == 224
-    assert bench.resolve_model("alexnet_half", input_size=64, width=0.25).input_size == 64
+    from alexnet_jax.bench.step import bench_config
+
+    c = bench_config("alexnet_cifar", batch=8)
+    assert (c.model, c.input_size, c.width, c.num_classes) == ("alexnet", 32, 1.0, 10)
+    assert bench_config("alexnet", batch=8).input_size == 227
+    assert bench_config("alexnet_owt", batch=8).input_size == 224
+    assert bench_config("alexnet_half", batch=8, input_size=64, width=0.25).input_size == 64
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        bench_config("vgg", batch=8)
 
 
 def test_torch_cifar_peer_mirrors_ours():
     torch = pytest.importorskip("torch")
     from alexnet_jax.bench_torch import cifar_two_column_alexnet, num_params, time_cifar
-    spec = bench.resolve_model("alexnet", input_size=32, width=1.0, num_classes=10)
-    ours = {"params": bench.param_count(spec)}
     net = cifar_two_column_alexnet(10)
-    assert num_params(net) == ours["params"] == 28_569_994   # = summarize("alexnet", input_size=32, ...)
+    # the two-column net at 32 px (small stem 5x5/1, pool5 3x3): by the layer formulas
+    conv = 2 * (5 * 5 * 3 * 48 + 48) + 2 * (5 * 5 * 48 * 128 + 128) + 2 * (3 * 3 * 256 * 192 + 192) \
+        + 2 * (3 * 3 * 192 * 192 + 192) + 2 * (3 * 3 * 192 * 128 + 128)
+    fc = 2 * (3 * 3 * 256 * 2048 + 2048) + 2 * (4096 * 2048 + 2048) + (4096 * 10 + 10)
+    assert num_params(net) == conv + fc == 28_569_994
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     # grouped convolutions where ours has per-column convs, LRN per column, dropout after fc6 / fc7
     groups = [m.groups for m in net if isinstance(m, torch.nn.Conv2d)]
     assert groups == [1, 2, 1, 2, 2]
     r = time_cifar(batch=2, steps=1, warmup=1)
-    assert r["params"] == ours["params"] and r["images_per_second"] > 0
+    assert r["params"] == conv + fc and r["images_per_second"] > 0
 
 
 def _write_idx(path: Path, arr: np.ndarray) -> None:
@@ -120,16 +133,19 @@ def fake_mnist(tmp_path):
 
 
 def test_read_idx(fake_mnist):
-    x, y = bench.load_mnist_train(fake_mnist)
+    from alexnet_jax.bench.lenet import load_mnist_train
+
+    x, y = load_mnist_train(fake_mnist)
     assert x.shape == (300, 32, 32, 1) and x.dtype == np.float32 and y.shape == (300,)
     assert x[:, :2].max() == 0 and 0 <= x.min() and x.max() <= 1
 
 
 def test_lenet_epoch_fake_mnist(fake_mnist, capsys):
     """--lenet-epoch on 300 fake images, batch 32: 9 steps, 4 per dispatch (4 + 4 + 1: two executables)."""
+    from alexnet_jax.bench.peers import torch_available
     from alexnet_jax.cli import main
     argv = ["bench", "--lenet-epoch", "--mnist-dir", str(fake_mnist), "--batch", "32", "--chunks", "4"]
-    if not bench.torch_available():
+    if not torch_available():
         argv.append("--no-peer")
     assert main(argv) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
@@ -137,7 +153,37 @@ def test_lenet_epoch_fake_mnist(fake_mnist, capsys):
     assert out["mode"] == "lenet_epoch" and out["steps"] == 9 and out["images"] == 288
     (run,) = out["runs"]
     assert run["steps_per_dispatch"] == 4 and run["dispatches"] == 3 and run["loss_finite"]
-    assert out["images_per_second"] > 0 and out["epoch_seconds"] > 0
+    assert out["images_per_second"] == pytest.approx(288 / out["epoch_seconds"], rel=1e-9)
     assert any(line.startswith("ours (jax)") for line in lines)
-    if bench.torch_available():
-        assert out["peer"]["images_per_second"] > 0 and out["ratio_vs_peer"] > 0
+    if torch_available():
+        assert out["peer"]["images_per_second"] > 0
+        assert out["ratio_vs_peer"] == pytest.approx(out["images_per_second"] / out["peer"]["images_per_second"])
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared/data/imagenet_samples/imagenet_samples_100.tar"
+
+
+@pytest.mark.skipif(not SAMPLES.is_file(), reason=f"shared ImageNet samples not found at {SAMPLES}")
+def test_input_pipeline_raw256(capsys):
+    from alexnet_jax.cli import main
+
+    assert main(["bench", "--input-pipeline", "--store", "raw256", "--records", "256", "--batch", "32",
+                 "--input-size", "64", "--step-seconds", "1.0"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    out = json.loads(lines[-1])
+    assert out["store"] == "raw256" and out["records"] == 256
+    assert out["record_bytes_mean"] >= 256 * 256 * 3                # raw uint8 records
+    pc = out["page_cache"]
+    assert pc["images_per_second_per_core"] > 0
+    assert out["cores_needed_page_cache"] == pytest.approx(out["step_rate_images_per_second"]
+                                                           / pc["images_per_second_per_core"])
+    assert out["augment"]["train_share_of_step"] == pytest.approx(out["augment"]["train_seconds_per_batch"])
+    assert any("img/s per core" in ln for ln in lines)
+
+
+def test_input_pipeline_unknown_store_is_a_clear_error(capsys):
+    from alexnet_jax.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--input-pipeline", "--store", "raw999"])
+    assert "invalid choice: 'raw999'" in capsys.readouterr().err

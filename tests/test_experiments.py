@@ -41,7 +41,7 @@ def test_alexnet_imagenet_first_steps_on_mock_data(tmp_path):
     src = tmp_path / "ilsvrc"
     _jpeg_tree(src, ["n01440764", "n01443537"], 4, rng)   # tench, goldfish: the first two synsets
     tfds_dir = tmp_path / "tfds"
-    from alexnet_jax.data.prepare import prepare
+    from alexnet_jax.data import prepare
     prepare("imagenet2012", str(src), str(tfds_dir))
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)

@@ -30,7 +30,7 @@ FAST = dict(num_steps=10, checkpoint_every_steps=5, eval_every_epochs=100, log_e
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tfds")
-    from alexnet_jax.data.prepare import prepare
+    from alexnet_jax.data import prepare
     prepare("digits", None, str(d))
     return d
 
@@ -399,25 +399,32 @@ def test_inspect_lists_the_checkpoint_steps(tfds_dir, tmp_path, capsys):
 
 
 def test_nonfinite_loss_stops_and_nothing_nonfinite_is_saved(tfds_dir, tmp_path, monkeypatch):
-    """A NaN image at step 8 (of batches counted from 1): the run stops naming the step, having saved the
-    checkpoints before it, each finite."""
+    """NaN inputs from step 8 on (the device augmentation is poisoned for stream positions >= 7 batches):
+    the run stops naming the step, having saved the checkpoints before it, each finite."""
+    import jax.numpy as jnp
+
     from alexnet_jax import checkpoint as ckpt_lib
+    from alexnet_jax import data as data_lib
     from alexnet_jax import train
 
-    real, seen = train.Trainer.global_batch, []
+    real_make = data_lib.make_augment
 
-    def poisoned(self, batch):
-        seen.append(1)
-        if len(seen) == 8:
-            batch = dict(batch, image=np.full_like(batch["image"], np.nan))
-        return real(self, batch)
+    def poisoned_make(config, **kw):
+        aug = real_make(config, **kw)
 
-    monkeypatch.setattr(train.Trainer, "global_batch", poisoned)
+        class Poisoned(type(aug)):
+            def train(self, images, positions, key):
+                x = super().train(images, positions, key)
+                return jnp.where((positions >= 7 * 16).reshape(-1, 1, 1, 1), jnp.nan, x)
+
+        return Poisoned(aug.kind, aug.input_size, aug.stored_shape, aug.mean)
+
+    monkeypatch.setattr(data_lib, "make_augment", poisoned_make)
     wd = tmp_path / "nan"
     with pytest.raises(train.NonFiniteLossError, match=r"loss became nan at step 8; stopping") as e:
         _train(_config(tfds_dir, num_steps=20, checkpoint_every_steps=3, log_every_steps=1), wd)
     assert "Nothing after checkpoint step 6 was saved" in str(e.value)
-    monkeypatch.setattr(train.Trainer, "global_batch", real)
+    monkeypatch.setattr(data_lib, "make_augment", real_make)
     steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [3, 6]
     for s in steps:

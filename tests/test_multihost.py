@@ -160,7 +160,7 @@ def _fake_cifar(root: Path, per_class: int = 10) -> None:
     """A CIFAR-10-like folder tree (train/<class>/nnnn.jpg) of random 32x32 pictures."""
     from PIL import Image
 
-    from alexnet_jax.data.prepare import CIFAR10_CLASSES
+    from alexnet_jax.data.preparation import CIFAR10_CLASSES
     rng = np.random.default_rng(0)
     for c in CIFAR10_CLASSES:
         d = root / "train" / c
@@ -187,12 +187,13 @@ def worker(out: Path, pid: int, nproc: int, port: int, steps: int) -> None:
     config = _small_config()
     batches = _synthetic(config)           # every process builds the same fixed batches
     mesh = parallel.make_mesh(1, 2)        # data=1: every process feeds the whole (process-local) batch
-    graphdef, state, tx, step, probe = _trainer(config, mesh)
+    trainer = _trainer(config, mesh)
+    state = trainer.init()
     kernel = state.params["conv1"]["kernel"]
     local_cols = [[s.index[0].start or 0, s.index[0].stop or 2] for s in kernel.addressable_shards]
     losses = []
     for i in range(steps):
-        state, metrics = step(state, parallel.global_batch(batches[i % len(batches)], probe, mesh))
+        state, metrics = trainer.train_step(state, trainer.global_batch(batches[i % len(batches)]))
         losses.append(float(np.asarray(metrics["loss"].addressable_data(0))))
     params = multihost_utils.process_allgather(state.params, tiled=True) if nproc > 1 else state.params
     res = {"losses": losses, "process_count": jax.process_count(), "device_count": jax.device_count(),

@@ -35,7 +35,7 @@ CONFIG = dict(model="alexnet", num_classes=1000, input_size=64, width=0.0625, da
 _TRAIN = """
 import json, sys
 from alexnet_jax.config import Config
-from alexnet_jax.data.prepare import prepare
+from alexnet_jax.data import prepare
 from alexnet_jax.train import train_and_evaluate
 spec = json.loads(sys.argv[1])
 prepare("imagenet2012", spec["source"], spec["data_dir"])
@@ -260,9 +260,9 @@ def test_taps_are_the_models_own_forward_pass(name, kw, feature, dim):
         pad = model.c1.padding
     stride = getattr(module, "stride", None) or getattr(module, "strides", (1, 1))
     stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    a = jax.lax.conv_general_dilated(x / scale, kernel, stride, pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     precision=jax.lax.Precision.HIGHEST) + bias
-    a = np.asarray(a)
+    a = jax.lax.conv_general_dilated(x / scale.reshape((1, 1, 1, -1) if scale.ndim else ()), kernel, stride, pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=jax.lax.Precision.HIGHEST)
+    a = np.asarray(a) + bias.reshape(1, 1, 1, -1)
     if name == "alexnet_bn":
         bn = model.bn_conv1
         a = (a - np.asarray(bn.mean)) / np.sqrt(np.asarray(bn.var) + bn.epsilon) * np.asarray(bn.scale) + np.asarray(
@@ -285,8 +285,9 @@ def test_filters_lenet_c1_grid_without_colour_score(tmp_path):
     assert 0 <= one_col["per_column"][0] <= 1
 
 
-def test_class_names_without_the_dataset(tmp_path):
+def test_class_names_and_mean_without_the_dataset(tmp_path):
     from alexnet_jax.config import Config
+    from alexnet_jax.train import _augment_or_stand_in
     from alexnet_jax.tools import _images
 
     cfg = Config(model="alexnet", num_classes=1000, input_size=64, dataset="imagenet2012", augment="alexnet",
@@ -294,8 +295,9 @@ def test_class_names_without_the_dataset(tmp_path):
     names = _images.class_names(cfg)
     assert len(names.ids) == 1000 and names.ids[0] == "n01440764" and names.ids[-1] == "n15075141"
     assert names.names[0] == "tench" and "ILSVRC-2012 synsets" in names.source
-    pre, how = _images.preprocessor(cfg)
-    assert pre.mean.shape == (3,) and "not prepared" in how
+    augment = _augment_or_stand_in(cfg)              # no training mean image here: a per-channel one
+    assert augment.mean.shape == (3,) and augment.stored_shape == (256, 256, 3)
+    assert "per-channel mean" in _images.describe_mean(augment)
     small = _images.class_names(cfg.replace(num_classes=10, dataset="cifar10"))
     assert small.ids == [f"class_{i}" for i in range(10)]
 
@@ -304,6 +306,7 @@ def test_image_inputs_from_folders_and_tars(tmp_path):
     from PIL import Image
 
     from alexnet_jax.config import Config
+    from alexnet_jax.train import Restored, Trainer, _augment_or_stand_in
     from alexnet_jax.tools import _images
 
     photos = tmp_path / "photos" / "sub"
@@ -316,12 +319,16 @@ def test_image_inputs_from_folders_and_tars(tmp_path):
     with tarfile.open(tmp_path / "photos.tar", "w") as tar:
         tar.add(photos, arcname="photos")
     cfg = Config(model="alexnet", num_classes=10, input_size=32, dataset="cifar10", augment="cifar",
-                 data_dir=str(tmp_path / "empty"))                 # not prepared: per-channel mean stands in
+                 data_dir=str(tmp_path / "empty"), batch_size=4)   # not prepared: a per-channel mean stands in
+    trainer = Trainer.build(cfg, augment=_augment_or_stand_in(cfg))
+    restored = Restored(workdir=str(tmp_path), config=cfg, trainer=trainer, state=None, meta={}, step=0)
     for source in (tmp_path / "photos", tmp_path / "photos.tar"):
-        inputs = _images.load_inputs(cfg, images=[str(source)])
+        inputs = _images.load_inputs(restored, images=[str(source)])
         assert inputs.x.shape == (3, 32, 32, 3) and inputs.x.dtype == np.float32
-        assert "CIFAR-10 per-channel mean" in inputs.mean and len(inputs.display) == 3
+        assert "per-channel mean" in inputs.mean and len(inputs.display) == 3
         assert [Path(n).name for n in inputs.names] == [f"n01440764_tench_{i}.jpg" for i in range(3)]
+        inside = "sub" if source.is_dir() else "photos"              # full names within the source
+        assert inputs.names == [f"{inside}/n01440764_tench_{i}.jpg" for i in range(3)]
         assert abs(float(inputs.x.mean())) < 60                     # centred raw RGB, 0..255 units
     assert _images.sample_label("a/n01440764_tench_0.jpg") == ("n01440764", "tench 0")
     with pytest.raises(FileNotFoundError):

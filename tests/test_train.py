@@ -24,7 +24,7 @@ SMALL = ["--set", "num_steps=40", "--set", "checkpoint_every_steps=5", "--set", 
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tfds")
-    from alexnet_jax.data.prepare import prepare
+    from alexnet_jax.data import prepare
     prepare("digits", None, str(d))
     return d
 
@@ -42,9 +42,9 @@ def _cli(args, tfds_dir, **kw):
 
 def _final_params(workdir):
     """Restore the newest checkpoint of `workdir` in a fresh process and return its arrays."""
-    code = ("import sys, numpy as np, jax; from alexnet_jax.train import restore_model;"
-            "c, m, meta, step, st, g, mesh = restore_model(sys.argv[1]);"
-            "np.savez(sys.argv[2], step=step, **{str(i): np.asarray(x) for i, x in "
+    code = ("import sys, numpy as np, jax; from alexnet_jax.train import restore;"
+            "r = restore(sys.argv[1]); st = r.state;"
+            "np.savez(sys.argv[2], step=r.step, **{str(i): np.asarray(x) for i, x in "
             "enumerate(jax.tree.leaves((st.params, st.opt_state, st.rng, st.step)))})")
     out = Path(workdir) / "final.npz"
     subprocess.run([sys.executable, "-c", code, str(workdir), str(out)], check=True, timeout=300,
@@ -133,28 +133,20 @@ def test_corrupted_checkpoint_falls_back_to_previous(tfds_dir, tmp_path):
     assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 5
 
 
-def test_nonfinite_loss_stops_with_step_and_saves_nothing_corrupt(tfds_dir, tmp_path):
-    wd = tmp_path / "nan"
-    r = _cli(["train", "--workdir", str(wd), "--no-progress", *SMALL, "--set", "lr=1e30"], tfds_dir)
-    assert r.returncode != 0
-    assert "loss became" in r.stderr and "at step" in r.stderr
-    for step_dir in (wd / "checkpoints").glob("[0-9]*"):
-        meta = json.loads(next(step_dir.glob("meta/*")).read_text()) if list(step_dir.glob("meta/*")) else {}
-        for s, q in meta.get("fingerprint", []):
-            assert np.isfinite(s) and np.isfinite(q)
-
-
 @pytest.mark.parametrize("args, message", [
     (["--set", "nope=1"], "unknown config key 'nope'"),
     (["--set", "lr=fast"], "bad value 'fast' for lr"),
     (["--config", "resnet"], "unknown config 'resnet'"),
-    (["--set", "model=vgg"], "unknown model 'vgg'"),
+    (["--set", "model=vgg"], "model='vgg' is not allowed: model must be one of lenet5, lenet5_modern, alexnet"),
     (["--set", "dataset=mnist", "--set", "data_dir=/nonexistent/tfds"], "alexnet-jax prepare mnist"),
 ])
-def test_clear_errors(tfds_dir, tmp_path, args, message):
-    r = _cli(["train", "--workdir", str(tmp_path / "x"), "--no-progress", *args], tfds_dir)
-    assert r.returncode == 2
-    assert message in r.stderr, r.stderr[-2000:]
+def test_clear_errors(tmp_path, capsys, args, message):
+    from alexnet_jax import cli
+
+    assert cli.main(["train", "--workdir", str(tmp_path / "x"), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err[-2000:]
+    assert not (tmp_path / "x").exists()
 
 
 def test_unknown_key_lists_valid_keys():

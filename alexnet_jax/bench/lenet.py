@@ -13,7 +13,7 @@ import numpy as np
 
 def load_mnist_train(mnist_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(images float32 (N, 32, 32, 1) in [0, 1], zero-padded 2 px like the peer; labels int32 (N,))."""
-    from alexnet_jax.data.prepare import read_idx
+    from alexnet_jax.data import read_idx
 
     d = Path(mnist_dir)
     x = read_idx(_idx_file(d, "train-images-idx3-ubyte"))

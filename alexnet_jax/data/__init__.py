@@ -1,28 +1,42 @@
-"""Datasets and input pipelines (TFDS array_record; numpy in memory or grain; TensorFlow is never imported).
+"""Datasets and input pipelines (TFDS array_record read without TensorFlow; augmentation on the device).
 
-prepare()          build a dataset offline from local source files (see prepare.py)
-ensure_prepared()  locate a prepared dataset (auto-prepares `digits`) or raise DatasetNotPreparedError
-dataset_info()     name, classes, split sizes, model input shape
-make_train_iter()  infinite, resumable, per-process-sharded training batches (see pipeline.py: in-memory
-                   numpy path for splits that fit, streaming grain path otherwise)
-make_eval_iter()   one padded, masked pass over a split (optionally ten-crop)
+Import-light: ``import alexnet_jax.data`` (and ``alexnet_jax.data.catalog``) imports neither
+tensorflow_datasets, grain nor jax; the names below are loaded on first use.
+
+catalog      DATASETS, AUGMENTS, STORES, dataset_names(): the accepted names (``imagenet2012/raw256``, ...)
+preparation prepare(name, source, data_dir): build a dataset offline (staging, resume, process pool)
+sources      ensure_prepared / dataset_dir / dataset_info / RecordSource / load_array_split / mean_image
+loader       make_train_loader (infinite, resumable, per-process uint8 batches with stream positions),
+             make_eval_loader (one padded, masked pass)
+augment      Augment / make_augment: preprocessing + augmentation in JAX, inside the jitted step
+files        read_idx, iter_image_files / read_image_files, decode_images (photos -> stored shape)
 """
+
+from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {
-    "pipeline": ("AUGMENTS", "IMAGENET_EIGVAL", "IMAGENET_EIGVEC", "ArrayEvalIterator", "ArraySplit",
-                 "ArrayTrainIterator", "DatasetInfo", "EvalIterator", "Preprocessor", "TrainIterator",
-                 "dataset_info", "load_array_split", "make_eval_iter", "make_preprocessor", "make_train_iter"),
-    "prepare": ("DATASETS", "DatasetNotPreparedError", "dataset_dir", "ensure_prepared", "prepare",
-                "resolve_data_dir"),
+from .catalog import AUGMENTS, DATASETS, STORES, dataset_names
+
+_LAZY = {
+    "Augment": "augment", "make_augment": "augment", "IMAGENET_EIGVAL": "augment", "IMAGENET_EIGVEC": "augment",
+    "CIFAR_CHANNEL_MEAN": "augment",
+    "TrainLoader": "loader", "EvalLoader": "loader", "make_train_loader": "loader", "make_eval_loader": "loader",
+    "DatasetInfo": "sources", "DatasetNotPreparedError": "sources", "RecordSource": "sources",
+    "ArraySplit": "sources", "dataset_dir": "sources", "dataset_info": "sources", "ensure_prepared": "sources",
+    "load_array_split": "sources", "mean_image": "sources", "resolve_data_dir": "sources",
+    "stored_shape": "sources",
+    "prepare": "preparation", "SourceError": "preparation",
+    "read_idx": "files", "iter_image_files": "files", "read_image_files": "files", "decode_images": "files",
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
+
+__all__ = ["AUGMENTS", "DATASETS", "STORES", "dataset_names", *sorted(_LAZY)]
 
 
 def __getattr__(name: str):
-    """Lazy: importing alexnet_jax.data (or its light catalog) does not import tensorflow_datasets."""
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value

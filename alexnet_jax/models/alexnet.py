@@ -32,8 +32,8 @@ from flax import nnx
 from alexnet_jax.models.layers import (
     COLUMN_AXIS,
     Tap,
-    channels_last,
     adaptive_avg_pool,
+    channels_last,
     constant,
     conv_out,
     dropout,

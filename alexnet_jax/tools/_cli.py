@@ -69,7 +69,7 @@ def restore(args):
     """The checkpoint of `--workdir` (`--step`), restored onto every device present (train.restore)."""
     from alexnet_jax.train import restore
 
-    return restore(args.workdir, step=getattr(args, "step", None))
+    return restore(args.workdir, step=getattr(args, "step", None), data_dir=getattr(args, "data_dir", None))
 
 
 def run_model(restored, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:

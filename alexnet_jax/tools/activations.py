@@ -79,7 +79,7 @@ def run(args) -> int:
         x, mean = synthetic_inputs(r.config, args.limit, args.seed), None
         source = f"synthetic, seed {args.seed}"
     else:
-        inputs = _images.load_inputs(r.config, images=args.images, dataset=args.dataset, split=args.split,
+        inputs = _images.load_inputs(r, images=args.images, dataset=args.dataset, split=args.split,
                                      limit=args.limit, data_dir=args.data_dir)
         x, source, mean = inputs.x, inputs.source, inputs.mean
     _, layers = _cli.run_model(r, x, args.batch_size)

@@ -3,7 +3,8 @@
     alexnet-jax bench [--model M ...] [--batch B] [--dtype float32|bfloat16] [--mesh data=..,model=..]
                       [--steps N] [--peer] [--force-host-devices N]
     alexnet-jax bench --lenet-epoch [--mnist-dir ../shared/data/mnist] [--chunks 1,12,468]
-    alexnet-jax bench --input-pipeline [--images ../shared/data/imagenet_samples/imagenet_samples_100.tar]
+    alexnet-jax bench --input-pipeline [--store raw256|jpeg256|jpeg] [--threads N] [--records N]
+                      [--images ../shared/data/imagenet_samples/imagenet_samples_100.tar]
 
 Models: presets alexnet (227), alexnet_owt (224), lenet5 (32), alexnet_cifar (alexnet at 32, width 1.0,
 10 classes), or any registry model (--input-size / --width / --num-classes override).  Prints a table,
@@ -48,7 +49,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunks", default="", help="--lenet-epoch: steps per dispatch K, comma list (default 1; "
                                                 "K <= 16 is one unrolled lax.scan, more is a while loop)")
     p.add_argument("--lr", type=float, help="learning rate (default 0.01; --lenet-epoch 0.05 like the peer)")
-    p.add_argument("--input-pipeline", action="store_true", help="decode + augment img/s per CPU core")
+    p.add_argument("--input-pipeline", action="store_true",
+                   help="the ImageNet loader's img/s per host core for a store, and the device augmentation's cost")
+    p.add_argument("--store", default="raw256", choices=["raw256", "jpeg256", "jpeg"],
+                   help="--input-pipeline: imagenet2012/raw256, imagenet2012/jpeg256 or the original JPEGs")
+    p.add_argument("--records", type=int, default=3000, help="--input-pipeline: records built from the photos")
+    p.add_argument("--step-seconds", type=float,
+                   help="--input-pipeline: a train step's time, to report the augmentation's share of it")
     p.add_argument("--images", help="JPEGs: a tar or a folder (default: imagenet_samples_100.tar)")
     p.add_argument("--profile", action="store_true",
                    help="also trace each model's step (jax.profiler) and print the top ops and per-layer shares")
@@ -145,7 +152,23 @@ def run(args) -> int:
 
     if args.input_pipeline:
         from alexnet_jax.bench import inputs
-        return inputs.run(args, _emit)
+        images = args.images or str(peers.default_data_dir("imagenet_samples") / "imagenet_samples_100.tar")
+        r = inputs.input_pipeline(args.store, images, records=args.records, input_size=args.input_size or 224,
+                                  batch=args.batch, threads=args.threads or 1, step_seconds=args.step_seconds)
+        rows = [f"{r['dataset']}: {r['records']} records of {r['record_bytes_mean'] / 1024:.1f} KiB, batch "
+                f"{r['batch']}, {r['threads']} reader thread(s)"]
+        for kind in ("page_cache", "cold"):
+            v = r[kind]
+            rows.append(f"  {kind.replace('_', ' '):<11} {v['images_per_second_per_core']:>10,.0f} img/s per core "
+                        f"({v['images_per_second_wall']:,.0f} img/s wall); {r['step_rate_images_per_second']:,.0f} img/s "
+                        f"needs {r['cores_needed_' + kind]:.1f} cores" if v else f"  cold: {r['cold_note']}")
+        if "augment" in r:
+            a = r["augment"]
+            share = f", {100 * a['train_share_of_step']:.1f}% of a {a['step_seconds']} s step" if "step_seconds" in a \
+                else ""
+            rows.append(f"  device augmentation ({a['device']}): train {1e3 * a['train_seconds_per_batch']:.1f} ms, "
+                        f"eval {1e3 * a['eval_seconds_per_batch']:.1f} ms per batch{share}")
+        return _emit(r, args, "\n".join(rows))
 
     mesh_shape = parse_mesh(args.mesh)
     configs = {m: step.bench_config(m, batch=args.batch, dtype=args.dtype, mesh=mesh_shape,

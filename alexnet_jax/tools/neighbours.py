@@ -98,7 +98,7 @@ def draw(display: list[np.ndarray], names: list[str], queries, idx: np.ndarray, 
 
 def run(args) -> int:
     r = _cli.restore(args)
-    inputs = _images.load_inputs(r.config, images=args.images, dataset=args.dataset, split=args.split,
+    inputs = _images.load_inputs(r, images=args.images, dataset=args.dataset, split=args.split,
                                  limit=args.limit, data_dir=args.data_dir)
     _, taps = _cli.run_model(r, inputs.x, args.batch_size)
     feats = _cli.features(r, taps)

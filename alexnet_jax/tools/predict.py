@@ -50,7 +50,7 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def run(args) -> int:
     r = _cli.restore(args)
-    inputs = _images.load_inputs(r.config, images=args.images, limit=args.limit)
+    inputs = _images.load_inputs(r, images=args.images, limit=args.limit)
     names = _images.class_names(r.config)
     probs = softmax(_cli.run_model(r, inputs.x, args.batch_size)[0])
     idx, p = top_k(probs, args.top)
