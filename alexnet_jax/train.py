@@ -176,7 +176,9 @@ class Trainer:
                                                                         AUGMENT_STREAM))
 
             def loss_fn(params):
-                model = nnx.merge(graphdef, params, state.extra)
+                # fresh Variables for the batch statistics, created in this trace: BatchNorm writes its
+                # running averages during the forward pass under value_and_grad
+                model = nnx.merge(graphdef, params, jax.tree.map(lambda a: a, state.extra))
                 logits = parallel.apply(model, x, plan, train=True, dropout_key=key)
                 loss = cross_entropy(logits, batch["label"]).mean()
                 _, _, extra = nnx.split(model, nnx.Param, ...)

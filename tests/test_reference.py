@@ -53,7 +53,7 @@ import reference as ref  # tests/reference.py (pytest puts tests/ on sys.path)
 from flax import nnx
 from flax.errors import TraceContextError
 
-from alexnet_jax import optim, parallel, train
+from alexnet_jax import parallel, train
 from alexnet_jax.config import Config
 from alexnet_jax.models import MODELS, create_model
 from alexnet_jax.models.lenet import digit_codes
@@ -126,8 +126,7 @@ EXTRA_FORWARD = [Case("lenet5", {"head": "softmax"}, width=0.5, input_size=28, t
 # explicit reshape, i.e. relies on implicit rank promotion, which jax_numpy_rank_promotion="raise" rejects
 # (test_model_runs_under_rank_promotion_raise records it).  When the models are fixed, that strict xfail
 # turns into a failure: empty this set.
-RANK_PROMOTION_OFFENDERS = {"lenet5-softmax", "lenet5-rbf", "alexnet-paper", "alexnet-he", "alexnet_half-he",
-                            "alexnet_owt", "alexnet_keras", "alexnet_bn"}
+RANK_PROMOTION_OFFENDERS: set[str] = set()
 
 
 def ids(cases):
@@ -280,12 +279,8 @@ def build_train_step(config: Config):
     """(state, step, view): the real train state and jitted step on a one-device mesh, and
     view(state) -> {"params", "velocity", "extra", "rng", "step"} as float64 / numpy trees (read before the
     next step: the step donates its input state)."""
-    mesh = parallel.make_mesh(1, 1)
-    tx = optim.optimizer_from_config(config, steps_per_epoch=1)
-    graphdef, state = train.create_train_state(config, mesh, tx)
-    model_like = nnx.merge(graphdef, state.params, state.extra)
-    step = train.make_train_step(graphdef, tx, mesh, train.state_shardings(state),
-                                 parallel.batch_shardings(model_like, mesh))
+    trainer = train.Trainer.build(config, parallel.make_mesh(1, 1))
+    state, step = trainer.init(), trainer.train_step
 
     def view(s):
         return {"params": to64(nnx.to_pure_dict(s.params)),
@@ -391,7 +386,7 @@ def step_config(case: Case) -> Config:
 # e.g. nnx.merge(graphdef, params, jax.tree.map(lambda a: a, state.extra))).  Strict: when the step is fixed
 # this xfail fails; remove it and the full comparison below runs.  Meanwhile
 # test_batchnorm_training_mode_matches_reference checks the same numbers with a working value_and_grad.
-STEP_XFAIL = {"alexnet_bn": "train step: BatchStat mutated from a different trace level (TraceContextError)"}
+STEP_XFAIL: dict[str, str] = {}
 
 
 def step_params():
