@@ -171,7 +171,8 @@ def test_input_pipeline_raw256(capsys):
                  "--input-size", "64", "--step-seconds", "1.0"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
     out = json.loads(lines[-1])
-    assert out["store"] == "raw256" and out["records"] == 256
+    # the photos repeated to >= 256 training records (prepare holds ~10% out for validation)
+    assert out["store"] == "raw256" and 256 <= out["records"] < out["files_made"]
     assert out["record_bytes_mean"] >= 256 * 256 * 3                # raw uint8 records
     pc = out["page_cache"]
     assert pc["images_per_second_per_core"] > 0

@@ -468,8 +468,8 @@ def task_checkpoint(out: Path) -> dict:
         r = res[name] = dict(compare(saved, st, mesh), step=restored.step)
         if mesh is mesh22:
             st22 = st
-        else:   # training continues from the restored state on the new mesh
-            tr = restored.trainer
+        else:   # training continues from the restored state on the new mesh (synthetic inputs: no augment)
+            tr = _trainer(config, mesh11)
             st11, metrics = tr.train_step(st, tr.global_batch(batches[3]))
             r["continues"] = bool(np.isfinite(float(metrics["loss"]))) and int(st11.step) == 4
     # and back: saved on 2x2, restored onto 1x2 by Checkpointer.restore against a state made on 1x2
