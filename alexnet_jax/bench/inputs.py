@@ -35,8 +35,8 @@ STEP_RATE_SOURCE = "plain Flax two-column AlexNet training step on one H100, bf1
 
 
 def _tree(images_tar, root: Path, records: int) -> int:
-    """train/<wnid>/<name>_<k>.JPEG: the sample photos repeated (links) to ``records`` training files
-    (prepare holds 10% out for validation, so ~11% more are made)."""
+    """train/<wnid>/<name>_<k>.JPEG: the sample photos repeated (links) so that at least ``records`` remain
+    for training after prepare holds round(10%) of each class (at least one) out for validation."""
     from alexnet_jax.data import files
 
     photos = files.read_image_files(images_tar)
@@ -47,7 +47,8 @@ def _tree(images_tar, root: Path, records: int) -> int:
         p = src / f"{i:04d}.JPEG"
         p.write_bytes(data)
         paths.append((Path(name).name.split("_")[0], Path(name).stem, p))
-    per = max(2, -(-int(records / 0.9) // len(paths)))
+    need = -(-records // len(paths))           # per class, after prepare holds round(10%) (at least 1) out
+    per = next(k for k in range(2, 10 * need + 10) if k - max(1, round(0.1 * k)) >= need)
     for wnid, stem, p in paths:
         d = root / "tree" / "train" / wnid
         d.mkdir(parents=True, exist_ok=True)
