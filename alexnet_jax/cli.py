@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 
-TOOLS = ("bench", "inspect", "filters", "neighbours", "predict", "plot", "activations")
+TOOLS = ("bench", "inspect", "filters", "neighbours", "predict", "plot", "activations", "init_stats")
 
 
 def force_host_devices(n: int | None) -> None:

@@ -124,7 +124,8 @@ class Config:
     width: float = field(1.0, Range(0, 8, lo_open=True), "multiplies every hidden layer's width")
     dtype: str = field("float32", OneOf(("float32", "bfloat16")), "compute dtype (parameters stay float32)")
     head: str = field("softmax", OneOf(("softmax", "rbf")), "lenet5 only")
-    init: str = field("paper", OneOf(("paper", "he")), "alexnet / alexnet_half only")
+    init: str = field("native", OneOf(("native", "paper", "paper_scaled", "he")),
+                      "AlexNets: native (the net's own), paper (K12 §5), paper_scaled (gain-matched), he")
     # data
     dataset: str = field("digits", OneOf(_datasets), "TFDS name, optionally /store (imagenet2012/raw256)")
     data_dir: str = field("", Text(empty_ok=True), "'' -> $TFDS_DATA_DIR or ~/tensorflow_datasets")
@@ -132,7 +133,11 @@ class Config:
     eval_split: str = field("test", Text())
     augment: str = field("none", OneOf(_augments))
     num_workers: int = field(0, Range(0, 256), "grain worker processes (0 = in-process)")
-    # optimisation (the paper's SGD: v <- m v - wd lr w - lr g; w <- w + v)
+    # optimisation: the paper's SGD (K12: v <- m v - wd lr w - lr g; w <- w + v), or LeNet-5's stochastic
+    # diagonal Levenberg-Marquardt (LC98 App. C: w <- w - lr / (mu + h) g, h re-estimated before each pass)
+    optimizer: str = field("sgd", OneOf(("sgd", "sdlm")))
+    sdlm_mu: float = field(0.02, Range(0, 100, lo_open=True), "sdlm: the damping mu")
+    sdlm_samples: int = field(500, Range(1, 1 << 20), "sdlm: training patterns per curvature estimate")
     batch_size: int = field(128, Range(1, 1 << 20))
     num_epochs: float = field(10.0, POSITIVE)
     num_steps: int = field(0, NON_NEGATIVE, "> 0 overrides num_epochs")
@@ -195,6 +200,9 @@ class Config:
         if self.lr_schedule == "plateau" and self.warmup_steps:
             raise ConfigError("lr_schedule=plateau cannot be combined with warmup_steps > 0: the warm-up "
                               "schedule would overwrite the rate the plateau rule sets")
+        if self.optimizer == "sdlm" and (self.momentum or self.weight_decay):
+            raise ConfigError(f"optimizer=sdlm has no momentum or weight decay (LC98 App. C): set momentum=0 and "
+                              f"weight_decay=0 (got momentum={self.momentum}, weight_decay={self.weight_decay})")
         if self.head == "rbf" and (self.model != "lenet5" or self.num_classes != 10):
             raise ConfigError(f"head=rbf (LeNet-5's 10 fixed digit codes) needs model=lenet5 and num_classes=10, "
                               f"got model={self.model}, num_classes={self.num_classes}")

@@ -41,12 +41,10 @@ Learning-rate policies (``Config.lr_schedule``):
 
 LeNet-5 (LC98 §III.A, App. C) was trained for 20 passes with global rates 0.0005 (2 passes), 0.0002 (3),
 0.0001 (3), 0.00005 (4), then 0.00001, one pattern per update. Those rates are for stochastic diagonal
-Levenberg-Marquardt: each parameter's step is the global rate divided by (mu + its diagonal Gauss-Newton
-Hessian estimate), giving effective rates of about 7e-5 to 0.016. We do not implement that method, so the
-absolute values mean nothing for plain SGD. ``LENET_PAPER_EPOCH_BOUNDARIES`` / ``LENET_PAPER_FACTORS``
-keep only the published *shape* (when the rate falls, and by how much relative to the first rate), to be
-used as ``lr_schedule="steps"`` with an SGD base rate of your choosing. That is an approximation of LC98,
-not a reproduction.
+Levenberg-Marquardt (``alexnet_jax/sdlm.py``, ``optimizer=sdlm``): each parameter's step is the global
+rate divided by (mu + its diagonal Gauss-Newton Hessian estimate). For plain SGD the absolute values mean
+nothing: ``LENET_PAPER_EPOCH_BOUNDARIES`` / ``LENET_PAPER_FACTORS`` keep the published *shape* (when the
+rate falls, and by how much relative to the first rate), used as ``lr_schedule="steps"`` with a base rate.
 """
 
 from __future__ import annotations
@@ -241,7 +239,11 @@ def make_schedule(config: Config, steps_per_epoch: int) -> ScalarOrSchedule:
 
 
 def optimizer_from_config(config: Config, steps_per_epoch: int, decay_mask: Any = None):
-    """``paper_sgd(make_schedule(config, steps_per_epoch), config.momentum, config.weight_decay, mask)``."""
+    """``paper_sgd(make_schedule(config, steps_per_epoch), config.momentum, config.weight_decay, mask)``, or
+    for ``optimizer=sdlm`` LC98's ``sdlm.sdlm(make_schedule(...), config.sdlm_mu)``."""
+    if config.optimizer == "sdlm":
+        from alexnet_jax.sdlm import sdlm
+        return sdlm(make_schedule(config, steps_per_epoch), config.sdlm_mu)
     return paper_sgd(make_schedule(config, steps_per_epoch), config.momentum, config.weight_decay, decay_mask)
 
 

@@ -50,13 +50,14 @@ class TrainState:
 def build_model(config: Config) -> nnx.Module:
     """The model a config names, its parameters drawn from `config.seed` (the same on every mesh)."""
     extra = {"head": config.head} if config.model == "lenet5" else {}
-    if config.model in ("alexnet", "alexnet_half"):
+    if config.model.startswith("alexnet"):
         extra["init"] = config.init
     return create_model(config.model, num_classes=config.num_classes, input_size=config.input_size,
                         width=config.width, dtype=config.dtype, seed=config.seed, **extra)
 
 
 AUGMENT_STREAM = 0xA06   # the augmentation key is fold_in(key(seed), AUGMENT_STREAM); dropout's is state.rng
+SDLM_STREAM = 0x5D1      # the patterns of each SDLM curvature estimate: the loader order of seed + SDLM_STREAM
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -213,6 +214,27 @@ class Trainer:
         return {"loss": jnp.sum(loss * mask), "top1": jnp.sum(hit1 * mask), "top5": jnp.sum(hit5 * mask),
                 "examples": jnp.sum(mask)}
 
+    @functools.cached_property
+    def _curvature_fn(self):
+        from alexnet_jax.sdlm import gauss_newton_diagonal
+
+        graphdef, augment = self.graphdef, self.augment
+
+        def curvature(params, extra, images, labels):
+            x = images if augment is None else augment.eval(images)
+            apply = lambda p, xb: nnx.merge(graphdef, p, extra)(xb)   # noqa: E731 - evaluation mode logits
+            return gauss_newton_diagonal(apply, params, x, labels, batch=50)
+
+        return jax.jit(curvature)
+
+    def install_curvature(self, state: TrainState, images, labels) -> TrainState:
+        """optimizer=sdlm: a new estimate of the Gauss-Newton diagonal h (LC98 App. C) on these patterns,
+        installed in the optimiser state (alexnet_jax/sdlm.py)."""
+        from alexnet_jax.sdlm import set_curvature
+
+        h = self._curvature_fn(state.params, state.extra, jnp.asarray(images), jnp.asarray(labels))
+        return state.replace(opt_state=set_curvature(state.opt_state, h))
+
     def evaluate(self, state: TrainState, batches, ten_crop: bool | None = None) -> dict[str, float]:
         ten_crop = self.config.ten_crop if ten_crop is None else ten_crop
         totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "examples": 0.0}
@@ -318,8 +340,16 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -
             window.clear()
             t_window = time.perf_counter()
 
+        # optimizer=sdlm: h re-estimated before each pass on sdlm_samples training patterns, drawn from
+        # (seed, pass) by their own loader stream (the same on every process and on resume)
+        patterns = data_lib.make_train_loader(config.replace(seed=config.seed + SDLM_STREAM),
+                                              batch_size=config.sdlm_samples, prefetch=0) \
+            if config.optimizer == "sdlm" else None
         with StopFlag() as stop, bar, contextlib.closing(loader):
             while step < total_steps:
+                if patterns is not None and step % spe == 0:
+                    sample, _ = patterns.produce((step // spe, 0, 0))
+                    state = trainer.install_curvature(state, sample["image"], sample["label"])
                 batch = batch if batch is not None else trainer.global_batch(next(loader))
                 state, metrics = compiled(state, batch)
                 batch = None

@@ -76,6 +76,7 @@ def dataset_batches(args, config):
 
 def run_split(config, d: int, m: int, batches):
     import jax
+    import numpy as np
 
     from alexnet_jax import comms, parallel
     from alexnet_jax.train import Trainer

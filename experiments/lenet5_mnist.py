@@ -93,8 +93,8 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     if args.publish:
         from _results import publish
-        files = ["results.md", "results.json", "curves.png"] + [f"{r['variant']}/{f}" for r in rows
-                                                                 for f in ("config.json", "metrics.jsonl", "curves.png")]
+        per_run = ("config.json", "metrics.jsonl", "curves.png")
+        files = ["results.md", "results.json", "curves.png"] + [f"{r['variant']}/{f}" for r in rows for f in per_run]
         print(f"published to {publish(out, args.publish, files)}")
     print(json.dumps({"runs": rows}))
     return 0

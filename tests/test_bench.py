@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alexnet_jax import bench
-
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("compile_seconds", "step_seconds_median", "images_per_second", "mfu", "peak_memory_bytes",
         "macs_per_image", "device")

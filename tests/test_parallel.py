@@ -531,7 +531,8 @@ def task_errors(out: Path) -> dict:
                                                                              progress=False))
     res["model_axis_3"] = message(lambda: _trainer(_small_config(), parallel.make_mesh(1, 3)))
     res["model_axis_2_on_4_devices_3"] = message(lambda: parallel.make_mesh(-1, 3))
-    res["one_column_on_model_2"] = _trainer(_small_config(model="alexnet_owt"), parallel.make_mesh(1, 2)).plan.describe()
+    owt = _trainer(_small_config(model="alexnet_owt"), parallel.make_mesh(1, 2))
+    res["one_column_on_model_2"] = owt.plan.describe()
     return res
 
 

@@ -214,7 +214,8 @@ TAP_MODELS = [
 @pytest.mark.parametrize("name,kw,feature,dim", TAP_MODELS)
 def test_taps_are_the_models_own_forward_pass(name, kw, feature, dim):
     """Every model, both inits: the taps come from the model's forward pass itself.  The logits with taps
-    on are bitwise those without (op by op; compiled, to rounding); the last tap is the logits; the classifier applied to the feature tap
+    on are bitwise those without (op by op; compiled, to rounding); the last tap is the logits; the
+    classifier applied to the feature tap
     gives the logits again (what fc8 reads is what the tools call features: the old shadow forward pass
     of the tools broke this for He init); the first layer's tap equals an independent lax.conv of the
     model's input scaling, kernel and bias; ReLU layers are non-negative; the taps follow layer_kinds."""
@@ -250,8 +251,8 @@ def test_taps_are_the_models_own_forward_pass(name, kw, feature, dim):
     # the first layer, independently: conv of the (scaled) input with the layer's own kernel and bias
     first = next(iter(kinds))
     module = getattr(model, first, None) or getattr(model, first.lower())
-    kernel = np.asarray(getattr(module, "kernel", None) or getattr(module, "kernel_HWIO"))
-    bias = np.asarray(getattr(module, "bias", None) or getattr(module, "bias_C"))
+    kernel = np.asarray(getattr(module, "kernel", None) or module.kernel_HWIO)
+    bias = np.asarray(getattr(module, "bias", None) or module.bias_C)
     if name == "alexnet":
         kernel, bias = kernel[1], bias[1]                      # column 1
     scale = np.asarray(getattr(model, "input_std", None) or 1.0, np.float32)
@@ -260,7 +261,8 @@ def test_taps_are_the_models_own_forward_pass(name, kw, feature, dim):
         pad = model.c1.padding
     stride = getattr(module, "stride", None) or getattr(module, "strides", (1, 1))
     stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    a = jax.lax.conv_general_dilated(x / scale.reshape((1, 1, 1, -1) if scale.ndim else ()), kernel, stride, pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    x_in = x / scale.reshape((1, 1, 1, -1) if scale.ndim else ())
+    a = jax.lax.conv_general_dilated(x_in, kernel, stride, pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                      precision=jax.lax.Precision.HIGHEST)
     a = np.asarray(a) + bias.reshape(1, 1, 1, -1)
     if name == "alexnet_bn":
@@ -287,8 +289,8 @@ def test_filters_lenet_c1_grid_without_colour_score(tmp_path):
 
 def test_class_names_and_mean_without_the_dataset(tmp_path):
     from alexnet_jax.config import Config
-    from alexnet_jax.train import _augment_or_stand_in
     from alexnet_jax.tools import _images
+    from alexnet_jax.train import _augment_or_stand_in
 
     cfg = Config(model="alexnet", num_classes=1000, input_size=64, dataset="imagenet2012", augment="alexnet",
                  data_dir=str(tmp_path / "empty"))
@@ -306,8 +308,8 @@ def test_image_inputs_from_folders_and_tars(tmp_path):
     from PIL import Image
 
     from alexnet_jax.config import Config
-    from alexnet_jax.train import Restored, Trainer, _augment_or_stand_in
     from alexnet_jax.tools import _images
+    from alexnet_jax.train import Restored, Trainer, _augment_or_stand_in
 
     photos = tmp_path / "photos" / "sub"
     photos.mkdir(parents=True)

@@ -6,7 +6,8 @@ import importlib
 
 from alexnet_jax.config import Config, ConfigError
 
-CONFIGS = ("lenet5_digits", "lenet5_mnist", "lenet5_mnist_affine", "alexnet_cifar10", "alexnet_imagenet")
+CONFIGS = ("lenet5_digits", "lenet5_mnist", "lenet5_mnist_affine", "lenet5_mnist_sdlm", "lenet5_mnist_sdlm_affine",
+           "alexnet_cifar10", "alexnet_imagenet")
 DEFAULT = "lenet5_digits"
 
 

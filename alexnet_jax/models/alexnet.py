@@ -22,6 +22,7 @@ stride 1 (<= 32 px) or 2 (otherwise), padding 2; everything after conv1 is uncha
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
@@ -73,11 +74,10 @@ class ColumnConv(nnx.Module):
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, padding="SAME",
-                 bias: float = 0.0, std: float | None = 0.01, columns: int = COLUMNS, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 bias: float = 0.0, kernel_init: Callable, columns: int = COLUMNS,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
         self.stride, self.padding, self.dtype = stride, padding, dtype
-        std = std if std is not None else (2.0 / (kernel * kernel * in_ch)) ** 0.5  # None: He normal
-        self.kernel = nnx.Param(normal(std)(rngs.params(), (columns, kernel, kernel, in_ch, out_ch)),
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (columns, kernel, kernel, in_ch, out_ch)),
                                 axes=(COLUMN_AXIS, None, None, None, None))
         self.bias = nnx.Param(constant(bias)(rngs.params(), (columns, out_ch)),
                               axes=(COLUMN_AXIS, None))
@@ -92,11 +92,10 @@ class ColumnConv(nnx.Module):
 class ColumnDense(nnx.Module):
     """`columns` independent dense layers; kernel_CIO[c] belongs to column c."""
 
-    def __init__(self, in_features: int, out_features: int, *, bias: float = 0.0, std: float | None = 0.01,
-                 columns: int = COLUMNS, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, out_features: int, *, bias: float = 0.0,
+                 kernel_init: Callable, columns: int = COLUMNS, dtype=jnp.float32, rngs: nnx.Rngs):
         self.dtype = dtype
-        std = std if std is not None else (2.0 / in_features) ** 0.5  # None: He normal
-        self.kernel = nnx.Param(normal(std)(rngs.params(), (columns, in_features, out_features)),
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (columns, in_features, out_features)),
                                 axes=(COLUMN_AXIS, None, None))
         self.bias = nnx.Param(constant(bias)(rngs.params(), (columns, out_features)),
                               axes=(COLUMN_AXIS, None))
@@ -106,25 +105,69 @@ class ColumnDense(nnx.Module):
         return y + channels_last(self.bias[c].astype(self.dtype), y.ndim)
 
 
-def _init_rule(init: str) -> tuple[float | None, float]:
-    """(weight std, the bias of conv2/4/5 and fc6/7) for an init rule.
+# ------------------------------------------------------------------------------------------------
+# Initialisation rules (Config.init)
+# ------------------------------------------------------------------------------------------------
+PAPER_STD = 0.01                                              # K12 §5: every weight N(0, 0.01)
+PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")   # K12 §5: biases 1 there, 0 elsewhere
+INIT_RULES = ("native", "paper", "paper_scaled", "he")
 
-    "paper": N(0, 0.01) weights and biases 1 (K12 §5), built for full-width nets on centred raw
-    pixels.  "he": He-normal weights (std sqrt(2 / fan_in)), zero biases and inputs divided by
-    the ImageNet channel std (unit scale, which He init assumes), for narrow nets
-    (width << 1), where the paper's fixed std 0.01 shrinks the signal at every layer until the
-    constant biases drown it and training never starts (measured: chance accuracy after an
-    epoch at width 0.125 on CIFAR-10).
+
+@dataclasses.dataclass(frozen=True)
+class Init:
+    """How a net's weights, biases and input scale start (`Config.init`).
+
+    paper         K12 §5: weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6 and fc7 (0 elsewhere),
+                  inputs centred raw RGB (0..255 units).
+    paper_scaled  the paper's rule with each layer's gain kept: std 0.01 * sqrt(F_full / F), where F is the
+                  layer's fan-in and F_full its fan-in in the same net at full width and its published input
+                  size (`reference`), so that a narrow or CIFAR-sized net's layers scale their inputs by the
+                  same factors as the full-size paper net's.  At full width and size it is the paper's rule.
+    he            He-normal weights (std sqrt(2 / F)), zero biases, inputs divided by the ImageNet channel
+                  std (the unit scale He init assumes).
+    native        the net's own published rule: `paper` for the 2012 nets; torchvision / Keras / PyTorch
+                  defaults (with unit-scale inputs) for the one-column nets (`native_kernel`).
     """
-    if init == "paper":
-        return 0.01, 1.0
-    if init == "he":
-        return None, 0.0
-    raise ValueError(f"unknown init {init!r}; valid: paper, he")
+
+    rule: str
+    reference: dict[str, int]                  # layer -> fan-in at full width and the published input size
+    native_kernel: Callable | None = None      # None: the net's native rule is the paper's
+
+    def __post_init__(self):
+        if self.rule not in INIT_RULES:
+            raise ValueError(f"unknown init {self.rule!r}; valid: {', '.join(INIT_RULES)}")
+
+    @property
+    def _effective(self) -> str:
+        return "paper" if self.rule == "native" and self.native_kernel is None else self.rule
+
+    def kernel(self, layer: str, fan_in: int) -> Callable:
+        rule = self._effective
+        if rule == "paper":
+            return normal(PAPER_STD)
+        if rule == "paper_scaled":
+            return normal(PAPER_STD * math.sqrt(self.reference[layer] / fan_in))
+        if rule == "he":
+            return normal(math.sqrt(2.0 / fan_in))
+        return self.native_kernel
+
+    def bias(self, layer: str) -> float:
+        return 1.0 if self._effective in ("paper", "paper_scaled") and layer in PAPER_BIAS_ONE else 0.0
+
+    @property
+    def input_std(self) -> tuple[float, float, float] | None:
+        """The per-channel std the inputs are divided by (None: centred raw RGB, as K12 §2)."""
+        return None if self._effective in ("paper", "paper_scaled") else IMAGENET_STD
 
 
-def _kernel_init(std: float | None):
-    return normal(std) if std is not None else nnx.initializers.he_normal()
+def _pool5_hw(input_size: int) -> int:
+    k, s, pad = stem(input_size)
+    hw = conv_out(input_size, k, s, *pad[0])
+    for _ in range(3):  # the three overlapping 3/2 max-pools
+        hw = conv_out(hw, 3, 2, 0, 0)
+    if hw < 1:
+        raise ValueError(f"input_size {input_size} is too small for AlexNet (pool5 would be empty)")
+    return hw
 
 
 def concat_columns(hs: Sequence[jax.Array], layer: str = "") -> jax.Array:
@@ -164,29 +207,39 @@ class AlexNet2012(nnx.Module):
     """
 
     def __init__(self, *, num_classes: int = 1000, input_size: int = 227, width: float = 1.0,
-                 dtype=jnp.float32, dropout_rate: float = 0.5, init: str = "paper", rngs: nnx.Rngs):
+                 dtype=jnp.float32, dropout_rate: float = 0.5, init: str = "native", rngs: nnx.Rngs):
         self.num_classes, self.input_size, self.dtype, self.dropout_rate = num_classes, input_size, dtype, dropout_rate
         c1, c2, c3, c4, c5, f = (_w(n, width) for n in (48, 128, 192, 192, 128, 2048))
         k, s, pad = stem(input_size)
         self.conv1_padding = pad
-        std, one = _init_rule(init)
-        self.input_std = IMAGENET_STD if init == "he" else None
-        col = dict(dtype=dtype, rngs=rngs, std=std)
-        self.conv1 = ColumnConv(3, c1, k, stride=s, padding=pad, bias=0.0, **col)
-        self.conv2 = ColumnConv(c1, c2, 5, padding=((2, 2), (2, 2)), bias=one, **col)
-        self.conv3 = ColumnConv(COLUMNS * c2, c3, 3, padding=((1, 1), (1, 1)), bias=0.0, **col)
-        self.conv4 = ColumnConv(c3, c4, 3, padding=((1, 1), (1, 1)), bias=one, **col)
-        self.conv5 = ColumnConv(c4, c5, 3, padding=((1, 1), (1, 1)), bias=one, **col)
-        hw = conv_out(input_size, k, s, *pad[0])
-        for _ in range(3):  # the three overlapping 3/2 max-pools
-            hw = conv_out(hw, 3, 2, 0, 0)
-        if hw < 1:
-            raise ValueError(f"input_size {input_size} is too small for AlexNet (pool5 would be empty)")
-        self.pool5_hw = hw
-        self.fc6 = ColumnDense(hw * hw * COLUMNS * c5, f, bias=one, **col)
-        self.fc7 = ColumnDense(COLUMNS * f, f, bias=one, **col)
-        self.fc8 = nnx.Linear(COLUMNS * f, num_classes, kernel_init=_kernel_init(std), bias_init=constant(0.0),
-                              dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        fan_in = self.fan_ins(width, input_size)
+        rule = Init(init, self.fan_ins(1.0, self.PAPER_INPUT))
+        self.input_std = rule.input_std
+
+        def col(layer):
+            return dict(dtype=dtype, rngs=rngs, kernel_init=rule.kernel(layer, fan_in[layer]), bias=rule.bias(layer))
+
+        self.conv1 = ColumnConv(3, c1, k, stride=s, padding=pad, **col("conv1"))
+        self.conv2 = ColumnConv(c1, c2, 5, padding=((2, 2), (2, 2)), **col("conv2"))
+        self.conv3 = ColumnConv(COLUMNS * c2, c3, 3, padding=((1, 1), (1, 1)), **col("conv3"))
+        self.conv4 = ColumnConv(c3, c4, 3, padding=((1, 1), (1, 1)), **col("conv4"))
+        self.conv5 = ColumnConv(c4, c5, 3, padding=((1, 1), (1, 1)), **col("conv5"))
+        self.pool5_hw = _pool5_hw(input_size)
+        self.fc6 = ColumnDense(self.pool5_hw ** 2 * COLUMNS * c5, f, **col("fc6"))
+        self.fc7 = ColumnDense(COLUMNS * f, f, **col("fc7"))
+        self.fc8 = nnx.Linear(COLUMNS * f, num_classes, kernel_init=rule.kernel("fc8", fan_in["fc8"]),
+                              bias_init=constant(rule.bias("fc8")), dtype=dtype, param_dtype=jnp.float32,
+                              rngs=rngs)
+
+    PAPER_INPUT = 227
+
+    @staticmethod
+    def fan_ins(width: float, input_size: int) -> dict[str, int]:
+        """Each layer's fan-in (inputs per output unit) at a width and input size."""
+        c1, c2, c3, c4, c5, f = (_w(n, width) for n in (48, 128, 192, 192, 128, 2048))
+        k = stem(input_size)[0]
+        return {"conv1": k * k * 3, "conv2": 25 * c1, "conv3": 9 * COLUMNS * c2, "conv4": 9 * c3, "conv5": 9 * c4,
+                "fc6": _pool5_hw(input_size) ** 2 * COLUMNS * c5, "fc7": COLUMNS * f, "fc8": COLUMNS * f}
 
     # --- what the tools and the sharding plan read ------------------------------------------------
     columns = COLUMNS
@@ -252,7 +305,7 @@ class AlexNet2012(nnx.Module):
             keep6, keep7 = dropout_masks
         cols = range(local)
         x = x_BHWC.astype(self.dtype)
-        if self.input_std is not None:  # "he" init: unit-scale inputs (see _init_rule)
+        if self.input_std is not None:  # unit-scale inputs (see Init.input_std)
             x = x / channels_last(jnp.asarray(self.input_std, self.dtype), x.ndim)
         h = [self.column_conv12(c, x, tap) for c in cols]          # GPU-local
         h = exchange(h, "conv3")                                   # conv3 sees both columns
@@ -278,38 +331,52 @@ class _OneColumn(nnx.Module):
 
     # convs: (name, out_channels, kernel, stride, padding, lrn_after, pool_after)
     # fcs:   (name, out_features, dropout_before)
-    def _build(self, convs, fcs, *, input_size, width, dtype, rngs, conv_kernel_init, conv_bias,
-               fc_kernel_init, fc_bias, batchnorm=False, adaptive_pool=None, input_std=None):
-        self.dtype = dtype
-        self.input_std = input_std
-        in_ch, hw = 3, input_size
-        self.conv_names, self.fc_names = [], []
-        for name, ch, k, s, pad, lrn_after, pool_after in convs:
+    @staticmethod
+    def _dims(convs, fcs, input_size: int, width: float, adaptive_pool) -> list[tuple]:
+        """[(name, in, out, fan_in)] of every layer, and checks that the input is large enough."""
+        in_ch, hw, out = 3, input_size, []
+        for name, ch, k, s, pad, _, pool_after in convs:
             ch = _w(ch, width)
-            conv = nnx.Conv(in_ch, ch, (k, k), strides=(s, s), padding=pad, kernel_init=conv_kernel_init,
-                            bias_init=constant(conv_bias.get(name, 0.0)), dtype=dtype,
-                            param_dtype=jnp.float32, rngs=rngs)
-            setattr(self, name, conv)
-            if batchnorm:
-                setattr(self, f"bn_{name}", nnx.BatchNorm(ch, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                                                          param_dtype=jnp.float32, rngs=rngs))
+            out.append((name, in_ch, ch, k * k * in_ch))
             hw = -(-hw // s) if pad == "SAME" else conv_out(hw, k, s, *pad[0])
             if pool_after:
                 hw = conv_out(hw, 3, 2, 0, 0)
-            self.conv_names.append((name, lrn_after, pool_after))
             in_ch = ch
         if hw < 1:
             raise ValueError(f"input_size {input_size} is too small for this network")
-        self.adaptive_pool = adaptive_pool
         features = (adaptive_pool[0] * adaptive_pool[1] if adaptive_pool else hw * hw) * in_ch
-        self.flat_features = features
-        for name, out, drop_before in fcs:
-            out = out if name == fcs[-1][0] else _w(out, width)
-            setattr(self, name, nnx.Linear(features, out, kernel_init=fc_kernel_init,
-                                           bias_init=constant(fc_bias.get(name, 0.0)), dtype=dtype,
+        for name, n, _ in fcs:
+            n = n if name == fcs[-1][0] else _w(n, width)
+            out.append((name, features, n, features))
+            features = n
+        return out
+
+    def _build(self, convs, fcs, *, input_size, width, dtype, rngs, init: str, paper_convs, native_kernel=None,
+               batchnorm=False, adaptive_pool=None):
+        """`paper_convs`: the conv list at the published input size (the reference fan-ins of Init)."""
+        self.dtype = dtype
+        reference = {n: f for n, _, _, f in self._dims(paper_convs, fcs, self.PAPER_INPUT, 1.0, adaptive_pool)}
+        rule = Init(init, reference, native_kernel)
+        self.input_std = rule.input_std
+        dims = self._dims(convs, fcs, input_size, width, adaptive_pool)
+        self.conv_names, self.fc_names = [], []
+        for (name, _, ch, k, s, pad, lrn_after, pool_after), (_, in_ch, _, fan_in) in zip(
+                [(c[0], None, *c[1:]) for c in convs], dims, strict=False):
+            conv = nnx.Conv(in_ch, _w(ch, width), (k, k), strides=(s, s), padding=pad,
+                            kernel_init=rule.kernel(name, fan_in), bias_init=constant(rule.bias(name)), dtype=dtype,
+                            param_dtype=jnp.float32, rngs=rngs)
+            setattr(self, name, conv)
+            if batchnorm:
+                setattr(self, f"bn_{name}", nnx.BatchNorm(_w(ch, width), momentum=0.9, epsilon=1e-5, dtype=dtype,
+                                                          param_dtype=jnp.float32, rngs=rngs))
+            self.conv_names.append((name, lrn_after, pool_after))
+        self.adaptive_pool = adaptive_pool
+        for (name, _, drop_before), (_, features, out, fan_in) in zip(fcs, dims[len(convs):], strict=True):
+            setattr(self, name, nnx.Linear(features, out, kernel_init=rule.kernel(name, fan_in),
+                                           bias_init=constant(rule.bias(name)), dtype=dtype,
                                            param_dtype=jnp.float32, rngs=rngs))
             self.fc_names.append((name, drop_before))
-            features = out
+        self.flat_features = dims[len(convs)][1]
         self.batchnorm = batchnorm
 
     columns = 1
@@ -367,29 +434,31 @@ _VALID = ((0, 0), (0, 0))
 
 
 class AlexNetHalf(_OneColumn):
-    """The one-GPU comparison net of K12 §3.2 and footnote 2 (facts §1.9).
+    """The one-GPU comparison net of K12 §3.2 and footnote 2.
 
     "A net with half as many kernels in each convolutional layer trained on one GPU", except that
     the last conv layer keeps all 256 kernels and the FC layers are not halved, so the two nets
     have roughly the same number of parameters: conv 48-128-192-192-256, fc 4096-4096-1000, one
-    column with full connectivity, LRN over all maps, the paper's init (N(0, 0.01); biases 1 in
-    conv2/4/5 and fc6/7) and dropout on the outputs of fc6 and fc7 as in `AlexNet2012`.
+    column with full connectivity, LRN over all maps, the paper's init (native: N(0, 0.01); biases 1
+    in conv2/4/5 and fc6/7) and dropout on the outputs of fc6 and fc7 as in `AlexNet2012`.
     """
 
-    def __init__(self, *, num_classes: int = 1000, input_size: int = 227, width: float = 1.0,
-                 dtype=jnp.float32, init: str = "paper", rngs: nnx.Rngs):
-        self.num_classes, self.input_size = num_classes, input_size
-        std, one = _init_rule(init)
+    PAPER_INPUT = 227
+
+    @staticmethod
+    def _convs(input_size: int) -> list[tuple]:
         k, s, pad = stem(input_size)
-        convs = [("conv1", 48, k, s, pad, True, True), ("conv2", 128, 5, 1, _SAME2, True, True),
-                 ("conv3", 192, 3, 1, _SAME1, False, False), ("conv4", 192, 3, 1, _SAME1, False, False),
-                 ("conv5", 256, 3, 1, _SAME1, False, True)]
-        ones = {n: one for n in ("conv2", "conv4", "conv5", "fc6", "fc7")}
+        return [("conv1", 48, k, s, pad, True, True), ("conv2", 128, 5, 1, _SAME2, True, True),
+                ("conv3", 192, 3, 1, _SAME1, False, False), ("conv4", 192, 3, 1, _SAME1, False, False),
+                ("conv5", 256, 3, 1, _SAME1, False, True)]
+
+    def __init__(self, *, num_classes: int = 1000, input_size: int = 227, width: float = 1.0,
+                 dtype=jnp.float32, init: str = "native", rngs: nnx.Rngs):
+        self.num_classes, self.input_size = num_classes, input_size
         # dropout on the outputs of fc6 and fc7 == before fc7 and fc8
         fcs = [("fc6", 4096, False), ("fc7", 4096, True), ("fc8", num_classes, True)]
-        self._build(convs, fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
-                    conv_kernel_init=_kernel_init(std), conv_bias=ones, fc_kernel_init=_kernel_init(std),
-                    fc_bias=ones, input_std=IMAGENET_STD if init == "he" else None)
+        self._build(self._convs(input_size), fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
+                    init=init, paper_convs=self._convs(self.PAPER_INPUT))
 
 
 class AlexNetOWT(_OneColumn):
@@ -400,18 +469,22 @@ class AlexNetOWT(_OneColumn):
     No LRN, no groups; 61,100,840 parameters and 714,188,480 multiply-adds at 224 (facts §5.2).
     """
 
-    def __init__(self, *, num_classes: int = 1000, input_size: int = 224, width: float = 1.0,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
-        self.num_classes, self.input_size = num_classes, input_size
+    PAPER_INPUT = 224
+
+    @staticmethod
+    def _convs(input_size: int) -> list[tuple]:
         k, s, pad = (11, 4, _SAME2) if input_size >= 100 else stem(input_size)
-        convs = [("conv1", 64, k, s, pad, False, True), ("conv2", 192, 5, 1, _SAME2, False, True),
-                 ("conv3", 384, 3, 1, _SAME1, False, False), ("conv4", 256, 3, 1, _SAME1, False, False),
-                 ("conv5", 256, 3, 1, _SAME1, False, True)]
+        return [("conv1", 64, k, s, pad, False, True), ("conv2", 192, 5, 1, _SAME2, False, True),
+                ("conv3", 384, 3, 1, _SAME1, False, False), ("conv4", 256, 3, 1, _SAME1, False, False),
+                ("conv5", 256, 3, 1, _SAME1, False, True)]
+
+    def __init__(self, *, num_classes: int = 1000, input_size: int = 224, width: float = 1.0,
+                 dtype=jnp.float32, init: str = "native", rngs: nnx.Rngs):
+        self.num_classes, self.input_size = num_classes, input_size
         fcs = [("fc6", 4096, True), ("fc7", 4096, True), ("fc8", num_classes, False)]
-        init = nnx.initializers.lecun_normal()
-        self._build(convs, fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
-                    conv_kernel_init=init, conv_bias={}, fc_kernel_init=init, fc_bias={},
-                    adaptive_pool=(6, 6), input_std=IMAGENET_STD)
+        self._build(self._convs(input_size), fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
+                    init=init, paper_convs=self._convs(self.PAPER_INPUT),
+                    native_kernel=nnx.initializers.lecun_normal(), adaptive_pool=(6, 6))
 
 
 class AlexNetKeras(_OneColumn):
@@ -422,16 +495,21 @@ class AlexNetKeras(_OneColumn):
     As written it has only FOUR conv layers (AlexNet has five) and no dropout: we keep it faithful.
     """
 
-    def __init__(self, *, num_classes: int = 1000, input_size: int = 224, width: float = 1.0,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
-        self.num_classes, self.input_size = num_classes, input_size
+    PAPER_INPUT = 224
+
+    @staticmethod
+    def _convs(input_size: int) -> list[tuple]:
         k, s, pad = (11, 4, _VALID) if input_size >= 100 else stem(input_size)
-        convs = [("conv1", 64, k, s, pad, False, True), ("conv2", 192, 5, 1, "SAME", False, True),
-                 ("conv3", 384, 3, 1, "SAME", False, False), ("conv4", 256, 3, 1, "SAME", False, True)]
+        return [("conv1", 64, k, s, pad, False, True), ("conv2", 192, 5, 1, "SAME", False, True),
+                ("conv3", 384, 3, 1, "SAME", False, False), ("conv4", 256, 3, 1, "SAME", False, True)]
+
+    def __init__(self, *, num_classes: int = 1000, input_size: int = 224, width: float = 1.0,
+                 dtype=jnp.float32, init: str = "native", rngs: nnx.Rngs):
+        self.num_classes, self.input_size = num_classes, input_size
         fcs = [("fc5", 4096, False), ("fc6", 4096, False), ("fc7", num_classes, False)]
-        init = nnx.initializers.glorot_uniform()  # Keras' default
-        self._build(convs, fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
-                    conv_kernel_init=init, conv_bias={}, fc_kernel_init=init, fc_bias={}, input_std=IMAGENET_STD)
+        self._build(self._convs(input_size), fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
+                    init=init, paper_convs=self._convs(self.PAPER_INPUT),
+                    native_kernel=nnx.initializers.glorot_uniform())   # Keras' default
 
 
 class AlexNetBN(_OneColumn):
@@ -443,15 +521,19 @@ class AlexNetBN(_OneColumn):
     0.1) in evaluation.
     """
 
-    def __init__(self, *, num_classes: int = 10, input_size: int = 227, width: float = 1.0,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
-        self.num_classes, self.input_size = num_classes, input_size
+    PAPER_INPUT = 227
+
+    @staticmethod
+    def _convs(input_size: int) -> list[tuple]:
         k, s, pad = (11, 4, _VALID) if input_size >= 100 else stem(input_size)
-        convs = [("conv1", 96, k, s, pad, False, True), ("conv2", 256, 5, 1, _SAME2, False, True),
-                 ("conv3", 384, 3, 1, _SAME1, False, False), ("conv4", 384, 3, 1, _SAME1, False, False),
-                 ("conv5", 256, 3, 1, _SAME1, False, True)]
+        return [("conv1", 96, k, s, pad, False, True), ("conv2", 256, 5, 1, _SAME2, False, True),
+                ("conv3", 384, 3, 1, _SAME1, False, False), ("conv4", 384, 3, 1, _SAME1, False, False),
+                ("conv5", 256, 3, 1, _SAME1, False, True)]
+
+    def __init__(self, *, num_classes: int = 10, input_size: int = 227, width: float = 1.0,
+                 dtype=jnp.float32, init: str = "native", rngs: nnx.Rngs):
+        self.num_classes, self.input_size = num_classes, input_size
         fcs = [("fc6", 4096, True), ("fc7", 4096, True), ("fc8", num_classes, False)]
-        init = nnx.initializers.he_uniform()
-        self._build(convs, fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
-                    conv_kernel_init=init, conv_bias={}, fc_kernel_init=init, fc_bias={}, batchnorm=True,
-                    input_std=IMAGENET_STD)
+        self._build(self._convs(input_size), fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
+                    init=init, paper_convs=self._convs(self.PAPER_INPUT),
+                    native_kernel=nnx.initializers.he_uniform(), batchnorm=True)

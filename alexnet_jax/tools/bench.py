@@ -159,9 +159,10 @@ def run(args) -> int:
                 f"{r['batch']}, {r['threads']} reader thread(s)"]
         for kind in ("page_cache", "cold"):
             v = r[kind]
+            rate = r["step_rate_images_per_second"]
             rows.append(f"  {kind.replace('_', ' '):<11} {v['images_per_second_per_core']:>10,.0f} img/s per core "
-                        f"({v['images_per_second_wall']:,.0f} img/s wall); {r['step_rate_images_per_second']:,.0f} img/s "
-                        f"needs {r['cores_needed_' + kind]:.1f} cores" if v else f"  cold: {r['cold_note']}")
+                        f"({v['images_per_second_wall']:,.0f} img/s wall); {rate:,.0f} img/s needs "
+                        f"{r['cores_needed_' + kind]:.1f} cores" if v else f"  cold: {r['cold_note']}")
         if "augment" in r:
             a = r["augment"]
             share = f", {100 * a['train_share_of_step']:.1f}% of a {a['step_seconds']} s step" if "step_seconds" in a \
