@@ -1,122 +1,287 @@
 #!/usr/bin/env python3
-"""K12 §3.2 at CIFAR-10 scale: do two columns beat the one-GPU half-kernel net?
+"""K12 §3.2 and Figure 3 at CIFAR-10 scale, decided by rules fixed before the run.
 
-    python experiments/alexnet_columns_cifar10.py --out experiments/results/alexnet_columns_cifar10
-    python experiments/alexnet_columns_cifar10.py --width 1.0 --epochs 30 --seeds 0,1,2   # on a GPU
+    python experiments/alexnet_columns_cifar10.py pilot  [--width W --epochs E --seeds 0,1]   # noise -> seeds
+    python experiments/alexnet_columns_cifar10.py main   [--width W --epochs E --seeds 0,...,N-1]
+    python experiments/alexnet_columns_cifar10.py report [--out runs/alexnet_columns_cifar10] [--publish NAME]
 
-The paper: the two-GPU net "reduces our top-1 and top-5 error rates by 1.7% and 1.2%" against "a
-net with half as many kernels in each convolutional layer trained on one GPU" whose last conv layer
-and FC layers are not halved (footnote 2; paper_facts.md §1.9).  Here the three nets
+The claims (Krizhevsky, Sutskever & Hinton 2012):
+  (A) §3.2, footnote 2: the two-column net beats "a net with half as many kernels in each convolutional
+      layer trained on one GPU" (whose last conv layer and FC layers are not halved): by 1.7 points top-1.
+  (B) Figure 3 / §6.1: one column's conv1 kernels are largely colour-agnostic, the other's colour-specific,
+      whatever the initialisation.
+
+The nets (same init rule `--init`, same fixed schedule, same augmentation, same data order per seed):
   alexnet       the 2012 two-column net (columns meet only at conv3, fc6, fc7, fc8)
   alexnet_half  the paper's one-GPU comparison net (48-128-192-192-256, fc 4096)
-  alexnet_owt   torchvision's one-column net (64-192-384-256-256), for reference
-train with the same budget, data, augmentation (random crops + flips, per-pixel mean subtraction)
-and schedule (SGD momentum 0.9, weight decay 5e-4, lr divided by 10 for the last quarter of the
-epochs) for several seeds, on CIFAR-10 prepared from ../shared/data/cifar10 (45,000 train /
-5,000 held-out validation images; the shared copy has no test split).  Writes results.md,
-results.json (mean +- std of validation error per net, and whether the paper's direction holds)
-and curves.png to --out.  Small width and 32x32 input keep it feasible on 2 CPU cores.
+  alexnet_owt   torchvision's one-column net (64-192-384-256-256), for reference and for claim B's null
+
+Data: CIFAR-10 from ../shared/data/cifar10 (50,000 JPEGs, no test split) prepared into three disjoint,
+class-balanced splits: train 40,000, validation 5,000 (every choice: the pilot, the curves) and test
+5,000, the report split, evaluated once per run at the end and by nothing else.  Schedule: SGD momentum
+0.9, weight decay 5e-4, batch 128, `--lr` divided by 10 after 75% of the fixed `--epochs` (no plateau
+rule: it would read the split it decides on), random crops + flips, per-pixel mean subtraction.
+
+Pre-registered rules (written before the main run; `report` applies them to the test-split numbers):
+
+  Seeds.  The pilot trains every net for the pilot seeds and measures sd, the standard deviation of the
+  paired per-seed difference d_s = err(alexnet_half, s) - err(alexnet, s) on the validation split.  The
+  main run uses n seeds, the smallest n >= 3 with t(0.975, n-1) * sd / sqrt(n) <= 0.85 points (half the
+  paper's 1.7: a 1.7-point difference then excludes 0 with high probability), capped by `--max-seeds`.
+  Claim A.  On the test split, d_s (in points) per seed, their mean and 95% t-interval: "supports" if the
+  interval lies above 0 (two columns better), "contradicts" if it lies below 0, "cannot decide" otherwise.
+  Claim B.  For each seed of `alexnet`, D = |colour specificity of column 0 - column 1| (the mean over each
+  column's conv1 kernels; alexnet_jax/tools/filters.py).  Null: 2,000 random splits of the pooled conv1
+  kernels of every `alexnet_owt` seed into two disjoint groups of the two-column net's per-column size,
+  |difference of group means|.  A seed shows the split if D exceeds the null's 95th percentile; claim B
+  "supports" if at least k of n seeds do, where k is the smallest count with P(Binomial(n, 0.05) >= k) <
+  0.05, "contradicts" otherwise.
+
+Where it runs: a GPU host (`experiments/gpu_run.sh` runs the full-width version, input 32, in one call);
+on 2 CPU cores the same script at a reduced width and seed count is a plumbing check, not evidence.
+Runs write to --out (default runs/alexnet_columns_cifar10); `report --publish NAME` copies the summary
+to experiments/results/NAME.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+CIFAR = HERE.parents[1] / "shared" / "data" / "cifar10" / "cifar10_train_jpeg.tar.gz"
+NETS = ("alexnet", "alexnet_half", "alexnet_owt")
+HALF_WIDTH = 0.85          # points: the largest 95% half-width the seed count aims for (1.7 / 2)
+NULL_SPLITS = 2000
+PAPER_GAIN = 1.7           # K12 footnote 2: top-1 points
 
-def main(argv=None) -> int:
-    here = Path(__file__).resolve()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--out", default=str(here.parent / "results" / "alexnet_columns_cifar10"))
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--cifar-source", default=str(here.parents[2] / "shared/data/cifar10/cifar10_train_jpeg.tar.gz"))
-    p.add_argument("--models", default="alexnet,alexnet_half,alexnet_owt")
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--epochs", type=float, default=6)
-    p.add_argument("--width", type=float, default=0.125)
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument("--mesh-model", type=int, default=1, help="2: run the two-column net split over 2 devices")
-    p.add_argument("--init", default="he", choices=["paper", "he"],
-                   help="paper: N(0,0.01), biases 1 (full width); he: He-normal (narrow nets; default here)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = p.parse_args(argv)
 
+def t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with `df` degrees of freedom (scipy when present, else a table)."""
+    try:
+        from scipy.stats import t
+        return float(t.ppf(0.975, df))
+    except ImportError:   # pragma: no cover
+        table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+                 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+        return table[min((k for k in table if k >= df), default=30)]
+
+
+def seeds_needed(sd: float, max_seeds: int) -> int:
+    """The pre-registered seed count: smallest n >= 3 with t(0.975, n-1) * sd / sqrt(n) <= HALF_WIDTH."""
+    for n in range(3, max_seeds + 1):
+        if t975(n - 1) * sd / math.sqrt(n) <= HALF_WIDTH:
+            return n
+    return max_seeds
+
+
+def interval(ds: list[float]) -> dict:
+    n = len(ds)
+    mean = statistics.mean(ds)
+    sd = statistics.stdev(ds) if n > 1 else float("nan")
+    half = t975(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
+    return {"n": n, "mean": mean, "sd": sd, "ci95": [mean - half, mean + half]}
+
+
+def verdict_a(ci: list[float]) -> str:
+    if ci[0] > 0:
+        return "supports"
+    if ci[1] < 0:
+        return "contradicts"
+    return "cannot decide"
+
+
+def k_needed(n: int, alpha: float = 0.05) -> int:
+    """Smallest k with P(Binomial(n, alpha) >= k) < alpha."""
+    for k in range(n + 1):
+        tail = sum(math.comb(n, j) * alpha ** j * (1 - alpha) ** (n - j) for j in range(k, n + 1))
+        if tail < alpha:
+            return k
+    return n + 1
+
+
+def base_config(args):
     from alexnet_jax.config import apply_overrides
     from alexnet_jax.configs import get_config
-    from alexnet_jax.data import DatasetNotPreparedError, ensure_prepared, prepare
-    from alexnet_jax.plotting import plot_runs
-    from alexnet_jax.train import train_and_evaluate
 
-    out = Path(args.out)
+    cfg = get_config("alexnet_cifar10").replace(
+        width=args.width, num_epochs=args.epochs, lr=args.lr, lr_schedule="steps",
+        lr_boundaries=(0.75 * args.epochs,), lr_factors=(0.1,), eval_split="validation", init=args.init,
+        dtype=args.dtype, checkpoint_every_steps=10**6, keep_checkpoints=1, data_dir=args.data_dir or "",
+        mesh_model=1)
+    return apply_overrides(cfg, args.set)
+
+
+def run_one(config, workdir: Path) -> dict:
+    """Train one (net, seed) on train, then evaluate its checkpoint once on the report split (test)."""
+    from alexnet_jax.tools.filters import analyse
+    from alexnet_jax.train import evaluate_workdir, restore, train_and_evaluate
+
+    t0 = time.time()
+    val = train_and_evaluate(config, str(workdir), progress=False)
+    test = evaluate_workdir(str(workdir), split="test")
+    r = restore(str(workdir))
+    a = analyse(r.model)
+    return {"model": config.model, "seed": config.seed, "width": config.width, "dtype": config.dtype,
+            "val_error": 100 * (1 - val["top1"]), "test_error": 100 * (1 - test["top1"]),
+            "test_top5_error": 100 * (1 - test["top5"]), "wall_seconds": time.time() - t0,
+            "conv1_per_kernel": a["per_kernel"], "conv1_per_column": a["per_column"]}
+
+
+def train_all(args, seeds: list[int], tag: str) -> list[dict]:
+    out = Path(args.out) / tag
     out.mkdir(parents=True, exist_ok=True)
-    base = get_config("alexnet_cifar10").replace(
-        width=args.width, input_size=args.input_size, batch_size=args.batch, num_epochs=args.epochs, lr=args.lr,
-        lr_schedule="steps", lr_boundaries=(0.75 * args.epochs,), lr_factors=(0.1,), eval_every_epochs=1.0,
-        init=args.init,
-        data_dir=args.data_dir or "", checkpoint_every_steps=10**9)
-    base = apply_overrides(base, args.set)
+    base = base_config(args)
+    rows = []
+    for seed in seeds:
+        for net in [n.strip() for n in args.nets.split(",") if n.strip()]:
+            done = out / f"{net}_seed{seed}.json"
+            if done.exists():
+                rows.append(json.loads(done.read_text()))
+                continue
+            row = run_one(base.replace(model=net, seed=seed), out / f"{net}_seed{seed}")
+            done.write_text(json.dumps(row))
+            rows.append(row)
+            print(json.dumps({k: row[k] for k in ("model", "seed", "val_error", "test_error", "wall_seconds")}),
+                  flush=True)
+    return rows
+
+
+def paired(rows: list[dict], key: str) -> list[float]:
+    by = {(r["model"], r["seed"]): r[key] for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+    return [by[("alexnet_half", s)] - by[("alexnet", s)] for s in seeds
+            if ("alexnet_half", s) in by and ("alexnet", s) in by]
+
+
+def colour_test(rows: list[dict], seed: int = 0) -> dict:
+    import numpy as np
+
+    two = [r for r in rows if r["model"] == "alexnet"]
+    pool = np.concatenate([np.asarray(r["conv1_per_kernel"][0], np.float64) for r in rows
+                           if r["model"] == "alexnet_owt"]) if any(r["model"] == "alexnet_owt" for r in rows) else None
+    if not two or pool is None:
+        return {"verdict": "not run (needs alexnet and alexnet_owt runs)"}
+    size = len(two[0]["conv1_per_kernel"][0])
+    rng = np.random.default_rng(seed)
+    if 2 * size > len(pool):
+        return {"verdict": f"not run: {len(pool)} pooled one-column kernels, fewer than two groups of {size}"}
+    null = []
+    for _ in range(NULL_SPLITS):
+        perm = rng.permutation(len(pool))
+        null.append(abs(pool[perm[:size]].mean() - pool[perm[size:2 * size]].mean()))
+    threshold = float(np.quantile(null, 0.95))
+    per_seed = [{"seed": r["seed"], "columns": r["conv1_per_column"],
+                 "D": abs(r["conv1_per_column"][0] - r["conv1_per_column"][1])} for r in two]
+    for p in per_seed:
+        p["exceeds_null_95"] = p["D"] > threshold
+    n, hits = len(per_seed), sum(p["exceeds_null_95"] for p in per_seed)
+    k = k_needed(n)
+    return {"group_size": size, "pool": int(len(pool)), "null_95th_percentile": threshold, "per_seed": per_seed,
+            "seeds_exceeding": hits, "seeds": n, "k_needed": k,
+            "verdict": "supports" if hits >= k else "contradicts" if k <= n else
+            f"cannot decide: {n} seeds are too few for any count to reach p < 0.05"}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("phase", choices=["pilot", "main", "report"])
+    p.add_argument("--out", default="runs/alexnet_columns_cifar10")
+    p.add_argument("--data-dir", default=None, help="TFDS data dir (default $TFDS_DATA_DIR)")
+    p.add_argument("--cifar-source", default=str(CIFAR))
+    p.add_argument("--nets", default=",".join(NETS))
+    p.add_argument("--seeds", default="0,1", help="comma list (main: as many as the pilot's rule says)")
+    p.add_argument("--max-seeds", type=int, default=10)
+    p.add_argument("--epochs", type=float, default=30)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--init", default="paper_scaled", choices=["paper", "paper_scaled", "he"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--publish", metavar="NAME", help="report: also copy the summary to experiments/results/NAME")
+    args = p.parse_args(argv)
+
+    from alexnet_jax import data as data_lib
+
     try:
-        ensure_prepared(base)
-    except DatasetNotPreparedError:
+        data_lib.ensure_prepared(base_config(args))
+    except data_lib.DatasetNotPreparedError:
         if not Path(args.cifar_source).exists():
             print(f"error: CIFAR-10 is not prepared and {args.cifar_source} is missing; pass --cifar-source",
                   file=sys.stderr)
             return 2
-        print(f"preparing CIFAR-10 from {args.cifar_source}", flush=True)
-        prepare("cifar10", args.cifar_source, args.data_dir)
-
-    runs, workdirs, labels = [], [], []
-    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
-            config = base.replace(model=model, seed=seed,
-                                  mesh_model=args.mesh_model if model == "alexnet" else 1)
-            wd = out / f"{model}_seed{seed}"
-            t0 = time.time()
-            res = train_and_evaluate(config, str(wd), progress=sys.stderr.isatty())
-            from alexnet_jax.summary import summarize
-            params = summarize(model, input_size=args.input_size, width=args.width, num_classes=10)["params"]
-            runs.append({"model": model, "seed": seed, "val_error": 1 - res["top1"],
-                         "val_top5_error": 1 - res["top5"], "val_loss": res["loss"], "params": params,
-                         "wall_seconds": round(time.time() - t0, 1)})
-            workdirs.append(str(wd))
-            labels.append(f"{model} s{seed}")
-            print(json.dumps(runs[-1]), flush=True)
-
+        data_lib.prepare("cifar10", args.cifar_source, args.data_dir)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    out = Path(args.out)
+    if args.phase == "pilot":
+        rows = train_all(args, seeds, "pilot")
+        ds = paired(rows, "val_error")
+        sd = statistics.stdev(ds) if len(ds) > 1 else float("nan")
+        n = seeds_needed(sd, args.max_seeds) if sd == sd else args.max_seeds
+        res = {"pilot_seeds": seeds, "val_differences": ds, "sd": sd, "seeds_for_main": n,
+               "rule": f"smallest n >= 3 with t(0.975, n-1) * sd / sqrt(n) <= {HALF_WIDTH}, at most {args.max_seeds}",
+               "settings": vars(args)}
+        (out / "pilot.json").write_text(json.dumps(res, indent=1))
+        print(json.dumps(res))
+        return 0
+    if args.phase == "main":
+        train_all(args, seeds, "main")
+        return 0
+    rows = [json.loads(f.read_text()) for f in sorted((out / "main").glob("*.json"))]
+    if not rows:
+        print(f"error: no main runs in {out / 'main'}", file=sys.stderr)
+        return 2
+    ds = paired(rows, "test_error")
+    a = dict(interval(ds), differences=ds, paper_points=PAPER_GAIN) if len(ds) > 1 else {"differences": ds}
+    a["verdict"] = verdict_a(a["ci95"]) if "ci95" in a else "cannot decide: fewer than 2 paired seeds"
     summary = {}
-    for model in dict.fromkeys(r["model"] for r in runs):
-        errs = [100 * r["val_error"] for r in runs if r["model"] == model]
-        summary[model] = {"mean": statistics.mean(errs), "std": statistics.stdev(errs) if len(errs) > 1 else 0.0,
-                          "n": len(errs), "params": next(r["params"] for r in runs if r["model"] == model),
-                          "wall_seconds": sum(r["wall_seconds"] for r in runs if r["model"] == model)}
-    verdict = None
-    if "alexnet" in summary and "alexnet_half" in summary:
-        d = summary["alexnet_half"]["mean"] - summary["alexnet"]["mean"]
-        pooled = (summary["alexnet"]["std"] ** 2 + summary["alexnet_half"]["std"] ** 2) ** 0.5
-        verdict = {"two_column_minus_half_error_points": -d, "paper_direction_holds": d > 0,
-                   "difference_exceeds_pooled_std": abs(d) > pooled, "paper_top1_gain_points": 1.7}
-    plot_runs(workdirs, str(out / "curves.png"), labels=labels)
-    lines = [f"CIFAR-10 validation error (5,000 held-out images), input {args.input_size}, width {args.width}, "
-             f"{args.epochs:g} epochs, batch {args.batch}, seeds {args.seeds}", "",
-             "| net | params | val top-1 error (mean ± std) | runs | wall (s, all seeds) |", "|---|---|---|---|---|"]
-    for m, s in summary.items():
-        lines.append(f"| {m} | {s['params']:,} | {s['mean']:.2f}% ± {s['std']:.2f} | {s['n']} | "
+    for net in dict.fromkeys(r["model"] for r in rows):
+        errs = [r["test_error"] for r in rows if r["model"] == net]
+        summary[net] = {"test_error_mean": statistics.mean(errs), "test_error_sd": statistics.stdev(errs)
+                        if len(errs) > 1 else 0.0, "n": len(errs),
+                        "wall_seconds": sum(r["wall_seconds"] for r in rows if r["model"] == net)}
+    res = {"claim_A": a, "claim_B": colour_test(rows), "summary": summary,
+           "settings": {k: rows[0][k] for k in ("width", "dtype")}, "runs": [
+               {k: r[k] for k in ("model", "seed", "val_error", "test_error", "wall_seconds", "conv1_per_column")}
+               for r in rows]}
+    (out / "report.json").write_text(json.dumps(res, indent=1))
+    lines = ["| net | test error (mean ± sd) | seeds | wall (s) |", "|---|---|---|---|"]
+    for net, s in summary.items():
+        lines.append(f"| {net} | {s['test_error_mean']:.2f}% ± {s['test_error_sd']:.2f} | {s['n']} | "
                      f"{s['wall_seconds']:.0f} |")
-    if verdict:
-        lines += ["", f"two columns minus one-GPU half net: {verdict['two_column_minus_half_error_points']:+.2f} "
-                  f"error points (paper, ImageNet: -1.7); paper's direction holds: {verdict['paper_direction_holds']}; "
-                  f"difference larger than the seeds' spread: {verdict['difference_exceeds_pooled_std']}"]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps({"runs": runs, "summary": summary, "verdict": verdict,
-                                                  "args": vars(args)}, indent=2))
+    if "ci95" in a:
+        lines.append(f"\nClaim A (two columns better than the one-GPU net): d = {a['mean']:+.2f} points, 95% CI "
+                     f"[{a['ci95'][0]:+.2f}, {a['ci95'][1]:+.2f}] over {a['n']} seeds: {a['verdict']}")
+    b = res["claim_B"]
+    lines.append(f"Claim B (one column colour-specific): {b['verdict']}" + (
+        f" ({b['seeds_exceeding']} of {b['seeds']} seeds exceed the null's 95th percentile "
+        f"{b['null_95th_percentile']:.4f}; {b['k_needed']} needed)" if "seeds" in b else ""))
+    if "per_seed" in b:   # the filters picture (Figure 3) of the clearest seed, and the validation curves
+        from alexnet_jax.plotting import plot_runs
+        from alexnet_jax.tools.filters import analyse, draw
+        from alexnet_jax.train import restore
+
+        best = max(b["per_seed"], key=lambda q: q["D"])
+        wd = out / "main" / f"alexnet_seed{best['seed']}"
+        an = analyse(restore(str(wd)).model)
+        draw(an["blocks"], an["per_column"], an["layer"], str(out / "filters_clearest_seed.png"),
+             title=f"two-column net, seed {best['seed']} (D = {best['D']:.3f})")
+        wds = sorted(str(d) for d in (out / "main").iterdir() if d.is_dir())
+        plot_runs(wds, str(out / "curves.png"), labels=[Path(w).name for w in wds])
+    (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(json.dumps({"summary": summary, "verdict": verdict}))
+    if args.publish:
+        sys.path.insert(0, str(HERE))
+        from _results import publish
+        files = ["report.json", "report.md", "pilot.json", "filters_clearest_seed.png", "curves.png"]
+        print(f"published to {publish(out, args.publish, files)}")
+    print(json.dumps({"claim_A": a["verdict"], "claim_B": b["verdict"]}))
     return 0
 
 

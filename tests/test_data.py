@@ -1135,12 +1135,20 @@ def test_shared_cifar10(tmp_path):
         pytest.skip(f"shared CIFAR-10 not found at {src}")
     path = D.prepare("cifar10", str(src), str(tmp_path))
     info = D.dataset_info(Config(dataset="cifar10", data_dir=str(tmp_path), eval_split="validation"))
-    assert info.splits == {"train": 45000, "validation": 5000}
+    # the 50,000 shared images: three disjoint class-balanced splits (no test split in the source)
+    assert info.splits == {"train": 40000, "validation": 5000, "test": 5000}
     assert json.loads((path / PR.REPORT_FILE).read_text())["num_skipped"] == 0
     cfg = Config(dataset="cifar10", data_dir=str(tmp_path), augment="cifar", input_size=32)
-    ev = list(D.make_eval_loader(cfg, "validation", batch_size=1000))
-    labels = np.concatenate([b["label"] for b in ev])
-    assert np.all(np.bincount(labels, minlength=10) == 500)
+    names = {}
+    for split in ("validation", "test"):
+        ev = list(D.make_eval_loader(cfg, split, batch_size=1000))
+        labels = np.concatenate([b["label"] for b in ev])
+        assert np.all(np.bincount(labels, minlength=10) == 500), split
+        src = D.RecordSource(path, split)
+        names[split] = {src.record(i)["name"] for i in range(len(src))}
+    train = D.RecordSource(path, "train")
+    train_names = {train.record(i)["name"] for i in range(0, len(train), 7)}
+    assert not names["validation"] & names["test"] and not (names["validation"] | names["test"]) & train_names
     b = next(D.make_train_loader(cfg, batch_size=64))
     assert b["image"].shape == (64, 32, 32, 3) and b["image"].dtype == np.uint8
 

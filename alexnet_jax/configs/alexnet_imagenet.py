@@ -17,4 +17,4 @@ def get_config() -> Config:
                   augment="alexnet", eval_split="validation", batch_size=128, num_epochs=90, lr=0.01,
                   momentum=0.9, weight_decay=5e-4, lr_schedule="plateau", plateau_patience=2,
                   plateau_max_drops=3, eval_every_epochs=1, ten_crop=True, num_workers=8,
-                  checkpoint_every_steps=2000, log_every_steps=100, mesh_model=2)
+                  checkpoint_every_steps=2000, log_every_steps=100, init="paper")

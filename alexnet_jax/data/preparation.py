@@ -38,7 +38,10 @@ How it runs
 
 Validation splits carved out of a training set (cifar10; a source without its own validation) are
 stratified: per class, the last ``round(0.1 * n_class)`` items of a fixed-seed permutation of the sorted
-keys (500 per class for CIFAR-10; at least one and not all when a class has 2+ items).  Corrupt images are
+keys (500 per class for CIFAR-10; at least one and not all when a class has 2+ items).  A CIFAR-10 folder
+tree without a test split (the shared JPEG copy) also gets a ``test`` split carved the same way from what
+is left (another seed; 500 per class, disjoint from validation), to be touched only by a final report:
+train 40,000 / validation 5,000 / test 5,000.  Corrupt images are
 reported (logged with their path) and skipped; the count and paths are in ``prepare_report.json``.
 """
 
@@ -263,8 +266,10 @@ def _load_tree(src: Path, split_dirs: tuple[str, ...]) -> dict[str, dict[str, di
     return tree
 
 
-def _tree_splits(name: str, src: Path, tree, split_names, class_names, *, id_feature: str) -> dict[str, list[Item]]:
-    """Items of a class-folder tree; carves ``validation`` out of ``train`` when absent."""
+def _tree_splits(name: str, src: Path, tree, split_names, class_names, *, id_feature: str,
+                 carve_test: bool = False) -> dict[str, list[Item]]:
+    """Items of a class-folder tree; carves ``validation`` out of ``train`` when absent, and with
+    ``carve_test`` a ``test`` split too (disjoint from validation) when the source has none."""
     index = {c: i for i, c in enumerate(class_names)}
     for split, classes in tree.items():
         unknown = sorted(set(classes) - set(index))
@@ -280,6 +285,11 @@ def _tree_splits(name: str, src: Path, tree, split_names, class_names, *, id_fea
         train = splits["train"]
         splits["validation"] = {k: train[k] for k in sorted(val)}
         splits["train"] = {k: v for k, v in train.items() if k not in val}
+    if carve_test and "test" not in splits:
+        left = {c: [k for k in fs if k in splits["train"]] for c, fs in tree["train"].items()}
+        test = stratified_holdout(left, VALIDATION_FRACTION / (1 - VALIDATION_FRACTION), seed=SPLIT_SEED + 1)
+        splits["test"] = {k: splits["train"][k] for k in sorted(test)}
+        splits["train"] = {k: v for k, v in splits["train"].items() if k not in test}
     out = {}
     for split, items in splits.items():
         out[split] = [Item(k, index[c], p, Path(k).name if id_feature == "file_name" else k)
@@ -359,7 +369,7 @@ def _plan_cifar10(source, store) -> Plan:
     if batches is None:
         tree = _load_tree(src, ("train", "test"))
         return Plan("cifar10", store, names, _tree_splits("cifar10", src, tree, ("train", "test"), names,
-                                                          id_feature="id"), str(src), "id")
+                                                          id_feature="id", carve_test=True), str(src), "id")
 
     def load(n):
         d = pickle.loads(batches[n], encoding="bytes")
