@@ -22,7 +22,7 @@ layer).  For each:
                 all-gather (g-1)/g * result, reduce-scatter (g-1) * result, all-reduce
                 2 (g-1)/g * buffer, all-to-all (g-1)/g * buffer, collective-permute the buffer.
                 For g = 2 an all-gather of two columns' maps sends exactly the other column's half:
-                that is the paper's "floats per image per direction" (paper_facts.md §1.2).
+                that is the paper's "floats per image per direction" (K12 Fig. 2, §3.5).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Multiply-adds are counted from the traced computation itself (the jaxpr of a forward pass), not
 from a table: every `conv_general_dilated` contributes out_elements x (kh * kw * in_channels /
 groups) and every `dot_general` out_elements x contracted_size.  Biases, activations, LRN and
-pooling are not counted (the convention of ../shared/reference/paper_facts.md §5).  Layers are
+pooling are not counted (the convention of experiments/REPRODUCTION.md).  Layers are
 the `jax.named_scope`s the models put around each layer.
 """
 

@@ -2,19 +2,19 @@
 
 Everything here is written from the papers' definitions, with no call into `alexnet_jax`:
 
-* LeNet-5 (LeCun, Bottou, Bengio & Haffner 1998, "LC98"; ../shared/reference/paper_facts.md §4): 5x5
+* LeNet-5 (LeCun, Bottou, Bengio & Haffner 1998, "LC98"; LC98 §II): 5x5
   convolutions, the squashing function f(a) = 1.7159 tanh(2/3 a) (LC98 §II.B, App. A), trainable
   subsampling f(coef * (sum of a 2x2 window) + bias) (§II.B), C3 wired by Table I (typed in below as
   printed in the paper), F6, and either the Euclidean RBF output y_k = sum_j (x_j - w_kj)^2 (§II.B, eq. 7;
   logits = -y) or a linear softmax layer.  The modern variant: ReLU, 2x2 max-pool, full C3.
-* AlexNet (Krizhevsky, Sutskever & Hinton 2012, "K12"; paper_facts §1): convolution, ReLU (§3.1), local
+* AlexNet (Krizhevsky, Sutskever & Hinton 2012, "K12"; K12): convolution, ReLU (§3.1), local
   response normalisation b_i = a_i / (k + alpha sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta with
   k=2, n=5, alpha=1e-4 (per element, as printed), beta=0.75 (§3.3), overlapping 3/2 max-pooling (§3.4),
   dropout 0.5 on the outputs of the first two fully connected layers (§4.2) and the two-column layout of
   Fig. 2 / §3.5, written column by column: conv1/conv2 per column (each column normalising only its own
   maps), conv3 reads both columns, conv4/conv5 per column, fc6 and fc7 read both columns, fc8 reads both
   columns' fc7.  The one-column relatives: the paper's one-GPU comparison net (K12 §3.2 fn. 2), torchvision's
-  net (paper_facts §3.1, with torch's AdaptiveAvgPool2d bins), the Keras-style four-conv net and the
+  net (torchvision, with torch's AdaptiveAvgPool2d bins), the Keras-style four-conv net and the
   PyTorch-style BatchNorm net (Ioffe & Szegedy 2015: batch statistics in training, running averages
   r <- 0.9 r + 0.1 (batch statistic) with the biased batch variance, epsilon 1e-5, as flax's nnx.BatchNorm).
 * Softmax cross-entropy (K12 §3: multinomial logistic regression), averaged over the batch.
@@ -422,7 +422,7 @@ def alexnet_stem(model: str, input_size: int) -> tuple[int, int, tuple[int, int]
 
     Paper-sized inputs (>= 100): 11x11 stride 4.  K12 and its relatives differ in padding: the 2012 net and
     its one-GPU comparison net size conv1's output as cuda-convnet does, 1 + ceil((size - 11) / 4), which is
-    a zero padding on the high side only (55x55 from 224 or 227; paper_facts §1.3); torchvision pads 2 on
+    a zero padding on the high side only (55x55 from 224 or 227; K12 §3.5 and the author's code); torchvision pads 2 on
     every side; the Keras and BatchNorm nets are valid.  Small inputs (< 100, the project's convention):
     5x5, stride 1 up to 32 px, stride 2 above, padding 2.
     """

@@ -1,6 +1,6 @@
 """The AlexNet family checked against the published numbers and independent arithmetic.
 
-References (../shared/reference/paper_facts.md): §1.2 (two-GPU connectivity, per-GPU widths,
+References (experiments/REPRODUCTION.md): §1.2 (two-GPU connectivity, per-GPU widths,
 cross-GPU traffic), §1.3 (224 vs 227; conv1 padding), §1.4 / §2.3 (per-column LRN), §1.5 / K12 §4.2
 (dropout), §1.6 / K12 §5 (init), §1.9 (the one-GPU comparison net), §3.1 (torchvision), §5 (params
 and MACs).  Expected values are published numbers or arithmetic written out in this file — never
@@ -149,13 +149,13 @@ def fc_row(fin, fout):
     return fin * fout, fin * fout + fout
 
 
-# paper_facts §5.1 (two-GPU AlexNet; the same at 224 with cuda-convnet's 55x55 conv1)
+# derived layer by layer (two-GPU AlexNet; the same at 224 with cuda-convnet's 55x55 conv1)
 K12_TABLE = {
     "conv1": (105_415_200, 34_944), "conv2": (223_948_800, 307_456), "conv3": (149_520_384, 885_120),
     "conv4": (112_140_288, 663_936), "conv5": (74_760_192, 442_624), "fc6": (37_748_736, 37_752_832),
     "fc7": (16_777_216, 16_781_312), "fc8": (4_096_000, 4_097_000),
 }
-# paper_facts §5.2 (torchvision alexnet, 224)
+# derived layer by layer (torchvision alexnet, 224)
 OWT_TABLE = {
     "conv1": (70_276_800, 23_296), "conv2": (223_948_800, 307_392), "conv3": (112_140_288, 663_936),
     "conv4": (149_520_384, 884_992), "conv5": (99_680_256, 590_080), "fc6": (37_748_736, 37_752_832),
@@ -272,7 +272,7 @@ def test_bfloat16_real_forward_close_to_float32():
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("size", [227, 224])
 def test_alexnet_published_counts(size):
-    """paper_facts §5.1: 60,965,224 params, 724,406,816 MACs, row by row, at 227 and at 224."""
+    """derived layer by layer: 60,965,224 params, 724,406,816 MACs, row by row, at 227 and at 224."""
     model = abstract_model("alexnet", input_size=size)
     assert sum(p for _, p in K12_TABLE.values()) == 60_965_224
     assert sum(m for m, _ in K12_TABLE.values()) == 724_406_816
@@ -284,7 +284,7 @@ def test_alexnet_published_counts(size):
 
 
 def test_alexnet_kernel_depths_encode_connectivity():
-    """paper_facts §1.2: conv2 5x5x48, conv4/conv5 3x3x192 (own GPU), conv3 3x3x256 (both GPUs)."""
+    """K12 Fig. 2, §3.5: conv2 5x5x48, conv4/conv5 3x3x192 (own GPU), conv3 3x3x256 (both GPUs)."""
     m = abstract_model("alexnet")
     assert m.conv1.kernel.shape == (2, 11, 11, 3, 48)
     assert m.conv2.kernel.shape == (2, 5, 5, 48, 128)
@@ -341,7 +341,7 @@ def test_alexnet_bn_counts():
 
 
 # ---------------------------------------------------------------------------------------------
-# conv1 sizing: 227 VALID, 224 + 3 px bottom/right (paper_facts §1.3)
+# conv1 sizing: 227 VALID, 224 + 3 px bottom/right (K12 §3.5 and the author's code)
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["alexnet", "alexnet_half"])
 @pytest.mark.parametrize("size, pad", [(227, ((0, 0), (0, 0))), (224, ((0, 3), (0, 3)))])
@@ -385,7 +385,7 @@ def test_conv1_at_224_is_zero_padded_bottom_right():
 
 
 # ---------------------------------------------------------------------------------------------
-# two-column connectivity (K12 §3.2 / §3.5, paper_facts §1.2)
+# two-column connectivity (K12 §3.2 / §3.5, K12 Fig. 2, §3.5)
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_alexnet():
@@ -520,7 +520,7 @@ def test_column_isolation_in_the_real_forward(small_alexnet, x_small):
 
 def test_lrn_is_per_column(small_alexnet):
     """Each GPU normalises only its own maps (CC2 rnorm1a/b, channels=48), not Caffe's single LRN
-    over all 96 channels that crosses the 47|48 boundary (paper_facts §2.3)."""
+    over all 96 channels that crosses the 47|48 boundary (Caffe's bvlc_alexnet)."""
     m = small_alexnet
     x = 30.0 * jax.random.normal(jax.random.key(5), (2, 32, 32, 3))   # large maps: LRN matters
 
@@ -560,7 +560,7 @@ def test_lrn_is_per_column(small_alexnet):
 # the exchange hook
 # ---------------------------------------------------------------------------------------------
 def test_exchange_called_four_times_full_size():
-    """conv3, fc6, fc7, fc8: per-column 13x13x128, 6x6x128, 2048, 2048 (paper_facts §1.2)."""
+    """conv3, fc6, fc7, fc8: per-column 13x13x128, 6x6x128, 2048, 2048 (K12 Fig. 2, §3.5)."""
     m = abstract_model("alexnet")
     graphdef, state = nnx.split(m)
     seen = []
@@ -577,7 +577,7 @@ def test_exchange_called_four_times_full_size():
     assert out.shape == (2, 1000)
     assert seen == [[(2, 13, 13, 128)] * 2, [(2, 6, 6, 128)] * 2, [(2, 2048)] * 2, [(2, 2048)] * 2]
     assert names == ["conv3", "fc6", "fc7", "fc8"]  # the layers that read both columns (K12 §3.5)
-    # floats each GPU receives per image: 21,632 / 4,608 / 2,048 / 2,048 (paper_facts §1.2)
+    # floats each GPU receives per image: 21,632 / 4,608 / 2,048 / 2,048 (K12 Fig. 2, §3.5)
     assert [math.prod(s[1][1:]) for s in seen] == [21_632, 4_608, 2_048, 2_048]
 
 
@@ -698,7 +698,7 @@ def test_alexnet_bn_train_updates_stats_and_eval_uses_them():
 
 
 # ---------------------------------------------------------------------------------------------
-# initialisation (K12 §5; paper_facts §1.6), on really created full-size models
+# initialisation (K12 §5; K12 §5), on really created full-size models
 # ---------------------------------------------------------------------------------------------
 BIAS_ONE = {"conv2", "conv4", "conv5", "fc6", "fc7"}
 BIAS_ZERO = {"conv1", "conv3", "fc8"}

@@ -1,6 +1,6 @@
 """LRN and pooling layers against float64 numpy references written from the papers' formulas.
 
-References: paper_facts.md §1.4 (K12 §3.3 LRN formula and constants; PyTorch's convention),
+References: K12 §3.3 (K12 §3.3 LRN formula and constants; PyTorch's convention),
 §1.5 (overlapping 3/2 max-pooling), §3.1 / §5.2 (torch AdaptiveAvgPool2d semantics).
 """
 
@@ -157,7 +157,7 @@ def test_adaptive_avg_pool_identity_at_6x6():
 
 
 def test_max_pool_overlapping_sizes():
-    """K12 §3.4: z=3, s=2 everywhere; AlexNet's maps go 55 -> 27 -> 13 -> 6 (paper_facts §1.2)."""
+    """K12 §3.4: z=3, s=2 everywhere; AlexNet's maps go 55 -> 27 -> 13 -> 6 (K12 Fig. 2, §3.5)."""
     sizes = [55]
     for _ in range(3):
         sizes.append((sizes[-1] - 3) // 2 + 1)

@@ -1,6 +1,6 @@
 """LeNet-5 (as published) and the modern variant, checked against the paper and independent numpy.
 
-References: paper_facts.md §4 (LC98 architecture, Table I, init) and §5.3 (MACs).
+References: LC98 §II (LC98 architecture, Table I, init) and §5.3 (MACs).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ TABLE_I = [
 ]
 TABLE_I_MASK = np.array([[c == "X" for c in row] for row in TABLE_I]).T   # (16 C3, 6 S2)
 
-# Published per-layer trainable parameters (LC98; paper_facts §4.1).
+# Published per-layer trainable parameters (LC98; LC98 §II.B).
 PAPER_PARAMS = {"c1": 156, "s2": 12, "c3": 1516, "s4": 32, "c5": 48120, "f6": 10164}
-# Per-image MACs at 32x32 (paper_facts §5.3).
+# Per-image MACs at 32x32 (derived layer by layer).
 PAPER_MACS = {"C1": 117_600, "C3": 150_000, "C5": 48_000, "F6": 10_080, "OUT": 840}
 
 
@@ -131,10 +131,10 @@ def test_param_count_modern():
 
 @pytest.mark.parametrize("head", ["rbf", "softmax"])
 def test_macs_per_named_scope(head):
-    """Conv/dot MACs read off the jaxpr, attributed to the named scopes, equal paper_facts §5.3.
+    """Conv/dot MACs read off the jaxpr, attributed to the named scopes, equal derived layer by layer
 
     C3 executes one dense 6->16 convolution whose kernel has structural zeros where Table I has no
-    connection (see SparseC3), so its executed count is paper_facts' "full C3" figure 240,000
+    connection (see SparseC3), so its executed count is the "full C3" figure 240,000
     (10*10*25*96); the paper's connection count, 150,000, is 25 MACs per map-pair of Table I.
     """
     model = LeNet5(head=head, rngs=nnx.Rngs(0))
@@ -157,7 +157,7 @@ def test_macs_per_named_scope(head):
         macs[scope] = macs.get(scope, 0) + n
     executed = dict(PAPER_MACS, C3=10 * 10 * 25 * 96)
     assert macs == executed
-    assert sum(macs.values()) == 416_520            # paper_facts §5.3: total with a full C3
+    assert sum(macs.values()) == 416_520            # derived layer by layer: total with a full C3
     assert PAPER_MACS["C3"] == 10 * 10 * 25 * sum(len(t) for t in C3_TABLE) == 150_000
 
 

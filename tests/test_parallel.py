@@ -1,5 +1,5 @@
 """The mesh proof: the two-column AlexNet on 1x1, 1x2, 2x1 and 2x2 meshes is the same computation, its
-communication is exactly the paper's (K12 Fig. 2; paper_facts.md §1.2), parameters live on their column's
+communication is exactly the paper's (K12 Fig. 2; K12 Fig. 2, §3.5), parameters live on their column's
 device, checkpoints move between meshes, one-column nets run data-parallel, and bad shapes fail clearly.
 
 Multi-device runs need forced CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=4), which
@@ -29,7 +29,7 @@ MESHES = [(1, 1), (1, 2), (2, 1), (2, 2)]
 COLUMN_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 EXCHANGES = ("conv3", "fc6", "fc7", "fc8")
 LOCAL_ONLY = ("conv1", "conv2", "conv4", "conv5", "lrn1", "lrn2", "pool5")
-PAPER_FLOATS = {"conv3": 21_632, "fc6": 4_608, "fc7": 2_048, "fc8": 2_048}   # paper_facts.md §1.2
+PAPER_FLOATS = {"conv3": 21_632, "fc6": 4_608, "fc7": 2_048, "fc8": 2_048}   # K12 Fig. 2, §3.5
 SMALL = dict(model="alexnet", num_classes=10, input_size=64, width=0.125, batch_size=8, lr=0.01, seed=0)
 TIMEOUT = 600
 T0 = time.perf_counter()

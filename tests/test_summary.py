@@ -1,4 +1,4 @@
-"""`alexnet_jax.summary` and the `summary` CLI against the published counts (paper_facts.md §4.1, §5)."""
+"""`alexnet_jax.summary` and the `summary` CLI against the published counts (LC98 §II.B; REPRODUCTION.md)."""
 
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ import alexnet_jax.summary as summary_mod
 from alexnet_jax.cli import main
 from alexnet_jax.models import create_model
 
-# paper_facts §5.1 (two-GPU AlexNet, 227x227): layer -> (MACs, params)
+# derived layer by layer (two-GPU AlexNet, 227x227): layer -> (MACs, params)
 ALEXNET_TABLE = {
     "conv1": (105_415_200, 34_944), "conv2": (223_948_800, 307_456), "conv3": (149_520_384, 885_120),
     "conv4": (112_140_288, 663_936), "conv5": (74_760_192, 442_624), "fc6": (37_748_736, 37_752_832),
     "fc7": (16_777_216, 16_781_312), "fc8": (4_096_000, 4_097_000),
 }
-# paper_facts §5.2 (torchvision alexnet, 224x224)
+# derived layer by layer (torchvision alexnet, 224x224)
 OWT_TABLE = {
     "conv1": (70_276_800, 23_296), "conv2": (223_948_800, 307_392), "conv3": (112_140_288, 663_936),
     "conv4": (149_520_384, 884_992), "conv5": (99_680_256, 590_080), "fc6": (37_748_736, 37_752_832),
     "fc7": (16_777_216, 16_781_312), "fc8": (4_096_000, 4_097_000),
 }
-# paper_facts §4.1 (LC98): trainable parameters per layer; the RBF centres are fixed
+# LC98 §II.B (LC98): trainable parameters per layer; the RBF centres are fixed
 LENET_PARAMS = {"C1": 156, "S2": 12, "C3": 1516, "S4": 32, "C5": 48120, "F6": 10164}
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_alexnet_published_counts(abstract_models):
     assert _rows(s) == ALEXNET_TABLE
     assert sum(m for m, _ in ALEXNET_TABLE.values()) == 724_406_816
     assert sum(p for _, p in ALEXNET_TABLE.values()) == 60_965_224
-    # per-column output shapes: 48 / 128 / 192 / 192 / 128 maps per GPU (paper_facts §1.2)
+    # per-column output shapes: 48 / 128 / 192 / 192 / 128 maps per GPU (K12 Fig. 2, §3.5)
     shapes = {r["layer"]: r["output_shape"] for r in s["layers"]}
     assert shapes["conv1"] == [55, 55, 48] and shapes["conv2"] == [27, 27, 128]
     assert shapes["conv5"] == [13, 13, 128] and shapes["fc8"] == [1000]
@@ -86,7 +86,7 @@ def test_cli_summary_alexnet(capsys):
 
 
 def test_alexnet_224_published_counts(abstract_models):
-    """paper_facts §5.1: the same count holds at 224 with cuda-convnet's 55x55 conv1."""
+    """derived layer by layer: the same count holds at 224 with cuda-convnet's 55x55 conv1."""
     s = summary_mod.summarize("alexnet", input_size=224)
     assert (s["params"], s["macs"]) == (60_965_224, 724_406_816)
     assert _rows(s) == ALEXNET_TABLE

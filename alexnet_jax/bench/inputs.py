@@ -194,3 +194,55 @@ def input_pipeline(store: str, images_tar: str | os.PathLike, *, records: int = 
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def end_to_end(store: str, images_tar: str | os.PathLike, *, model: str = "alexnet", records: int = 3000,
+               input_size: int = 224, width: float = 1.0, batch: int = 128, steps: int = 20, threads: int = 0,
+               dtype: str = "float32", workdir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The real train step fed by the real input path (records -> uint8 batch on the host -> device ->
+    augmentation inside the step) against the same step on one batch already on the device: img/s of
+    each and their ratio (1.0: the step never waits for its input).  `threads` reader threads (0: every
+    core); the loader prefetches in the background, and dispatch is asynchronous, so the host reads the
+    next batch while the device runs the step."""
+    import jax
+
+    from alexnet_jax import data as data_lib
+    from alexnet_jax.config import Config
+    from alexnet_jax.train import Trainer
+
+    if store not in STORES:
+        raise ValueError(f"unknown store {store!r}; choose from {', '.join(STORES)}")
+    tmp = Path(tempfile.mkdtemp(prefix="alexnet_jax_e2e_", dir=workdir))
+    try:
+        _tree(images_tar, tmp, records)
+        data_lib.prepare(STORES[store], tmp / "tree", tmp / "tfds", workers=None)
+        cfg = Config(model=model, num_classes=1000, input_size=input_size, width=width, dtype=dtype,
+                     dataset=STORES[store], data_dir=str(tmp / "tfds"), augment="alexnet", batch_size=batch,
+                     num_workers=threads, init="paper").validate()
+        trainer = Trainer.build(cfg, augment=data_lib.make_augment(cfg))
+        loader = data_lib.make_train_loader(cfg, batch_size=trainer.plan.per_process_batch)
+        state = trainer.init()
+        first = trainer.global_batch(next(loader))
+        step = trainer.train_step.lower(state, first).compile()
+        for _ in range(2):
+            state, m = step(state, trainer.global_batch(next(loader)))
+        jax.block_until_ready((state, m))
+
+        def timed(feed) -> float:
+            nonlocal state
+            t = time.perf_counter()
+            for _ in range(steps):
+                state, metrics = step(state, feed())
+            jax.block_until_ready((state, metrics))
+            return time.perf_counter() - t
+
+        real = timed(lambda: trainer.global_batch(next(loader)))
+        on_device = timed(lambda: first)
+        loader.close()
+        return {"mode": "end_to_end", "store": store, "model": model, "input_size": input_size, "width": width,
+                "dtype": dtype, "batch": batch, "steps": steps, "reader_threads": threads or os.cpu_count(),
+                "device": str(jax.devices()[0].device_kind), "loader_images_per_second": steps * batch / real,
+                "on_device_images_per_second": steps * batch / on_device, "ratio": on_device / real,
+                "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

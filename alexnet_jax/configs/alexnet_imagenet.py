@@ -1,4 +1,4 @@
-"""The full 2012 recipe (Krizhevsky et al. 2012; ../shared/reference/paper_facts.md §1.6-1.8).
+"""The full 2012 recipe (Krizhevsky et al. 2012; K12 §5; K12 §6).
 
     alexnet-jax prepare imagenet2012 --source /path/to/ILSVRC2012_tars --data-dir $TFDS_DATA_DIR
     alexnet-jax train --config alexnet_imagenet --workdir runs/alexnet_imagenet   # 2 devices: columns split

@@ -1,20 +1,20 @@
 """The AlexNet family: the 2012 two-column net and four one-column relatives.
 
-Every number is from ../shared/reference/paper_facts.md (cited as "facts §x").
+Numbers cite the papers; experiments/REPRODUCTION.md keeps the readings and derivations.
 
 * `AlexNet2012` ("alexnet") — Krizhevsky, Sutskever & Hinton 2012 as trained on two GPUs
-  (facts §1.2): each column is written once and run per column; the columns meet only at
+  (K12 Fig. 2, §3.5): each column is written once and run per column; the columns meet only at
   conv3, fc6, fc7 and fc8 through an `exchange` function.  On one device the exchange is a
   concatenation; `alexnet_jax.parallel` supplies an all-gather over the mesh's `model` axis so
   that each column lives on its own device, exactly as in 2012.
 * `AlexNetHalf` ("alexnet_half") — the paper's one-GPU comparison net (K12 §3.2, footnote 2).
-* `AlexNetOWT` ("alexnet_owt") — torchvision's one-column net (facts §3.1).
+* `AlexNetOWT` ("alexnet_owt") — torchvision's one-column net (torchvision).
 * `AlexNetKeras` ("alexnet_keras") — the Keras-style net users bring (four conv layers).
 * `AlexNetBN` ("alexnet_bn") — the PyTorch-style net with BatchNorm after every conv.
 
 Input sizes.  The paper's "224" does not give 55x55 conv1 maps with an 11x11/4 valid conv; the
 author's code (cuda-convnet) sizes outputs with a ceiling, i.e. it behaves like a 224 input with
-3 pixels of zero padding on the bottom/right (facts §1.3).  So `input_size=227` uses VALID
+3 pixels of zero padding on the bottom/right (K12 §3.5 and the author's code).  So `input_size=227` uses VALID
 padding, and `input_size=224` pads conv1 with ((0, 3), (0, 3)); both give 55x55.  Small inputs
 (CIFAR-sized tests and CPU experiments, `input_size < 100`) use a "small stem": conv1 5x5 with
 stride 1 (<= 32 px) or 2 (otherwise), padding 2; everything after conv1 is unchanged.
@@ -180,7 +180,7 @@ Exchange = Callable[[Sequence[jax.Array], str], jax.Array]
 
 
 class AlexNet2012(nnx.Module):
-    """The 2012 two-column AlexNet (K12 §3.5, Fig. 2; facts §1.2, §1.6).
+    """The 2012 two-column AlexNet (K12 §3.5, Fig. 2, §5).
 
     Per column (GPU)            conv1 48@11x11/4 -> ReLU -> LRN -> maxpool 3/2
                                 conv2 128@5x5 (same column only) -> ReLU -> LRN -> maxpool 3/2
@@ -193,13 +193,13 @@ class AlexNet2012(nnx.Module):
 
     * LRN k=2, n=5, alpha=1e-4, beta=0.75 (K12 §3.3) after the ReLU of conv1 and conv2, each column
       normalising only its own 48 / 128 maps, as the two GPUs did (cuda-convnet2 rnorm1a/b with
-      channels=48; facts §2.2).  alpha is applied per element as printed (see layers.lrn).
+      channels=48; cuda-convnet2's config).  alpha is applied per element as printed (see layers.lrn).
     * Dropout 0.5 on the outputs of fc6 and fc7 — "the first two fully-connected layers" (K12 §4.2),
       i.e. on the inputs of fc7 and fc8, which is where cuda-convnet2 puts dropout1/dropout2
-      (fc1000 inputs=dropout2a,dropout2b; facts §2.2).  torchvision instead drops *before* fc6/fc7.
+      (fc1000 inputs=dropout2a,dropout2b; cuda-convnet2's config).  torchvision instead drops *before* fc6/fc7.
     * Init (K12 §5): weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 in conv1,
       conv3, fc8.
-    * 60,965,224 parameters and 724,406,816 multiply-adds at 227x227 (facts §5.1).
+    * 60,965,224 parameters and 724,406,816 multiply-adds at 227x227 (derived layer by layer).
     * fc8 placement: cuda-convnet2 ran fc1000 on GPU 0 only; we keep one fc8 and replicate it on
       both column devices, so each computes the logits from the gathered fc7 (the same 2,048
       floats per image per direction as the paper) and no logits need gathering back; it costs
@@ -462,11 +462,11 @@ class AlexNetHalf(_OneColumn):
 
 
 class AlexNetOWT(_OneColumn):
-    """torchvision's `alexnet` (facts §3.1): the "one weird trick" one-column net.
+    """torchvision's `alexnet` (torchvision): the "one weird trick" one-column net.
 
     conv 64@11x11/4 pad 2 -> pool -> 192@5x5 pad 2 -> pool -> 384, 256, 256 @3x3 pad 1 -> pool ->
     adaptive average pool 6x6 -> dropout -> fc 4096 -> dropout -> fc 4096 -> fc num_classes.
-    No LRN, no groups; 61,100,840 parameters and 714,188,480 multiply-adds at 224 (facts §5.2).
+    No LRN, no groups; 61,100,840 parameters and 714,188,480 multiply-adds at 224 (derived layer by layer).
     """
 
     PAPER_INPUT = 224

@@ -35,7 +35,7 @@ def channels_last(v: jax.Array, ndim: int) -> jax.Array:
     return jnp.reshape(v, (1,) * (ndim - 1) + (-1,))
 
 # --------------------------------------------------------------------------------------------
-# Local response normalisation (Krizhevsky et al. 2012, §3.3; paper_facts.md §1.4)
+# Local response normalisation (Krizhevsky et al. 2012, §3.3; K12 §3.3)
 # --------------------------------------------------------------------------------------------
 #   b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2) ** beta
 # Convention: `alpha` is applied to each squared element exactly as the formula is printed

@@ -1,6 +1,6 @@
 """LeNet-5 (LeCun, Bottou, Bengio & Haffner 1998, "LC98") and the common modern variant.
 
-`LeNet5` is the network as published (paper_facts.md §4):
+`LeNet5` is the network as published (LC98 §II):
 
     input 32x32 -> C1 6@28x28 -> S2 6@14x14 -> C3 16@10x10 -> S4 16@5x5 -> C5 120@1x1 -> F6 84 -> OUT 10
 
@@ -38,7 +38,7 @@ from flax import nnx
 from alexnet_jax.models.layers import Tap, channels_last, no_tap
 
 # --------------------------------------------------------------------------------------------
-# Constants from the paper (paper_facts.md §4)
+# Constants from the paper (LC98 §II)
 # --------------------------------------------------------------------------------------------
 SQUASH_A, SQUASH_S = 1.7159, 2.0 / 3.0   # f(a) = A tanh(S a), LC98 App. A
 INIT_SCALE = 2.4                          # U(-2.4/F, 2.4/F), LC98 App. A
@@ -249,7 +249,7 @@ class RBFOutput(nnx.Module):
     penalty.  Softmax cross-entropy on -y is the paper's MAP criterion, eq. (9), in the limit
     j -> infinity (exp(-j) -> 0).
 
-    y is computed as |x|^2 - 2 x.w + |w|^2 (one 84x10 dot: 840 MACs, as in paper_facts §5.3), always
+    y is computed as |x|^2 - 2 x.w + |w|^2 (one 84x10 dot: 840 MACs), always
     in float32 regardless of the compute dtype, because the expansion cancels and bfloat16 would lose
     the small differences between penalties.  It is clipped at 0 against rounding.
     """
@@ -274,7 +274,7 @@ class RBFOutput(nnx.Module):
 # Models
 # --------------------------------------------------------------------------------------------
 class LeNet5(nnx.Module):
-    """LeNet-5 as published (LC98; paper_facts.md §4).
+    """LeNet-5 as published (LC98; LC98 §II).
 
     Args:
       num_classes: 10 for the paper; the RBF head requires 10.

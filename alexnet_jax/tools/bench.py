@@ -54,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default="raw256", choices=["raw256", "jpeg256", "jpeg"],
                    help="--input-pipeline: imagenet2012/raw256, imagenet2012/jpeg256 or the original JPEGs")
     p.add_argument("--records", type=int, default=3000, help="--input-pipeline: records built from the photos")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="--input-pipeline: train --model from the store vs from one batch already on the device")
     p.add_argument("--step-seconds", type=float,
                    help="--input-pipeline: a train step's time, to report the augmentation's share of it")
     p.add_argument("--images", help="JPEGs: a tar or a folder (default: imagenet_samples_100.tar)")
@@ -153,6 +155,16 @@ def run(args) -> int:
     if args.input_pipeline:
         from alexnet_jax.bench import inputs
         images = args.images or str(peers.default_data_dir("imagenet_samples") / "imagenet_samples_100.tar")
+        if args.end_to_end:
+            r = inputs.end_to_end(args.store, images, model=args.model[0], records=args.records,
+                                  input_size=args.input_size or 224, width=args.width or 1.0, batch=args.batch,
+                                  steps=args.steps, threads=args.threads or 0, dtype=args.dtype)
+            table = (f"{r['model']} {r['input_size']} px width {r['width']} batch {r['batch']} {r['dtype']} on "
+                     f"{r['device']}, {r['store']} records, {r['reader_threads']} reader threads:\n"
+                     f"  fed by the loader   {r['loader_images_per_second']:10,.1f} img/s\n"
+                     f"  batch on the device {r['on_device_images_per_second']:10,.1f} img/s\n"
+                     f"  ratio {r['ratio']:.3f} (1.0: the step never waits for its input)")
+            return _emit(r, args, table)
         r = inputs.input_pipeline(args.store, images, records=args.records, input_size=args.input_size or 224,
                                   batch=args.batch, threads=args.threads or 1, step_seconds=args.step_seconds)
         rows = [f"{r['dataset']}: {r['records']} records of {r['record_bytes_mean'] / 1024:.1f} KiB, batch "
