@@ -161,7 +161,8 @@ def test_signal_during_final_evaluation_and_rerun_of_a_finished_workdir(tfds_dir
 BAD = {  # one value each field must refuse (written here, not read from the code)
     "model": "vgg", "num_classes": 1, "input_size": 4, "width": 0.0, "dtype": "float16", "head": "sigmoid",
     "init": "xavier", "dataset": "svhn", "data_dir": 3, "train_split": "", "eval_split": " ",
-    "augment": "mixup", "num_workers": -1, "batch_size": 0, "num_epochs": 0.0, "num_steps": -5, "lr": -1.0,
+    "augment": "mixup", "num_workers": -1, "optimizer": "adam", "sdlm_mu": 0.0, "sdlm_samples": 0,
+    "batch_size": 0, "num_epochs": 0.0, "num_steps": -5, "lr": -1.0,
     "momentum": 2.0, "weight_decay": -0.1, "lr_schedule": "cosine", "lr_boundaries": (-1.0,),
     "lr_factors": (0.0,), "plateau_factor": 1.5, "plateau_patience": 0, "plateau_max_drops": -1,
     "warmup_steps": -3, "eval_every_epochs": -1.0, "ten_crop": "yes", "checkpoint_every_steps": 0,

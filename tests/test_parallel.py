@@ -130,6 +130,18 @@ def test_meshes_train_identically_32_steps(tmp_path):
     _assert_meshes_agree(res, tmp_path / "m32", 32)
 
 
+def test_meshes_train_identically_with_device_augmentation(tmp_path):
+    """Real loader + augmentation on the device (random crops and flips from each example's stream
+    position), dropout on: 1x1, 1x2, 2x1 and 2x2 see the same images and train to the same numbers."""
+    res = run_task("augmeshes", tmp_path, steps=4)
+    ref = np.asarray(res["losses"]["1x1"])
+    assert len(ref) == 4 and np.all(np.isfinite(ref))
+    for name, got in res["losses"].items():
+        assert np.max(np.abs(np.asarray(got) - ref) / np.abs(ref)) <= 1e-5, (name, got, ref)
+        assert res["images_max_diff"][name] == 0.0, name           # the augmented batch itself: bitwise
+        assert res["param_max_diff"][name] <= 1e-5, name
+
+
 # ================================================================================================
 # 2. Communication
 # ================================================================================================
@@ -536,7 +548,50 @@ def task_errors(out: Path) -> dict:
     return res
 
 
-TASKS = {"meshes": task_meshes, "fullsize": task_fullsize, "checkpoint": task_checkpoint,
+def task_augmeshes(out: Path, steps: int) -> dict:
+    """A CIFAR-like tree prepared as cifar10, the real loader and the run's device augmentation."""
+    import jax
+    from PIL import Image
+
+    from alexnet_jax import data as data_lib
+    from alexnet_jax import parallel
+    from alexnet_jax.data.preparation import CIFAR10_CLASSES
+    from alexnet_jax.train import AUGMENT_STREAM
+
+    rng = np.random.default_rng(0)
+    for c in CIFAR10_CLASSES:
+        d = out / "src" / "train" / c
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i:04d}.png")
+    data_lib.prepare("cifar10", str(out / "src"), str(out / "tfds"))
+    config = _small_config(dataset="cifar10", data_dir=str(out / "tfds"), augment="cifar", input_size=32)
+    res = {"losses": {}, "images_max_diff": {}, "param_max_diff": {}}
+    ref_images = ref_params = None
+    for d, m in MESHES:
+        trainer = _trainer(config, parallel.make_mesh(d, m))
+        trainer = type(trainer).build(config, trainer.mesh, steps_per_epoch=100, augment=data_lib.make_augment(config))
+        loader = data_lib.make_train_loader(config, batch_size=trainer.plan.per_process_batch, prefetch=0)
+        state, losses = trainer.init(), []
+        key = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM)
+        augment = jax.jit(trainer.augment.train)
+        for _ in range(steps):
+            batch = trainer.global_batch(next(loader))
+            images = np.asarray(augment(batch["image"], batch["index"], key))
+            state, metrics = trainer.train_step(state, batch)
+            losses.append(float(metrics["loss"]))
+        params = _flat(state.params)
+        ref_images = images if ref_images is None else ref_images
+        ref_params = params if ref_params is None else ref_params
+        name = f"{d}x{m}"
+        res["losses"][name] = losses
+        res["images_max_diff"][name] = float(np.max(np.abs(images - ref_images)))
+        res["param_max_diff"][name] = max(float(np.max(np.abs(params[k] - ref_params[k]))) for k in params)
+        loader.close()
+    return res
+
+
+TASKS = {"meshes": task_meshes, "augmeshes": task_augmeshes, "fullsize": task_fullsize, "checkpoint": task_checkpoint,
          "onecolumn": task_onecolumn, "errors": task_errors}
 
 if __name__ == "__main__":
