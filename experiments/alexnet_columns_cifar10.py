@@ -201,7 +201,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=float, default=30)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--init", default="paper_scaled", choices=["paper", "paper_scaled", "he"])
+    p.add_argument("--init", default="he", choices=["paper", "paper_scaled", "he"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--publish", metavar="NAME", help="report: also copy the summary to experiments/results/NAME")
