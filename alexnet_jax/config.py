@@ -194,9 +194,6 @@ class Config:
                               f"need one factor per boundary")
         if list(self.lr_boundaries) != sorted(self.lr_boundaries):
             raise ConfigError(f"lr_boundaries={_show(self.lr_boundaries)} must be non-decreasing")
-        if self.lr_schedule != "steps" and self.lr_boundaries:
-            raise ConfigError(f"lr_boundaries={_show(self.lr_boundaries)} is only used with lr_schedule=steps "
-                              f"(got lr_schedule={self.lr_schedule})")
         if self.lr_schedule == "plateau" and self.warmup_steps:
             raise ConfigError("lr_schedule=plateau cannot be combined with warmup_steps > 0: the warm-up "
                               "schedule would overwrite the rate the plateau rule sets")
