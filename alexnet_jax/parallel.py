@@ -121,9 +121,12 @@ class Plan:
         return NamedSharding(self.mesh, P())
 
     def global_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """Per-process numpy arrays -> global arrays split over the batch axes."""
-        return {k: jax.make_array_from_process_local_data(self.batch_sharding(np.ndim(v)), np.asarray(v))
-                for k, v in batch.items()}
+        """Per-process numpy arrays -> global arrays split over the batch axes (one transfer for the
+        whole batch when a single process holds every row)."""
+        shardings = {k: self.batch_sharding(np.ndim(v)) for k, v in batch.items()}
+        if jax.process_count() == 1:
+            return jax.device_put(batch, shardings)
+        return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()}
 
     def param_shardings(self, state: nnx.State):
         """NamedSharding per Variable of `state`, from its logical `axes` metadata."""

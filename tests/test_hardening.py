@@ -43,6 +43,33 @@ def _train(config, workdir):
     return train_and_evaluate(config, str(workdir), progress=False)
 
 
+def read_events(tb_dir) -> list:
+    """Every Event in a TensorBoard folder, read with tensorboardX's own protobuf and crc32c (an independent
+    reader of what alexnet_jax.workdir writes)."""
+    import struct
+
+    from tensorboardX.crc32c import crc32c
+    from tensorboardX.proto.event_pb2 import Event
+
+    def masked(b):
+        c = crc32c(b)
+        return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    events = []
+    for f in sorted(Path(tb_dir).glob("events.out.tfevents*")):
+        data = f.read_bytes()
+        i = 0
+        while i + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            assert struct.unpack("<I", data[i + 8:i + 12])[0] == masked(data[i:i + 8]), f
+            rec = data[i + 12:i + 12 + n]
+            assert struct.unpack("<I", data[i + 12 + n:i + 16 + n])[0] == masked(rec), f
+            events.append(Event.FromString(rec))
+            i += 16 + n
+        assert i == len(data), f"{f}: trailing bytes"
+    return events
+
+
 def _records(workdir: Path) -> list[dict]:
     return [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
@@ -58,8 +85,6 @@ def _damage(step_dir: Path) -> None:
 
 
 def test_damaged_newest_checkpoint_is_moved_aside_and_the_run_goes_on(tfds_dir, tmp_path, caplog):
-    from alexnet_jax.workdir import read_events
-
     wd = tmp_path / "run"
     _train(_config(tfds_dir), wd)
     _damage(wd / "checkpoints" / "10")
@@ -81,7 +106,7 @@ def test_tensorboard_purge_drops_only_later_steps(tmp_path):
     """purge_events against an independent reading of the TFRecord framing (length, crc, data, crc)."""
     from tensorboardX import SummaryWriter
 
-    from alexnet_jax.workdir import purge_events, read_events, read_records
+    from alexnet_jax.workdir import purge_events, read_records
 
     w = SummaryWriter(str(tmp_path))
     for s in range(1, 8):
@@ -92,6 +117,19 @@ def test_tensorboard_purge_drops_only_later_steps(tmp_path):
     assert purge_events(str(tmp_path), 4) == 3
     assert [(e.step, e.summary.value[0].simple_value) for e in read_events(str(tmp_path)) if e.summary.value] == [
         (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
+
+
+def test_our_event_files_read_back_with_tensorboardx(tmp_path):
+    from alexnet_jax.workdir import EventWriter
+
+    w = EventWriter(str(tmp_path))
+    for step, v in ((0, 2.5), (7, -1.25), (2**40, 3e-8)):
+        w.add_scalar("train/loss", v, step)
+    w.close()
+    events = read_events(tmp_path)
+    assert events[0].file_version == "brain.Event:2"
+    got = [(e.step, e.summary.value[0].tag, e.summary.value[0].simple_value) for e in events[1:]]
+    assert got == [(0, "train/loss", 2.5), (7, "train/loss", -1.25), (2**40, "train/loss", pytest.approx(3e-8))]
 
 
 # ------------------------------------------------------------------------------------------------
