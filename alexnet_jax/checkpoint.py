@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -112,15 +113,20 @@ def fingerprint(tree) -> list[list[float]]:
 
 
 def _fingerprints_match(a, b, rtol=1e-4) -> bool:
+    """Each leaf's (sum, sum of squares) agree, relative to the leaf's own scale: the sums of squares to
+    `rtol`, the sums to 10 * rtol * sqrt(sum of squares) (float32 rounding of a sum of N values stays
+    well below that; a damaged file changes both by far more)."""
     if len(a) != len(b):
         return False
     for (s1, q1), (s2, q2) in zip(a, b):
-        for u, v in ((s1, s2), (q1, q2)):
-            if not np.isfinite(u) or not np.isfinite(v):
-                if not (np.isnan(u) and np.isnan(v)) and u != v:
-                    return False
-            elif abs(u - v) > rtol * max(1.0, abs(u), abs(v)):
+        vals = (s1, q1, s2, q2)
+        if not all(np.isfinite(vals)):
+            if any(np.isfinite(u) != np.isfinite(v) or (np.isinf(u) and u != v) for u, v in ((s1, s2), (q1, q2))):
                 return False
+            continue
+        scale = max(q1, q2)
+        if abs(q1 - q2) > rtol * scale or abs(s1 - s2) > 10 * rtol * np.sqrt(scale):
+            return False
     return True
 
 
@@ -131,13 +137,16 @@ def all_finite(tree) -> bool:
 def migrate(meta: dict[str, Any], step: int) -> dict[str, Any]:
     """A checkpoint record of an older readable format, in today's form.
 
-    1 -> 2: the TrainState layout is the same; the data-iterator state was base64 of its JSON bytes
-    (now the JSON text itself); there is no provenance (it stays absent)."""
+    1 -> 2: the TrainState layout is the same; the loader state was base64 of its JSON bytes, one process's
+    (now {"state": the JSON object, "per_process": [[epoch, cursor, step], ...] with several processes});
+    there is no provenance (it stays absent)."""
     fmt = int(meta.get("format", 1))
     if fmt == 1:
         meta = dict(meta, format=FORMAT_VERSION)
-        if isinstance(meta.get("data_state"), str) and not meta["data_state"].lstrip().startswith("{"):
-            meta["data_state"] = base64.b64decode(meta["data_state"]).decode()
+        data = meta.get("data_state")
+        if isinstance(data, str):
+            meta["data_state"] = {"state": json.loads(base64.b64decode(data) if not data.lstrip().startswith("{")
+                                                      else data)}
         log.info("checkpoint step %d was written in format 1; migrated to format %d", step, FORMAT_VERSION)
     return meta
 
@@ -194,7 +203,7 @@ class Checkpointer:
         steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
         if not steps:
             return None
-        problems = []
+        problems, damaged = [], []
         for s in steps:
             try:
                 with _quiet():
@@ -218,11 +227,17 @@ class Checkpointer:
                 first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
                 msg = f"checkpoint step {s} in {self.directory} is incomplete or corrupted ({type(e).__name__}" + (
                     f": {first})" if first else ")")
-                moved = None if (self.read_only or step is not None) else self._move_aside(s)
-                log.warning(msg + (f"; moved to {moved}" if moved else "") +
-                            ("; using the previous checkpoint" if step is None else ""))
+                log.warning(msg + ("; trying the previous checkpoint" if step is None else ""))
                 problems.append(msg)
+                damaged.append(s)
                 continue
+            # only now that an older step restored are the damaged newer ones moved aside (never when every
+            # step fails: that is a run of another shape, not damage)
+            if not self.read_only and step is None:
+                for d in damaged:
+                    moved = self._move_aside(d)
+                    if moved:
+                        log.warning("moved the damaged checkpoint step %d to %s", d, moved)
             return state, migrate(meta, s), s
         raise CheckpointError("no usable checkpoint: " + " | ".join(problems))
 

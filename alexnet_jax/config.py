@@ -132,7 +132,7 @@ class Config:
     train_split: str = field("train", Text())
     eval_split: str = field("test", Text())
     augment: str = field("none", OneOf(_augments))
-    num_workers: int = field(0, Range(0, 256), "grain worker processes (0 = in-process)")
+    num_workers: int = field(0, Range(0, 256), "loader reader threads (0: every core)")
     # optimisation: the paper's SGD (K12: v <- m v - wd lr w - lr g; w <- w + v), or LeNet-5's stochastic
     # diagonal Levenberg-Marquardt (LC98 App. C: w <- w - lr / (mu + h) g, h re-estimated before each pass)
     optimizer: str = field("sgd", OneOf(("sgd", "sdlm")))
@@ -200,6 +200,9 @@ class Config:
         if self.optimizer == "sdlm" and (self.momentum or self.weight_decay):
             raise ConfigError(f"optimizer=sdlm has no momentum or weight decay (LC98 App. C): set momentum=0 and "
                               f"weight_decay=0 (got momentum={self.momentum}, weight_decay={self.weight_decay})")
+        if self.init != "native" and not self.model.startswith("alexnet"):
+            raise ConfigError(f"init={self.init} applies to the AlexNets; model={self.model} has its own "
+                              f"initialisation (leave init=native)")
         if self.head == "rbf" and (self.model != "lenet5" or self.num_classes != 10):
             raise ConfigError(f"head=rbf (LeNet-5's 10 fixed digit codes) needs model=lenet5 and num_classes=10, "
                               f"got model={self.model}, num_classes={self.num_classes}")

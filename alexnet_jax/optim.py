@@ -193,42 +193,30 @@ def _piecewise(base_lr: float, boundary_steps: tuple[int, ...], factors: tuple[f
     return schedule
 
 
+def boundary_steps(config: Config, steps_per_epoch: int) -> tuple[int, ...]:
+    """`lr_boundaries` (epochs) as optimiser steps: round(epoch * steps_per_epoch)."""
+    return tuple(int(round(b * steps_per_epoch)) for b in config.lr_boundaries)
+
+
+def check_schedule(config: Config, steps_per_epoch: int) -> None:
+    """The one schedule check that needs the data's steps per epoch (the rest is in Config.validate)."""
+    steps = boundary_steps(config, steps_per_epoch)
+    if config.lr_schedule == "steps" and config.warmup_steps and any(s < config.warmup_steps for s in steps):
+        raise ConfigError(f"lr_boundaries={','.join(f'{b:g}' for b in config.lr_boundaries)} fall at steps {steps}, "
+                          f"inside the warm-up of warmup_steps={config.warmup_steps}: move them later or shorten "
+                          f"the warm-up")
+
+
 def make_schedule(config: Config, steps_per_epoch: int) -> ScalarOrSchedule:
-    """The learning rate for ``paper_sgd`` from ``config`` (see the module docstring for the policies).
-
-    Returns a float (constant / plateau without warm-up) or an optax schedule of the step count.
-    """
-    lr = float(config.lr)
-    kind = config.lr_schedule
-    warmup = int(config.warmup_steps)
-    if warmup < 0:
-        raise ConfigError(f"warmup_steps must be >= 0, got {warmup}")
-    if kind == "constant":
-        main: ScalarOrSchedule = lr
-    elif kind == "plateau":
-        if warmup:
-            raise ConfigError(
-                "lr_schedule=plateau cannot be combined with warmup_steps > 0: the warm-up schedule would "
-                "overwrite the rate set by the plateau controller on every step"
-            )
+    """The learning rate for ``paper_sgd`` from a validated ``config`` (the module docstring has the
+    policies).  Returns a float (constant / plateau without warm-up) or an optax schedule of the step count."""
+    lr, warmup = float(config.lr), int(config.warmup_steps)
+    if config.lr_schedule == "plateau":
         return lr
-    elif kind == "steps":
-        bounds, factors = tuple(config.lr_boundaries), tuple(config.lr_factors)
-        if len(bounds) != len(factors):
-            raise ConfigError(
-                f"lr_boundaries ({len(bounds)}) and lr_factors ({len(factors)}) need one factor per boundary"
-            )
-        if any(b < 0 for b in bounds) or any(b2 < b1 for b1, b2 in zip(bounds, bounds[1:], strict=False)):
-            raise ConfigError(f"lr_boundaries must be non-negative and non-decreasing, got {bounds}")
-        if steps_per_epoch <= 0:
-            raise ConfigError(f"steps_per_epoch must be > 0, got {steps_per_epoch}")
-        steps = tuple(int(round(b * steps_per_epoch)) for b in bounds)
-        if warmup and any(s < warmup for s in steps):
-            raise ConfigError(f"lr boundary steps {steps} fall inside the warm-up ({warmup} steps)")
-        main = _piecewise(lr, steps, tuple(float(f) for f in factors))
-    else:
-        raise ConfigError(f"unknown lr_schedule {kind!r}; expected constant | steps | plateau")
-
+    main: ScalarOrSchedule = lr
+    if config.lr_schedule == "steps":
+        main = _piecewise(lr, boundary_steps(config, max(1, steps_per_epoch)),
+                          tuple(float(f) for f in config.lr_factors))
     if not warmup:
         return main
     after = main if callable(main) else (lambda count: jnp.asarray(count) * 0 + lr)

@@ -30,7 +30,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alexnet_jax.errors import AlexnetJaxError
-from alexnet_jax.models.layers import COLUMN_AXIS
+from alexnet_jax.models.layers import COLUMN_AXIS, no_tap
 
 DATA, MODEL = "data", "model"
 # Logical axis -> mesh axis (maxtext's logical-axis rules, sized down).  Models name only logical
@@ -49,10 +49,11 @@ class MeshError(AlexnetJaxError, ValueError):
 # Mesh
 # ------------------------------------------------------------------------------------------------
 def resolve_mesh_shape(data: int, model: int, n_devices: int) -> tuple[int, int]:
-    """(data, model) for `n_devices`: `model=-1` takes 2 columns when 2+ devices are present (else 1),
-    `data=-1` takes every device the model axis leaves."""
+    """(data, model) for `n_devices`: `model=-1` takes 2 columns when the data axis leaves 2+ devices (and an
+    even number of them), else 1; `data=-1` takes every device the model axis leaves."""
     if model == -1:
-        model = 2 if n_devices >= 2 else 1
+        free = n_devices // data if data > 0 else n_devices
+        model = 2 if free >= 2 and free % 2 == 0 else 1
     if model < 1:
         raise MeshError(f"mesh_model must be >= 1 or -1 (follow the devices), got {model}")
     if data == -1:
@@ -217,7 +218,7 @@ def apply(model: nnx.Module, x_BHWC: jax.Array, plan: Plan | None = None, *, tra
     computed it (layers.Tap).  A column model runs under shard_map with its columns on `model`."""
     if plan is None or plan.columns == 1:
         rec = _Recorder()
-        logits = model(x_BHWC, train=train, dropout_key=dropout_key, tap=rec if taps else _no_tap)
+        logits = model(x_BHWC, train=train, dropout_key=dropout_key, tap=rec if taps else no_tap)
         return (logits, rec.values) if taps else logits
     graphdef, state = nnx.split(model)
     specs = jax.tree.map(lambda v: spec(v.get_metadata().get("axes")), state,
@@ -240,7 +241,7 @@ def apply(model: nnx.Module, x_BHWC: jax.Array, plan: Plan | None = None, *, tra
                 return gather_columns(hs, to="invarying" if layer == "fc8" else "varying")
 
         logits = local_model(x, train=train, dropout_masks=masks if use_masks else None, exchange=exchange,
-                             tap=rec if taps else _no_tap)
+                             tap=rec if taps else no_tap)
         return logits, rec.stacked()
 
     fn = jax.shard_map(per_device, mesh=plan.mesh,
@@ -250,14 +251,6 @@ def apply(model: nnx.Module, x_BHWC: jax.Array, plan: Plan | None = None, *, tra
     if not taps:
         return logits
     return logits, {k: [v[i] for i in range(v.shape[0])] for k, v in stacked.items()}
-
-
-def _no_tap(name, column, value):
-    return value
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
 
 
 def tree_shardings(tree: Any):

@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import math
 import os
+import signal
 import time
 from typing import Any
 
@@ -58,6 +60,15 @@ def build_model(config: Config) -> nnx.Module:
 
 AUGMENT_STREAM = 0xA06   # the augmentation key is fold_in(key(seed), AUGMENT_STREAM); dropout's is state.rng
 SDLM_STREAM = 0x5D1      # the patterns of each SDLM curvature estimate: the loader order of seed + SDLM_STREAM
+
+
+def abstract_model_of(config: Config) -> nnx.Module:
+    """The model as shapes only; a model that cannot be built from the config is a ConfigError."""
+    try:
+        return nnx.eval_shape(lambda: build_model(config))
+    except ValueError as e:
+        raise ConfigError(f"model={config.model} with input_size={config.input_size}, width={config.width}: "
+                          f"{e}") from None
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -107,7 +118,7 @@ class Trainer:
         """`batch_size` defaults to config.batch_size (eval on another device count may need another)."""
         config.validate()
         mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh_data, config.mesh_model)
-        abstract_model = nnx.eval_shape(lambda: build_model(config))
+        abstract_model = abstract_model_of(config)
         plan = parallel.plan(abstract_model, mesh, batch_size or config.batch_size)
         graphdef, params, extra = nnx.split(abstract_model, nnx.Param, ...)
         tx = optim.optimizer_from_config(config, steps_per_epoch)
@@ -214,26 +225,44 @@ class Trainer:
         return {"loss": jnp.sum(loss * mask), "top1": jnp.sum(hit1 * mask), "top5": jnp.sum(hit5 * mask),
                 "examples": jnp.sum(mask)}
 
+    # --- the optimiser's state, changed between steps (in its own sharded layout) -------------------
+    def with_lr(self, state: TrainState, lr: float) -> TrainState:
+        """The state with the learning rate set to `lr` (the plateau rule), every array where it was."""
+        return self._with_lr(state, jnp.float32(lr))
+
     @functools.cached_property
-    def _curvature_fn(self):
-        from alexnet_jax.sdlm import gauss_newton_diagonal
+    def _with_lr(self):
+        return jax.jit(lambda state, lr: state.replace(opt_state=optim.set_lr(state.opt_state, lr)),
+                       out_shardings=self.shardings, donate_argnums=0)
+
+    def curvature_patterns(self):
+        """optimizer=sdlm: the loader of the patterns each curvature estimate uses, `sdlm_samples` of the
+        training split drawn from (seed + SDLM_STREAM, pass): the same on every process and on resume."""
+        from alexnet_jax import data as data_lib
+
+        c = self.config
+        return data_lib.make_train_loader(c.replace(seed=c.seed + SDLM_STREAM), batch_size=c.sdlm_samples, prefetch=0)
+
+    def install_curvature(self, state: TrainState, patterns, epoch: int) -> TrainState:
+        """optimizer=sdlm: a new estimate of the Gauss-Newton diagonal h (LC98 App. C) on pass `epoch`'s
+        patterns, installed in the optimiser state (alexnet_jax/sdlm.py), every array where it was."""
+        sample, _ = patterns.produce((epoch, 0, 0))
+        images, labels = (jax.device_put(sample[k], self.plan.replicated) for k in ("image", "label"))
+        return self._install_curvature(state, images, labels)
+
+    @functools.cached_property
+    def _install_curvature(self):
+        from alexnet_jax.sdlm import gauss_newton_diagonal, set_curvature
 
         graphdef, augment = self.graphdef, self.augment
 
-        def curvature(params, extra, images, labels):
+        def install(state, images, labels):
             x = images if augment is None else augment.eval(images)
-            apply = lambda p, xb: nnx.merge(graphdef, p, extra)(xb)   # noqa: E731 - evaluation mode logits
-            return gauss_newton_diagonal(apply, params, x, labels, batch=50)
+            apply = lambda p, xb: nnx.merge(graphdef, p, state.extra)(xb)   # noqa: E731 - evaluation-mode logits
+            h = gauss_newton_diagonal(apply, state.params, x, labels, batch=50)
+            return state.replace(opt_state=set_curvature(state.opt_state, h))
 
-        return jax.jit(curvature)
-
-    def install_curvature(self, state: TrainState, images, labels) -> TrainState:
-        """optimizer=sdlm: a new estimate of the Gauss-Newton diagonal h (LC98 App. C) on these patterns,
-        installed in the optimiser state (alexnet_jax/sdlm.py)."""
-        from alexnet_jax.sdlm import set_curvature
-
-        h = self._curvature_fn(state.params, state.extra, jnp.asarray(images), jnp.asarray(labels))
-        return state.replace(opt_state=set_curvature(state.opt_state, h))
+        return jax.jit(install, out_shardings=self.shardings, donate_argnums=0)
 
     def evaluate(self, state: TrainState, batches, ten_crop: bool | None = None) -> dict[str, float]:
         ten_crop = self.config.ten_crop if ten_crop is None else ten_crop
@@ -254,128 +283,197 @@ class NonFiniteLossError(AlexnetJaxError, FloatingPointError):
 # ------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------
+# Config fields a resumed run may change; any other difference from the workdir's config.json is refused
+# (a resume with another model or dataset would find no checkpoint that fits).
+RESUMABLE_CHANGES = {"num_epochs", "num_steps", "eval_every_epochs", "log_every_steps", "checkpoint_every_steps",
+                     "keep_checkpoints", "data_dir", "mesh_data", "mesh_model", "num_workers", "ten_crop"}
+
+
+def check_resumable(config: Config, workdir: str) -> None:
+    """Refuse to resume `workdir` with a config that differs from its own in more than RESUMABLE_CHANGES."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    saved = load_config(workdir).to_dict()
+    diff = {k: (saved[k], v) for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved[k] != v}
+    if diff:
+        from alexnet_jax.workdir import WorkdirError
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise WorkdirError(f"{workdir} holds a run of another config ({shown}); resume it with the config it was "
+                           f"trained with (see its config.json), or choose another --workdir")
+
+
+def _data_state(loader) -> dict[str, Any]:
+    """The loaders' positions, every process's: each process reads its own share of the data."""
+    state = json.loads(loader.get_state())
+    if jax.process_count() == 1:
+        return {"state": state}
+    from jax.experimental import multihost_utils
+    rows = multihost_utils.process_allgather(np.array([state["epoch"], state["cursor"], state["step"]]))
+    return {"state": state, "per_process": np.asarray(rows).reshape(-1, 3).tolist()}
+
+
+def _restore_data_state(loader, saved: dict[str, Any]) -> None:
+    state = saved["state"]
+    if "per_process" in saved:
+        epoch, cursor, step = saved["per_process"][jax.process_index()]
+        state = dict(state, epoch=epoch, cursor=cursor, step=step,
+                     meta=dict(state["meta"], process_index=loader.process_index))
+    try:
+        loader.set_state(state)
+    except ValueError as e:
+        raise ckpt_lib.CheckpointError(f"the checkpoint's data-loader state does not fit this run: {e}") from None
+
+
+def _any_process(flag: bool) -> bool:
+    """True on every process when `flag` holds on any (a signal reaches one process; all must stop)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).max())
+
+
 def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming from its checkpoints) and return the final metrics."""
     from alexnet_jax import data as data_lib  # lazy: bench and the tools build Trainers without tfds
     from alexnet_jax.workdir import Progress, RunDir, StopFlag
 
     config.validate()
+    check_resumable(config, workdir)
     primary = jax.process_index() == 0
     mesh = parallel.make_mesh(config.mesh_data, config.mesh_model)
     info = data_lib.dataset_info(config)
     if info.num_classes != config.num_classes:
         raise ConfigError(f"num_classes={config.num_classes} but dataset {config.dataset!r} has "
                           f"{info.num_classes} classes; pass --set num_classes={info.num_classes}")
-    plan = Trainer.build(config, mesh).plan      # validates model x mesh x batch before anything is written
-    loader = data_lib.make_train_loader(config, batch_size=plan.per_process_batch, process_index=plan.feed_index,
-                                        process_count=plan.feed_count)
+    # the plan first (model x mesh x batch validated before anything is read or written), then the data
+    abstract_model = abstract_model_of(config)
+    channels = int(getattr(abstract_model, "in_channels", 3))
+    if info.stored_shape[-1] != channels:
+        raise ConfigError(f"dataset {config.dataset!r} has {info.stored_shape[-1]}-channel images and model="
+                          f"{config.model} reads {channels}: choose a {channels}-channel dataset or another model")
+    plan = parallel.plan(abstract_model, mesh, config.batch_size)
+    feed = dict(process_index=plan.feed_index, process_count=plan.feed_count)
+    loader = data_lib.make_train_loader(config, batch_size=plan.per_process_batch, **feed)
     spe = loader.steps_per_epoch
+    optim.check_schedule(config, spe)
     trainer = Trainer.build(config, mesh, steps_per_epoch=spe, augment=data_lib.make_augment(config))
     total_steps = config.num_steps or max(1, math.ceil(config.num_epochs * spe))
     eval_every = max(1, round(config.eval_every_epochs * spe))
+    eval_batches = data_lib.make_eval_loader(config, config.eval_split, batch_size=plan.per_process_batch, **feed)
+    # optimizer=sdlm: h re-estimated before each pass on sdlm_samples training patterns (curvature_patterns)
+    patterns = trainer.curvature_patterns() if config.optimizer == "sdlm" else None
 
-    with RunDir(workdir, config, primary=primary) as run:
-        if primary:
-            log.info("%s; %d steps of %d (%d per epoch)", trainer.plan.describe(), total_steps,
-                     config.batch_size, spe)
+    with RunDir(workdir, config, primary=primary) as run, contextlib.ExitStack() as closing:
+        for ld in (loader, eval_batches, patterns):
+            if ld is not None:
+                closing.callback(ld.close)
+        log.info("%s; %d steps of %d (%d per epoch)", trainer.plan.describe(), total_steps, config.batch_size, spe)
         plateau = optim.PlateauController.from_config(config) if config.lr_schedule == "plateau" else None
         restored = trainer.restore(run.checkpointer)
         history: list[dict[str, Any]] = []
         if restored is None:
             state, step = trainer.init(), 0
         else:
-            state, meta, step = restored
-            loader.set_state(meta["data_state"].encode())
-            if plateau is not None and meta.get("plateau"):
-                plateau = optim.PlateauController.from_state_dict(meta["plateau"])
-            history = meta.get("evals", [])
+            state, saved, step = restored
+            _restore_data_state(loader, saved["data_state"])
+            if plateau is not None and saved.get("plateau"):
+                plateau = optim.PlateauController.from_state_dict(saved["plateau"])
+            history = saved.get("evals", [])
         run.start(step, resumed=restored is not None)
 
-        def meta() -> dict[str, Any]:
-            return {"config": config.to_dict(), "data_state": loader.get_state().decode(),
+        def checkpoint_meta() -> dict[str, Any]:
+            return {"config": config.to_dict(), "data_state": _data_state(loader), "steps_per_epoch": spe,
                     "plateau": plateau.state_dict() if plateau else None, "evals": history,
                     "provenance": ckpt_lib.provenance(mesh)}
 
-        def evaluate() -> dict[str, Any]:
-            batches = data_lib.make_eval_loader(config, config.eval_split, batch_size=plan.per_process_batch,
-                                                process_index=plan.feed_index, process_count=plan.feed_count)
-            return dict(trainer.evaluate(state, batches), epoch=step / spe, step=step)
+        def evaluate(state, step) -> dict[str, Any]:
+            return dict(trainer.evaluate(state, eval_batches), epoch=step / spe, step=step)
 
         if step >= total_steps:
             if not (history and history[-1].get("step") == step):
-                history.append(evaluate())
+                history.append(evaluate(state, step))
             log.info("%s is finished (step %d of %d): its final evaluation, from the checkpoint (no new "
                      "training, so no timings)", run.path, step, total_steps)
             return dict(history[-1], step=step, compile_seconds=None, finished_before=True, workdir=run.path)
 
+        first = trainer.global_batch(next(loader))
         t0 = time.perf_counter()
-        batch = trainer.global_batch(next(loader))
-        compiled = trainer.train_step.lower(state, batch).compile()
+        compiled = trainer.train_step.lower(state, first).compile()
         compile_s = time.perf_counter() - t0
-        if primary:
-            log.info("compiled the train step in %.1f s", compile_s)
-            run.metrics.write(step, "compile", {"seconds": compile_s})
+        log.info("compiled the train step in %.1f s", compile_s)
+        run.metrics.write(step, "compile", {"seconds": compile_s})
 
         bar = Progress(total_steps, step, enabled=progress and primary)
-        window: list[dict[str, jax.Array]] = []
-        t_window = time.perf_counter()
-
-        def flush():
-            nonlocal t_window
-            if not window:
-                return
-            fetched = jax.device_get(window)
-            for i, m in enumerate(fetched):
-                if not np.isfinite(m["loss"]):
-                    raise NonFiniteLossError(
-                        f"loss became {float(m['loss'])} at step {step - len(fetched) + i + 1}; stopping. Nothing "
-                        f"after checkpoint step {run.checkpointer.latest_step()} was saved. Lower the learning "
-                        f"rate (--set lr=...) or check the data.")
-            dt = time.perf_counter() - t_window
-            mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-            mean["images_per_second"] = len(fetched) * config.batch_size / max(dt, 1e-9)
-            mean["step_seconds"] = dt / len(fetched)
-            run.metrics.write(step, "train", mean)
-            bar.show(step, mean)
-            window.clear()
-            t_window = time.perf_counter()
-
-        # optimizer=sdlm: h re-estimated before each pass on sdlm_samples training patterns, drawn from
-        # (seed, pass) by their own loader stream (the same on every process and on resume)
-        patterns = data_lib.make_train_loader(config.replace(seed=config.seed + SDLM_STREAM),
-                                              batch_size=config.sdlm_samples, prefetch=0) \
-            if config.optimizer == "sdlm" else None
-        with StopFlag() as stop, bar, contextlib.closing(loader):
+        window = Window(config.batch_size)
+        with StopFlag() as stop, bar:
+            batches = itertools.chain([first], (trainer.global_batch(b) for b in loader))
             while step < total_steps:
                 if patterns is not None and step % spe == 0:
-                    sample, _ = patterns.produce((step // spe, 0, 0))
-                    state = trainer.install_curvature(state, sample["image"], sample["label"])
-                batch = batch if batch is not None else trainer.global_batch(next(loader))
-                state, metrics = compiled(state, batch)
-                batch = None
-                window.append(metrics)
+                    state = trainer.install_curvature(state, patterns, epoch=step // spe)
+                    window.restart()
+                state, metrics = compiled(state, next(batches))
+                window.add(metrics)
                 step += 1
                 bar.advance(step)
                 final = step == total_steps
                 if step % config.log_every_steps == 0 or final:
-                    flush()
+                    window.flush(step, run, bar)
                 if step % eval_every == 0 or final:
-                    flush()
-                    history.append(evaluate())
+                    window.flush(step, run, bar)
+                    history.append(evaluate(state, step))
                     run.metrics.write(step, "eval", history[-1])
                     if plateau is not None and (scale := plateau.update(1.0 - history[-1]["top1"])) is not None:
-                        state = state.replace(opt_state=optim.set_lr(state.opt_state, config.lr * scale))
+                        state = trainer.with_lr(state, config.lr * scale)
                         log.info("validation error stopped improving: lr -> %g at step %d", config.lr * scale, step)
-                saved = step % config.checkpoint_every_steps == 0 or final
-                if saved or (stop.signum is not None and not final):
-                    flush()
-                    run.checkpointer.save(step, state, meta())
-                if stop.signum is not None and not final:
+                    window.restart()
+                # a signal stops the run after this step, saved; with several processes, all agree at log steps
+                checks = jax.process_count() == 1 or step % config.log_every_steps == 0
+                stopping = not final and checks and _any_process(stop.signum is not None)
+                if step % config.checkpoint_every_steps == 0 or final or stopping:
+                    window.flush(step, run, bar)
+                    run.checkpointer.save(step, state, checkpoint_meta())
+                    window.restart()
+                if stopping:
                     run.checkpointer.wait()
-                    log.warning("received signal %d: saved checkpoint at step %d, exiting", stop.signum, step)
-                    raise SystemExit(128 + stop.signum)
+                    log.warning("received signal %s: saved checkpoint at step %d, exiting", stop.signum or "(another "
+                                "process's)", step)
+                    raise SystemExit(128 + (stop.signum or signal.SIGTERM))
         run.finish()
     return dict(history[-1], step=step, compile_seconds=compile_s, workdir=run.path)
+
+
+class Window:
+    """The train metrics since the last record: fetched, checked for non-finite losses and averaged at
+    each log step; the time of evaluations, saves and curvature estimates is not counted as training."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.metrics, self.t = batch_size, [], time.perf_counter()
+
+    def add(self, metrics) -> None:
+        self.metrics.append(metrics)
+
+    def restart(self) -> None:
+        self.t = time.perf_counter()
+
+    def flush(self, step: int, run, bar) -> None:
+        if not self.metrics:
+            return
+        fetched = jax.device_get(self.metrics)
+        for i, m in enumerate(fetched):
+            if not np.isfinite(m["loss"]):
+                raise NonFiniteLossError(
+                    f"loss became {float(m['loss'])} at step {step - len(fetched) + i + 1}; stopping. Nothing after "
+                    f"checkpoint step {run.checkpointer.latest_step()} was saved. Lower the learning rate "
+                    f"(--set lr=...) or check the data.")
+        dt = time.perf_counter() - self.t
+        mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        mean["images_per_second"] = len(fetched) * self.batch_size / max(dt, 1e-9)
+        mean["step_seconds"] = dt / len(fetched)
+        run.metrics.write(step, "train", mean)
+        bar.show(step, mean)
+        self.metrics = []
+        self.restart()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -437,24 +535,18 @@ def restore(workdir: str, *, mesh: Mesh | None = None, step: int | None = None, 
 
 
 def _augment_or_stand_in(config: Config):
+    """The run's device augmentation; where its dataset is not prepared here, a per-channel mean stands in
+    for the training mean image (the tools' photos), with a warning."""
     from alexnet_jax import data as data_lib
+    from alexnet_jax.data.catalog import stored_shape_of
 
     try:
         return data_lib.make_augment(config)
     except data_lib.DatasetNotPreparedError:
-        from alexnet_jax.data.augment import IMAGENET_RGB_MEAN, channel_mean
-        from alexnet_jax.data.catalog import stored_shape_of
-
-        shape = stored_shape_of(config.dataset)
-        mean = None
-        if config.augment == "alexnet":
-            mean = np.asarray(IMAGENET_RGB_MEAN, np.float32)
-        elif config.augment == "cifar":
-            mean = channel_mean(shape[-1])
-        if mean is not None:
+        if config.augment in ("alexnet", "cifar"):
             log.warning("%s is not prepared here: subtracting a per-channel mean instead of the training mean "
                         "image", config.dataset)
-        return data_lib.Augment(config.augment, config.input_size, shape, mean)
+        return data_lib.make_augment(config, stored_shape=stored_shape_of(config.dataset), mean="stand-in")
 
 
 def evaluate_workdir(workdir: str, *, split: str | None = None, ten_crop: bool | None = None,

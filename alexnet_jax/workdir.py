@@ -245,8 +245,9 @@ class MetricWriter:
         if os.path.exists(self.path):
             with open(self.path) as f:
                 keep = [line for line in f if line.strip() and _record_step(line) <= step]
-            with open(self.path, "w") as f:
+            with open(self.path + ".tmp", "w") as f:      # atomically: a kill here loses nothing
                 f.writelines(keep)
+            os.replace(self.path + ".tmp", self.path)
         purge_events(self.tb_dir, step)
         self.tb = EventWriter(self.tb_dir)
 
@@ -282,22 +283,19 @@ class RunDir:
     writer and the checkpointer.  Use as a context manager; everything is released on any exit."""
 
     def __init__(self, workdir: str, config, *, primary: bool = True):
-        from alexnet_jax.checkpoint import Checkpointer
-
         self.path = check_writable(workdir) if primary else os.path.abspath(workdir)
         self.config, self.primary = config, primary
         self.lock = WorkdirLock(self.path)
         self.metrics = MetricWriter(self.path, enabled=primary)
-        self._checkpointer_args = (os.path.join(self.path, "checkpoints"), config.keep_checkpoints)
-        self._make_checkpointer = Checkpointer
         self.checkpointer = None
 
     def __enter__(self) -> RunDir:
+        from alexnet_jax.checkpoint import Checkpointer
+
         if self.primary:
             self.lock.acquire()
         try:
-            directory, keep = self._checkpointer_args
-            self.checkpointer = self._make_checkpointer(directory, keep=keep)
+            self.checkpointer = Checkpointer(os.path.join(self.path, "checkpoints"), keep=self.config.keep_checkpoints)
         except BaseException:
             self.lock.release()
             raise

@@ -94,7 +94,7 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_the_run_goes_on(tfds_dir, 
     moved = [p.name for p in (wd / "checkpoints").iterdir() if ".corrupt-" in p.name]
     assert len(moved) == 1 and moved[0].startswith("10.corrupt-"), moved      # kept, never deleted
     assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [5, 10, 15, 20]
-    assert any("checkpoint step 10" in r.message and "moved to" in r.getMessage() for r in caplog.records)
+    assert any("moved the damaged checkpoint step 10 to" in r.getMessage() for r in caplog.records)
     # metrics.jsonl and TensorBoard: one monotonic history through the fallback (10 retrained from 5)
     train_steps = [r["step"] for r in _records(wd) if r["kind"] == "train"]
     assert train_steps == [5, 10, 15, 20]
@@ -335,7 +335,7 @@ def test_eval_on_a_damaged_checkpoint_prints_one_warning_line(tfds_dir, tmp_path
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 5
     lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and "checkpoint step 10" in lines[0] and "using the previous checkpoint" in lines[0], lines
+    assert len(lines) == 1 and "checkpoint step 10" in lines[0] and "trying the previous checkpoint" in lines[0], lines
     assert (wd / "checkpoints" / "10").is_dir()                # eval reads; it never moves anything
 
 

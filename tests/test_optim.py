@@ -220,9 +220,13 @@ def test_make_schedule_warmup():
         dict(lr_schedule="cosine"),
     ],
 )
-def test_make_schedule_rejects_bad_configs(kw):
+def test_bad_schedules_are_refused_before_anything_runs(kw):
+    """Config.validate refuses what it can; the boundary-inside-warm-up rule needs the steps per epoch."""
+    from alexnet_jax.optim import check_schedule
+
     with pytest.raises(ConfigError):
-        make_schedule(Config(**kw), 10)
+        Config(**kw).validate()
+        check_schedule(Config(**kw), 10)
 
 
 def test_lenet_paper_schedule_shape():

@@ -538,7 +538,9 @@ def task_errors(out: Path) -> dict:
     mesh = parallel.make_mesh(4, 1)
     res["batch_6_on_data_4"] = message(lambda: _trainer(config, mesh))
     # the user-facing path refuses before any data is read
-    cfg = _small_config(batch_size=6, mesh_data=4, mesh_model=1, dataset="digits", data_dir=str(out / "tfds"))
+    from alexnet_jax.config import Config
+    cfg = Config(model="lenet5", dataset="digits", input_size=32, batch_size=6, mesh_data=4, mesh_model=1,
+                 data_dir=str(out / "tfds"))
     res["train_batch_6_on_data_4"] = message(lambda: train.train_and_evaluate(cfg, str(out / "wd"),
                                                                              progress=False))
     res["model_axis_3"] = message(lambda: _trainer(_small_config(), parallel.make_mesh(1, 3)))

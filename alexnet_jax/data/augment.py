@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax.config import ConfigError
+
 from .catalog import AUGMENTS
 
 # fb.resnet.torch datasets/imagenet.lua: columns of IMAGENET_EIGVEC are the eigenvectors of IMAGENET_EIGVAL
@@ -141,7 +143,7 @@ class Augment:
         h, w, c = self.stored_shape
         s = self.input_size
         if self.kind == "alexnet" and (h < s or w < s):
-            raise ValueError(f"augment 'alexnet' crops {s}x{s} windows from the stored images, which are only "
+            raise ConfigError(f"augment 'alexnet' crops {s}x{s} windows from the stored images, which are only "
                              f"{h}x{w}: use a 256x256 store (e.g. dataset=imagenet2012/raw256) or a smaller "
                              f"input_size")
         if self.mean is not None:
@@ -270,31 +272,39 @@ def channel_mean(channels: int) -> np.ndarray:
     return m if channels == 3 else m.mean(keepdims=True).repeat(channels)
 
 
+def stand_in_mean(kind: str, channels: int) -> np.ndarray | None:
+    """The per-channel mean that replaces the training mean image where the dataset is not at hand."""
+    if kind == "alexnet":
+        m = np.array(IMAGENET_RGB_MEAN, np.float32)
+        return m if channels == 3 else m.mean(keepdims=True).repeat(channels)
+    return channel_mean(channels) if kind == "cifar" else None
+
+
 def make_augment(config, *, stored_shape: tuple[int, int, int] | None = None, mean: Any = "dataset",
                  path=None) -> Augment:
     """The ``Augment`` of ``config`` (augment, input_size) for its prepared dataset.
 
     ``stored_shape`` defaults to the shape the dataset's loaders deliver.  ``mean="dataset"`` loads (or
     computes once and caches next to the dataset) the per-pixel mean image of ``config.train_split`` for
-    ``alexnet``, and for ``cifar`` at input_size 32 (else CIFAR-10's per-channel mean); pass an array, or
-    None, to use that instead (e.g. tools running a checkpoint without its dataset)."""
+    ``alexnet``, and for ``cifar`` at input_size 32 (else CIFAR-10's per-channel mean); ``mean="stand-in"``
+    uses a per-channel mean instead (`stand_in_mean`: tools running a checkpoint without its dataset);
+    or pass an array, or None.  Never prepares a dataset."""
     kind, s = config.augment, int(config.input_size)
-    if kind not in AUGMENTS:
-        raise ValueError(f"unknown augment {kind!r}; choose from {', '.join(AUGMENTS)}")
     if stored_shape is None or (isinstance(mean, str) and mean == "dataset" and kind in ("cifar", "alexnet")):
         from . import sources
 
-        path = sources.ensure_prepared(config) if path is None else path
+        path = sources.ensure_prepared(config, auto=False) if path is None else path
         stored_shape = stored_shape or sources.stored_shape(path)
     if isinstance(mean, str):
-        if mean != "dataset":
-            raise ValueError(f"mean must be 'dataset', an array or None, not {mean!r}")
-        mean = None
-        if kind == "alexnet" or (kind == "cifar" and max(s, CIFAR_SIZE) == CIFAR_SIZE
-                                 and tuple(stored_shape[:2]) == (CIFAR_SIZE, CIFAR_SIZE)):
+        if mean == "stand-in":
+            mean = stand_in_mean(kind, stored_shape[-1])
+        elif mean != "dataset":
+            raise ValueError(f"mean must be 'dataset', 'stand-in', an array or None, not {mean!r}")
+        elif kind == "alexnet" or (kind == "cifar" and max(s, CIFAR_SIZE) == CIFAR_SIZE
+                                   and tuple(stored_shape[:2]) == (CIFAR_SIZE, CIFAR_SIZE)):
             from . import sources
 
             mean = sources.mean_image(path, config.train_split)
-        elif kind == "cifar":
-            mean = channel_mean(stored_shape[-1])
+        else:
+            mean = channel_mean(stored_shape[-1]) if kind == "cifar" else None
     return Augment(kind, s, tuple(stored_shape), mean)

@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from alexnet_jax.config import ConfigError
+
 from .sources import RecordSource, ensure_prepared, load_array_split, report_bad
 
 log = logging.getLogger(__name__)
@@ -195,7 +197,7 @@ class TrainLoader:
         self.split = config.train_split
         self.batch_size = int(batch_size)
         if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
         self.seed = int(config.seed if seed is None else seed)
         self.process_index, self.process_count = int(process_index), int(process_count)
         source = RecordSource(path, self.split)
@@ -207,7 +209,7 @@ class TrainLoader:
         self.num_examples = len(self._pool) // self.process_count          # this process's share an epoch
         self.steps_per_epoch = self.num_examples // self.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{config.dataset}[{self.split}]: a share of {self.num_examples} examples is smaller "
+            raise ConfigError(f"{config.dataset}[{self.split}]: a share of {self.num_examples} examples is smaller "
                              f"than the per-process batch size {self.batch_size}")
         self.prefetch = int(prefetch)
         self._state = (0, 0, 0)                   # (epoch, cursor, step) of the next batch to return
@@ -336,7 +338,7 @@ class EvalLoader:
         self.config, self.split = config, split
         self.batch_size = int(batch_size)
         if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
         source = RecordSource(path, split)
         if isinstance(arrays, str) and arrays == "auto":
             arrays = load_array_split(path, split)

@@ -112,13 +112,20 @@ def dataset_dir(dataset: str, data_dir: str | os.PathLike | None = None) -> Path
     return path
 
 
-def ensure_prepared(config: Any) -> Path:
-    """Dataset directory for ``config.dataset``; ``digits`` is prepared automatically (it is offline)."""
+def ensure_prepared(config: Any, *, auto: bool = True) -> Path:
+    """Dataset directory for ``config.dataset``.  ``digits`` (offline, a few seconds) is prepared when
+    missing and ``auto``: in this process (no worker pool), by process 0 while the others wait."""
     name = config.dataset
-    if name == "digits" and find_dataset_dir(name, config.data_dir or None) is None:
-        from .preparation import prepare
+    if auto and name == "digits" and find_dataset_dir(name, config.data_dir or None) is None:
+        import jax
 
-        prepare("digits", None, config.data_dir or None)
+        if jax.process_index() == 0:
+            from .preparation import prepare
+
+            prepare("digits", None, config.data_dir or None, workers=0)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("alexnet_jax: digits prepared")
     return dataset_dir(name, config.data_dir or None)
 
 
