@@ -485,7 +485,15 @@ def load_config(workdir: str) -> Config:
         from alexnet_jax.workdir import WorkdirError
         raise WorkdirError(f"{path} not found: is {workdir} a workdir written by `alexnet-jax train`?")
     with open(path) as f:
-        return Config.from_dict(json.load(f))
+        return Config.from_dict(_migrate_config(json.load(f)))
+
+
+def _migrate_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A workdir's config.json written before the init rules were named for every AlexNet (it has no
+    `optimizer` key): its `init` acted on alexnet / alexnet_half only, every other model used its own."""
+    if "optimizer" not in d and d.get("model") not in ("alexnet", "alexnet_half") and "init" in d:
+        d = dict(d, init="native")
+    return d
 
 
 @dataclasses.dataclass

@@ -23,6 +23,7 @@ the real devices are used.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -69,19 +70,25 @@ def synthetic_batches(args, channels: int = 3):
 
 
 def dataset_batches(args, config):
+    """The first --steps uint8 batches of the prepared dataset (the loader's own order for this seed)."""
     from alexnet_jax import data as data_lib
-    it = data_lib.make_train_iter(config, batch_size=args.batch, seed=args.seed)
-    return [next(it) for _ in range(args.steps)]
+    with contextlib.closing(data_lib.make_train_loader(config, batch_size=args.batch, seed=args.seed)) as loader:
+        if loader.steps_per_epoch < args.steps:
+            raise SystemExit(f"{config.dataset}[{config.train_split}] has {loader.steps_per_epoch} batches of "
+                             f"{args.batch}; lower --steps or --batch")
+        it = iter(loader)
+        return [next(it) for _ in range(args.steps)]
 
 
-def run_split(config, d: int, m: int, batches):
+def run_split(config, d: int, m: int, batches, augment=None):
     import jax
     import numpy as np
 
     from alexnet_jax import comms, parallel
     from alexnet_jax.train import Trainer
 
-    trainer = Trainer.build(config, parallel.make_mesh(d, m), steps_per_epoch=max(1, len(batches)))
+    trainer = Trainer.build(config, parallel.make_mesh(d, m), steps_per_epoch=max(1, len(batches)),
+                            augment=augment)
     mesh, state = trainer.mesh, trainer.init()
 
     dev0 = mesh.devices.flat[0]
@@ -240,8 +247,11 @@ def main(argv=None) -> int:
     config = Config(model=args.model, num_classes=args.num_classes, input_size=args.input_size,
                     width=args.width, batch_size=args.batch, lr=args.lr, seed=args.seed,
                     dataset=args.dataset or "digits", data_dir=args.data_dir, augment="none")
+    augment = None
     if args.dataset:
+        from alexnet_jax import data as data_lib
         batches, data = dataset_batches(args, config), f"first {args.steps} batches of {args.dataset}"
+        augment = data_lib.make_augment(config)          # uint8 -> float on the device, inside the step
     else:
         channels = 1 if args.model.startswith("lenet") else 3
         batches, data = synthetic_batches(args, channels), f"synthetic batches (seed {args.seed})"
@@ -256,7 +266,7 @@ def main(argv=None) -> int:
         print("NOTE:", w, flush=True)
     for name, d, m, label in splits:
         print(f"[{name}] {label} ...", flush=True)
-        r = run_split(config, d, m, batches)
+        r = run_split(config, d, m, batches, augment)
         r["label"] = label
         res["splits"][name] = r
         print(f"[{name}] median step {1000 * r['median_step_s']:.1f} ms, compile {r['compile_s']:.1f} s, "

@@ -56,3 +56,19 @@ def test_alexnet_imagenet_first_steps_on_mock_data(tmp_path):
     cfg = json.loads((wd / "config.json").read_text())
     assert cfg["model"] == "alexnet" and cfg["input_size"] == 224 and cfg["ten_crop"] is True
     assert cfg["augment"] == "alexnet" and cfg["lr_schedule"] == "plateau"
+
+
+@pytest.mark.slow
+def test_compare_splits_on_a_prepared_dataset(tmp_path):
+    """--dataset: the loader's uint8 batches, scaled on the device, give every split the same losses."""
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "compare_splits.py"), "--model", "lenet5",
+                        "--input-size", "32", "--dataset", "digits", "--data-dir", str(tmp_path / "tfds"),
+                        "--steps", "3", "--batch", "16", "--devices", "2", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(res["splits"]) == {"1x1", "1x2", "2x1"} and res["data"] == "first 3 batches of digits"
+    losses = res["splits"]["1x1"]["losses"]
+    assert len(losses) == 3 and all(0.0 < x < 10.0 for x in losses)   # real labels, finite losses
+    for name, split in res["splits"].items():
+        assert split["max_rel_loss_diff_vs_1x1"] <= 1e-5, (name, split["losses"], losses)
