@@ -74,7 +74,7 @@ def provenance(mesh=None) -> dict[str, Any]:
 
         versions = {}
         for pkg in ("alexnet-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
-                    "tensorflow-datasets", "grain"):
+                    "tensorflow-datasets"):
             try:
                 versions[pkg] = metadata.version(pkg)
             except metadata.PackageNotFoundError:
@@ -181,9 +181,6 @@ class Checkpointer:
                 self.directory,
                 options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                      create=not read_only, read_only=read_only))
-
-    def steps(self) -> list[int]:
-        return sorted(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -100,7 +100,7 @@ much less than linearly (measured below).
 
 Step sizes in practice (measured, not from the paper)
 -----------------------------------------------------
-``experiments/sdlm_probe.py`` (LeNet-5, RBF head, softmax cross-entropy, MNIST in LC98's scaling, h
+A development probe, not shipped (LeNet-5, RBF head, softmax cross-entropy, MNIST in LC98's scaling, h
 estimated on 500 patterns at initialisation, jax 0.10.2 CPU): the effective rates eta / (mu + h) at
 eta = 0.0005 span about 1e-4 to 0.025 (LC98: 7e-5 to 0.016), most parameters near the cap eta / mu
 because their exact G_kk is far below mu. From there, at B = 1 a few hundred steps diverge at
@@ -121,7 +121,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from alexnet_jax.optim import ScalarOrSchedule, get_lr
+from alexnet_jax.optim import ScalarOrSchedule, _is_variable, get_lr
 
 __all__ = [
     "LC98_MU",
@@ -183,10 +183,6 @@ def _is_sdlm_state(x: Any) -> bool:
     return isinstance(x, SDLMState)
 
 
-def _is_variable(x: Any) -> bool:
-    from flax import nnx
-
-    return isinstance(x, nnx.Variable)
 
 
 def _sdlm_state(opt_state: Any) -> SDLMState:

@@ -163,9 +163,6 @@ class Trainer:
     def global_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         return self.plan.global_batch(batch)
 
-    def batch_shardings(self, batch_like: dict[str, Any]) -> dict[str, Any]:
-        return {k: self.plan.batch_sharding(np.ndim(v)) for k, v in batch_like.items()}
-
     def forward(self, params, extra, x_BHWC, *, train: bool = False, dropout_key=None, taps: bool = False):
         """The model's forward pass on this mesh (logits, or (logits, taps)); see parallel.apply."""
         model = nnx.merge(self.graphdef, params, extra)

@@ -728,3 +728,27 @@ def test_init_statistics(full_model):
             # Gaussian, not truncated or uniform: P(|w| < sigma) = 0.6827
             assert abs(np.count_nonzero(np.abs(wc) < 0.01) / n - 0.6827) < 0.01, layer
         assert np.all(b == (1.0 if layer in BIAS_ONE else 0.0)), layer
+
+
+@pytest.mark.parametrize("name", ["alexnet_owt", "alexnet_bn", "alexnet_keras"])
+def test_native_init_is_the_frameworks_default(name):
+    """init=native: PyTorch's Conv2d/Linear default (torchvision's and the BatchNorm net: weights and biases
+    U(-1/sqrt(F), 1/sqrt(F)), F the fan-in) and Keras' (Glorot-uniform weights, bound sqrt(6 / (F + F_out)),
+    zero biases).  A uniform U(-a, a) has std a / sqrt(3) and P(|w| < a / 2) = 1 / 2."""
+    m = create_model(name, num_classes=10, input_size=224, width=0.25, seed=0)
+    for layer in [c[0] for c in m.conv_names] + [f[0] for f in m.fc_names]:
+        mod = getattr(m, layer)
+        w = np.asarray(mod.kernel[...], np.float64)
+        b = np.asarray(mod.bias[...], np.float64)
+        fan_in = int(np.prod(w.shape[:-1]))
+        if name == "alexnet_keras":
+            fan_out = int(np.prod(w.shape[:-2])) * w.shape[-1]
+            a = math.sqrt(6.0 / (fan_in + fan_out))
+            assert np.all(b == 0.0), layer
+        else:
+            a = 1.0 / math.sqrt(fan_in)
+            assert np.abs(b).max() <= a and (b.size < 8 or np.std(b) > 0.3 * a), layer
+        assert np.abs(w).max() <= a * (1 + 1e-6), layer
+        n = w.size
+        assert abs(w.std() / (a / math.sqrt(3)) - 1) < 5 / math.sqrt(n) + 0.01, (layer, w.std(), a)
+        assert abs(np.count_nonzero(np.abs(w) < a / 2) / n - 0.5) < 5 / math.sqrt(n), layer

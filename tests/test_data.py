@@ -380,13 +380,16 @@ def test_cifar_tree_prepare_validation_and_corrupt(cifar_tree, cifar_dir, tmp_pa
         by_class.setdefault(k.split("/")[1], []).append(k)
     expected_val = PR.stratified_holdout(by_class) - {"train/cat/9999.jpg"}
     assert set(val) == expected_val and len(val) >= 9
-    assert not set(train) & set(val) and len(train) + len(val) == 100
+    test = _split_ids(cifar_dir, "cifar10", "test")        # no test/ folder: carved from train as well
+    assert not set(train) & set(val) and not (set(train) | set(val)) & set(test)
+    assert len(train) + len(val) + len(test) == 100 and len(test) >= 9
     # same split from a .tar.gz of the same tree (streamed), and the original JPEG bytes are kept
     tgz = make_tar(tmp_path / "tree.tar.gz", {f"cifar/{k}": v for k, v in files.items()}, "w:gz")
     dd2 = tmp_path / "tfds"
     D.prepare("cifar10", str(tgz), str(dd2), workers=0)
     assert sorted(_split_ids(dd2, "cifar10", "validation")) == sorted(val)
     assert sorted(_split_ids(dd2, "cifar10", "train")) == sorted(train)
+    assert sorted(_split_ids(dd2, "cifar10", "test")) == sorted(test)
     import tensorflow_datasets as tfds
 
     src = tfds.data_source("cifar10", split="validation", data_dir=str(dd2))
@@ -395,7 +398,7 @@ def test_cifar_tree_prepare_validation_and_corrupt(cifar_tree, cifar_dir, tmp_pa
     np.testing.assert_array_equal(ex["image"], want)
     info = D.dataset_info(Config(dataset="cifar10", data_dir=str(dd2), input_size=32))
     assert info.class_names == PR.CIFAR10_CLASSES
-    assert info.splits == {"train": len(train), "validation": len(val)}
+    assert info.splits == {"train": len(train), "validation": len(val), "test": len(test)}
 
 
 def test_cifar_python_pickles(tmp_path):

@@ -7,7 +7,7 @@ alexnet / alexnet_half):
 * forward: `model(x)` in evaluation mode equals the reference logits, with parameters drawn here (He-scaled
   kernels, non-zero biases, non-trivial BatchNorm statistics) so that no layer is an identity; at 32 px for
   every case, and at the papers' sizes (224 / 227 / 260 px) for the AlexNets' 11x11/4 stems and pooling;
-* one training step, built by the real `train.create_train_state` / `train.make_train_step` on a one-device
+* one training step, built by the real `train.Trainer` on a one-device
   mesh (all in `build_train_step`) and run twice from the real initialisation with a non-trivial learning
   rate, momentum and weight decay: the loss equals the reference loss; the gradient the step used (read off
   the velocity by inverting K12's update, which is exact because the previous velocity is known) equals the
@@ -33,13 +33,11 @@ compares; the constants are 5-10x the largest error measured over all cases, see
 * BatchNorm running statistics: STATS_RTOL times the largest value of the leaf;
 * finite differences of the float64 reference: |fd - <g, d>| <= FD_RTOL |g| |d| + 10 eps64 max(1, |L|) / h.
 
-The models that need implicit rank promotion (see RANK_PROMOTION_OFFENDERS) run under
-`jax.numpy_rank_promotion("allow")`; everything else here runs under "raise".
+Everything here runs under `jax.numpy_rank_promotion("raise")`: no model relies on implicit broadcasting.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from typing import Any
@@ -51,7 +49,6 @@ import optax
 import pytest
 import reference as ref  # tests/reference.py (pytest puts tests/ on sys.path)
 from flax import nnx
-from flax.errors import TraceContextError
 
 from alexnet_jax import parallel, train
 from alexnet_jax.config import Config
@@ -122,11 +119,6 @@ EXTRA_FORWARD = [Case("lenet5", {"head": "softmax"}, width=0.5, input_size=28, t
                  Case("alexnet_keras", {}, width=0.125, input_size=224, tag="224px"),
                  Case("alexnet_bn", {}, width=0.125, input_size=227, tag="227px")]
 
-# Models whose code adds a (C,) bias to a (B, H, W, C) tensor or divides the image by a (3,) std without an
-# explicit reshape, i.e. relies on implicit rank promotion, which jax_numpy_rank_promotion="raise" rejects
-# (test_model_runs_under_rank_promotion_raise records it).  When the models are fixed, that strict xfail
-# turns into a failure: empty this set.
-RANK_PROMOTION_OFFENDERS: set[str] = set()
 
 
 def ids(cases):
@@ -137,10 +129,6 @@ def ids(cases):
 def rank_promotion_raise():
     with jax.numpy_rank_promotion("raise"):
         yield
-
-
-def model_context(case: Case):
-    return jax.numpy_rank_promotion("allow") if case.base in RANK_PROMOTION_OFFENDERS else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -300,11 +288,7 @@ def test_every_model_head_and_init_has_a_reference_case():
         assert {c.kw["init"] for c in CASES if c.model == name} == {"paper", "he"}
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, raises=ValueError,
-                                                     reason="implicit rank promotion in the model"))
-             if c.base in RANK_PROMOTION_OFFENDERS else c for c in CASES + EXTRA_FORWARD],
-    ids=ids(CASES + EXTRA_FORWARD))
+@pytest.mark.parametrize("case", CASES + EXTRA_FORWARD, ids=ids(CASES + EXTRA_FORWARD))
 def test_model_runs_under_rank_promotion_raise(case):
     """Tracing the forward pass (evaluation and training) under jax_numpy_rank_promotion="raise"."""
     with nnx.use_eager_sharding(False):
@@ -323,8 +307,7 @@ def test_model_runs_under_rank_promotion_raise(case):
 def test_forward_matches_reference(case):
     model = filled_model(case)
     x = images(case, np.random.default_rng(1))
-    with model_context(case):
-        got = jit_eval(model, x)
+    got = jit_eval(model, x)
     want = ref.forward(case.model, params64(model), x.astype(np.float64), stats=stats64(model), **case.ref_kw())
     assert got.shape == want.shape == (BATCH, case.num_classes)
     scale = float(np.max(np.abs(want)))
@@ -377,36 +360,21 @@ def test_reference_backward_matches_finite_differences(case):
 def step_config(case: Case) -> Config:
     return Config(model=case.model, num_classes=case.num_classes, input_size=case.input_size, width=case.width,
                   batch_size=BATCH, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, seed=7,
-                  head=case.kw.get("head", "softmax"), init=case.kw.get("init", "paper"))
+                  head=case.kw.get("head", "softmax"), init=case.kw.get("init", "native"))
 
 
-# The real step fails for the BatchNorm net: make_train_step's loss_fn merges the model with `state.extra`,
-# whose BatchStat Variables belong to the jit trace, and BatchNorm's running-average write inside
-# jax.value_and_grad then raises flax.errors.TraceContextError (the Variables need re-creating inside loss_fn,
-# e.g. nnx.merge(graphdef, params, jax.tree.map(lambda a: a, state.extra))).  Strict: when the step is fixed
-# this xfail fails; remove it and the full comparison below runs.  Meanwhile
-# test_batchnorm_training_mode_matches_reference checks the same numbers with a working value_and_grad.
-STEP_XFAIL: dict[str, str] = {}
-
-
-def step_params():
-    return [pytest.param(c, marks=pytest.mark.xfail(strict=True, raises=TraceContextError, reason=STEP_XFAIL[c.id]))
-            if c.id in STEP_XFAIL else c for c in CASES]
-
-
-@pytest.mark.parametrize("case", step_params(), ids=ids(CASES))
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
 def test_train_step_matches_reference(case):
     rng = np.random.default_rng(11)
     batches = [{"image": images(case, rng), "label": rng.integers(0, case.num_classes, BATCH).astype(np.int32)}
                for _ in range(2)]
-    with model_context(case):
-        state, step, view = build_train_step(step_config(case))
-        seen = [view(state)]
-        losses = []
-        for b in batches:
-            state, metrics = step(state, {k: jnp.asarray(v) for k, v in b.items()})
-            seen.append(view(state))
-            losses.append(float(metrics["loss"]))
+    state, step, view = build_train_step(step_config(case))
+    seen = [view(state)]
+    losses = []
+    for b in batches:
+        state, metrics = step(state, {k: jnp.asarray(v) for k, v in b.items()})
+        seen.append(view(state))
+        losses.append(float(metrics["loss"]))
     assert [s["step"] for s in seen] == [0, 1, 2]
 
     # the reference trajectory, in float64 from the same initial parameters
@@ -476,8 +444,7 @@ def test_batchnorm_training_mode_matches_reference():
             return loss, nnx.split(m, nnx.Param, ...)[2]
         return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
-    with model_context(case):
-        (loss, new_extra), grads = value_and_grad(params, extra, jnp.asarray(x), jnp.asarray(labels), key)
+    (loss, new_extra), grads = value_and_grad(params, extra, jnp.asarray(x), jnp.asarray(labels), key)
     P = params64(model)
     want_loss, want_g, want_stats = ref.loss_and_grad(
         case.model, P, x.astype(np.float64), labels, train=True, stats=stats64(model),
@@ -531,9 +498,8 @@ def test_two_column_isolation_reference_and_model():
 
     perturbed = jax.tree.map(lambda a: a, state)
     nnx.replace_by_pure_dict(perturbed, jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), Q))
-    with model_context(case):
-        pool2_p, pool5_p = jax.tree.map(np.asarray, halves(state, jnp.asarray(x)))
-        pool2_q, pool5_q = jax.tree.map(np.asarray, halves(perturbed, jnp.asarray(x)))
+    pool2_p, pool5_p = jax.tree.map(np.asarray, halves(state, jnp.asarray(x)))
+    pool2_q, pool5_q = jax.tree.map(np.asarray, halves(perturbed, jnp.asarray(x)))
     assert np.array_equal(pool2_p[0], pool2_q[0]), "model: column 1's conv2 kernel reaches column 0's pool2"
     assert changed(pool2_p[1], pool2_q[1]), "model: column 1's conv2 kernel does not reach column 1's pool2"
     for c in range(2):

@@ -52,7 +52,7 @@ def mlp_problem(seed=0, n=7, scale=1.0):
 
 
 def mlp_apply(p, x_BD):
-    return jnp.tanh(x_BD @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+    return jnp.tanh(x_BD @ p["w1"] + p["b1"][None, :]) @ p["w2"] + p["b2"][None, :]
 
 
 def np_mlp(p, x_D):

@@ -1,7 +1,7 @@
 """Datasets and input pipelines (TFDS array_record read without TensorFlow; augmentation on the device).
 
 Import-light: ``import alexnet_jax.data`` (and ``alexnet_jax.data.catalog``) imports neither
-tensorflow_datasets, grain nor jax; the names below are loaded on first use.
+tensorflow_datasets nor jax; the names below are loaded on first use.
 
 catalog      DATASETS, AUGMENTS, STORES, dataset_names(): the accepted names (``imagenet2012/raw256``, ...)
 preparation prepare(name, source, data_dir): build a dataset offline (staging, resume, process pool)

@@ -65,7 +65,6 @@ CIFAR_CHANNEL_MEAN = (125.3, 123.0, 113.9)
 # The usual ImageNet per-channel RGB mean (0..255): stands in for the training mean image where the
 # dataset is not prepared (tools running a checkpoint on photos).
 IMAGENET_RGB_MEAN = (123.68, 116.78, 103.94)
-TEN_CROP_ORDER = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")   # then their flips
 
 _LENET_SCALE = (LENET_FOREGROUND - LENET_BACKGROUND) / 255.0
 

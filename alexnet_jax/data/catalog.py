@@ -58,9 +58,3 @@ def split_name(name: str) -> tuple[str, str | None]:
         what = "dataset" if base not in DATASETS else f"store {store!r} of {base}"
         raise DatasetNameError(f"unknown {what} in {name!r}; valid dataset names: {', '.join(dataset_names())}")
     return base, (store or None)
-
-
-def check_augment(augment: str) -> str:
-    if augment not in AUGMENTS:
-        raise ValueError(f"unknown augment {augment!r}; choose from {', '.join(AUGMENTS)}")
-    return augment

@@ -111,6 +111,14 @@ class ColumnDense(nnx.Module):
 PAPER_STD = 0.01                                              # K12 §5: every weight N(0, 0.01)
 PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")   # K12 §5: biases 1 there, 0 elsewhere
 INIT_RULES = ("native", "paper", "paper_scaled", "he")
+# PyTorch's default for Conv2d and Linear (reset_parameters): kaiming_uniform_(a=sqrt(5)) on the weight, i.e.
+# U(-1/sqrt(F), 1/sqrt(F)) with F the fan-in, and the bias U(-1/sqrt(F), 1/sqrt(F))
+TORCH_KERNEL = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias(fan_in: int) -> Callable:
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,13 +133,16 @@ class Init:
                   same factors as the full-size paper net's.  At full width and size it is the paper's rule.
     he            He-normal weights (std sqrt(2 / F)), zero biases, inputs divided by the ImageNet channel
                   std (the unit scale He init assumes).
-    native        the net's own published rule: `paper` for the 2012 nets; torchvision / Keras / PyTorch
-                  defaults (with unit-scale inputs) for the one-column nets (`native_kernel`).
+    native        the net's own rule (`native_kernel`, `native_bias`), inputs at unit scale: `paper` for the
+                  2012 nets; PyTorch's Conv2d / Linear default for torchvision's net and the BatchNorm net
+                  (weights and biases U(-1/sqrt(F), 1/sqrt(F)), i.e. kaiming_uniform with a = sqrt(5));
+                  Keras' default for the Keras net (Glorot-uniform weights, zero biases).
     """
 
     rule: str
     reference: dict[str, int]                  # layer -> fan-in at full width and the published input size
     native_kernel: Callable | None = None      # None: the net's native rule is the paper's
+    native_bias: Callable[[int], Callable] | None = None   # fan-in -> bias initialiser (None: zeros)
 
     def __post_init__(self):
         if self.rule not in INIT_RULES:
@@ -153,6 +164,11 @@ class Init:
 
     def bias(self, layer: str) -> float:
         return 1.0 if self._effective in ("paper", "paper_scaled") and layer in PAPER_BIAS_ONE else 0.0
+
+    def bias_init(self, layer: str, fan_in: int) -> Callable:
+        if self._effective == "native" and self.native_bias is not None:
+            return self.native_bias(fan_in)
+        return constant(self.bias(layer))
 
     @property
     def input_std(self) -> tuple[float, float, float] | None:
@@ -352,18 +368,18 @@ class _OneColumn(nnx.Module):
         return out
 
     def _build(self, convs, fcs, *, input_size, width, dtype, rngs, init: str, paper_convs, native_kernel=None,
-               batchnorm=False, adaptive_pool=None):
+               native_bias=None, batchnorm=False, adaptive_pool=None):
         """`paper_convs`: the conv list at the published input size (the reference fan-ins of Init)."""
         self.dtype = dtype
         reference = {n: f for n, _, _, f in self._dims(paper_convs, fcs, self.PAPER_INPUT, 1.0, adaptive_pool)}
-        rule = Init(init, reference, native_kernel)
+        rule = Init(init, reference, native_kernel, native_bias)
         self.input_std = rule.input_std
         dims = self._dims(convs, fcs, input_size, width, adaptive_pool)
         self.conv_names, self.fc_names = [], []
         for (name, _, ch, k, s, pad, lrn_after, pool_after), (_, in_ch, _, fan_in) in zip(
                 [(c[0], None, *c[1:]) for c in convs], dims, strict=False):
             conv = nnx.Conv(in_ch, _w(ch, width), (k, k), strides=(s, s), padding=pad,
-                            kernel_init=rule.kernel(name, fan_in), bias_init=constant(rule.bias(name)), dtype=dtype,
+                            kernel_init=rule.kernel(name, fan_in), bias_init=rule.bias_init(name, fan_in), dtype=dtype,
                             param_dtype=jnp.float32, rngs=rngs)
             setattr(self, name, conv)
             if batchnorm:
@@ -373,7 +389,7 @@ class _OneColumn(nnx.Module):
         self.adaptive_pool = adaptive_pool
         for (name, _, drop_before), (_, features, out, fan_in) in zip(fcs, dims[len(convs):], strict=True):
             setattr(self, name, nnx.Linear(features, out, kernel_init=rule.kernel(name, fan_in),
-                                           bias_init=constant(rule.bias(name)), dtype=dtype,
+                                           bias_init=rule.bias_init(name, fan_in), dtype=dtype,
                                            param_dtype=jnp.float32, rngs=rngs))
             self.fc_names.append((name, drop_before))
         self.flat_features = dims[len(convs)][1]
@@ -424,7 +440,7 @@ class _OneColumn(nnx.Module):
 
 # Inputs.  Every pipeline feeds AlexNets centred raw RGB in 0..255 units (K12 §2; the paper's
 # N(0, 0.01) init assumes that scale).  The nets built for unit-variance inputs (torchvision, Keras,
-# the BatchNorm net: default Glorot/LeCun/He inits) divide by the ImageNet per-channel standard
+# the BatchNorm net: PyTorch's / Keras' default inits) divide by the ImageNet per-channel standard
 # deviation first, which is exactly torchvision's Normalize(mean, std) given centred pixels.
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
@@ -484,7 +500,7 @@ class AlexNetOWT(_OneColumn):
         fcs = [("fc6", 4096, True), ("fc7", 4096, True), ("fc8", num_classes, False)]
         self._build(self._convs(input_size), fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
                     init=init, paper_convs=self._convs(self.PAPER_INPUT),
-                    native_kernel=nnx.initializers.lecun_normal(), adaptive_pool=(6, 6))
+                    native_kernel=TORCH_KERNEL, native_bias=torch_bias, adaptive_pool=(6, 6))
 
 
 class AlexNetKeras(_OneColumn):
@@ -536,4 +552,4 @@ class AlexNetBN(_OneColumn):
         fcs = [("fc6", 4096, True), ("fc7", 4096, True), ("fc8", num_classes, False)]
         self._build(self._convs(input_size), fcs, input_size=input_size, width=width, dtype=dtype, rngs=rngs,
                     init=init, paper_convs=self._convs(self.PAPER_INPUT),
-                    native_kernel=nnx.initializers.he_uniform(), batchnorm=True)
+                    native_kernel=TORCH_KERNEL, native_bias=torch_bias, batchnorm=True)

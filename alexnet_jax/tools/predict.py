@@ -4,7 +4,7 @@
         ../shared/data/imagenet_samples/imagenet_samples_100.tar
     alexnet-jax predict --workdir runs/alexnet_cifar10 photo.jpg more_photos/ [--top 5] [--limit N]
 
-Preprocessing is the checkpoint's evaluation preprocessing, from `alexnet_jax.data`'s Preprocessor:
+Preprocessing is the checkpoint's evaluation preprocessing (`alexnet_jax.data.augment.Augment.eval`):
 for `augment=alexnet` the shorter side is resized to 256, the centre 256x256 kept, the training set's
 per-pixel mean image subtracted and the centre input_size crop taken (K12 §2); for `cifar` the photo
 is resized on its shorter side to 32 and centre-cropped (rather than squashed), then centred the same
