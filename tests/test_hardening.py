@@ -335,7 +335,10 @@ def test_eval_on_a_damaged_checkpoint_prints_one_warning_line(tfds_dir, tmp_path
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 5
     lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and "checkpoint step 10" in lines[0] and "trying the previous checkpoint" in lines[0], lines
+    # one line about the damage, no traceback (orbax's own logging is silenced); a shared machine may add
+    # unrelated runtime lines, which are not counted
+    about = [x for x in lines if "checkpoint" in x.lower() or "orbax" in x.lower() or "Traceback" in x]
+    assert len(about) == 1 and "checkpoint step 10" in about[0] and "trying the previous checkpoint" in about[0], lines
     assert (wd / "checkpoints" / "10").is_dir()                # eval reads; it never moves anything
 
 
