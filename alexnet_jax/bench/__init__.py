@@ -69,7 +69,7 @@ MEASURED_TFLOPS: list[tuple[str, dict[str, float], str]] = [
 # From the issue: plain Flax AlexNet training on one H100 (bf16) consumed 23.5k img/s.
 GPU_STEP_RATE_IMG_S = 23_500.0
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_peer_dir() -> Path:
@@ -523,7 +523,7 @@ def run_peers(specs: list[ModelSpec], *, batch: int, steps: int, peer_dir: Path,
         return out
     want = {PEER_KEYS[s.name] for s in specs if s.name in PEER_KEYS and s.input_size in (224, 227)}
     if want:
-        cmd = [sys.executable, "-m", "alexnet_jax.bench_torch", "alexnet", "--peer-dir", str(peer_dir),
+        cmd = [sys.executable, "-m", "alexnet_jax.bench.torch_twins", "alexnet", "--peer-dir", str(peer_dir),
                "--batch", str(batch), "--steps", str(steps), "--variants", ",".join(sorted(want))]
         if device:
             cmd += ["--device", device]
@@ -533,7 +533,7 @@ def run_peers(specs: list[ModelSpec], *, batch: int, steps: int, peer_dir: Path,
             cmd.append("--no-compile")
         out["torch_alexnet"] = _run_json(cmd, env=_thread_env(threads), timeout=timeout)
     if any(s.name == "alexnet_cifar" for s in specs):
-        cmd = [sys.executable, "-m", "alexnet_jax.bench_torch", "cifar", "--batch", str(batch),
+        cmd = [sys.executable, "-m", "alexnet_jax.bench.torch_twins", "cifar", "--batch", str(batch),
                "--steps", str(steps), "--device", device or ("cuda" if _torch_cuda() else "cpu")]
         if threads:
             cmd += ["--threads", str(threads)]
@@ -717,6 +717,18 @@ def run_lenet_peer(mnist_dir: str | os.PathLike, peer_dir: Path, threads: int | 
     if not script.exists():
         return {"skipped": f"{script} not found"}
     return _run_json([sys.executable, str(script), str(mnist_dir)], env=_thread_env(threads), timeout=timeout)
+
+
+def run_lenet_twin(mnist_dir: str | os.PathLike, threads: int | None, *, batch: int = 128, epochs: int = 3,
+                   timeout: float = 900) -> dict[str, Any]:
+    """The torch twin of our lenet5 (alexnet_jax.bench.torch_twins `lenet`), best of `epochs` epochs."""
+    if not torch_available():
+        return {"skipped": "torch is not installed"}
+    cmd = [sys.executable, "-m", "alexnet_jax.bench.torch_twins", "lenet", str(mnist_dir), "--batch", str(batch),
+           "--epochs", str(epochs)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    return _run_json(cmd, env=_thread_env(threads), timeout=timeout)
 
 
 # ------------------------------------------------------------------------------------------------
