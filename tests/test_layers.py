@@ -1,4 +1,6 @@
-"""LRN and pooling layers against float64 numpy references written from the papers' formulas.
+"""LRN and pooling layers against float64 numpy references written from the papers' formulas, and the
+fast formulations of layers.py (batch-minor convolution, 2x2 window sums) against the straightforward
+`lax.conv_general_dilated` / `reduce_window` ones, forward and gradients.
 
 References: paper_facts.md §1.4 (K12 §3.3 LRN formula and constants; PyTorch's convention),
 §1.5 (overlapping 3/2 max-pooling), §3.1 / §5.2 (torch AdaptiveAvgPool2d semantics).
@@ -11,7 +13,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax.models.layers import adaptive_avg_pool, conv_out, lrn, max_pool
+from alexnet_jax.models.layers import (
+    adaptive_avg_pool,
+    conv_batch_minor,
+    conv_out,
+    from_batch_minor,
+    lrn,
+    max_pool,
+    patches_batch_minor,
+    sum_pool_2x2_batch_minor,
+    to_batch_minor,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,3 +190,107 @@ def test_max_pool_values_overlap():
     x2 = np.zeros((1, 5, 5, 1), np.float32)
     x2[0, 2, 2, 0] = 1.0
     np.testing.assert_array_equal(np.asarray(max_pool(jnp.asarray(x2)))[0, :, :, 0], np.ones((2, 2)))
+
+
+# ---------------------------------------------------------------------------------------------
+# fast formulations against the straightforward ones (kept here as the references)
+# ---------------------------------------------------------------------------------------------
+def ref_conv(x_BHWC, kernel_HWIO, padding="VALID"):
+    """The reference: XLA's convolution, NHWC / HWIO, stride 1."""
+    return jax.lax.conv_general_dilated(x_BHWC, kernel_HWIO, (1, 1), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_bm_nhwc(x_BHWC, kernel_HWIO, padding="VALID"):
+    return from_batch_minor(conv_batch_minor(to_batch_minor(x_BHWC), kernel_HWIO, padding))
+
+
+def ref_sum_pool_2x2(x_BHWC):
+    """The reference: a VALID 2x2 / 2 `reduce_window` sum."""
+    return jax.lax.reduce_window(x_BHWC, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+def _vjp_all(f, args, g):
+    y, vjp = jax.vjp(f, *args)
+    return [y, *vjp(g)]
+
+
+def _assert_close_all(got, want, tol):
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if b.size == 0:
+            continue
+        scale = max(np.abs(b).max(), 1e-30)
+        assert np.abs(a - b).max() <= tol * scale, f"max error {np.abs(a - b).max() / scale:.3g} > {tol}"
+
+
+CONV_CASES = [  # (batch, h, w, in, out, kh, kw, padding)
+    (4, 32, 32, 1, 6, 5, 5, "VALID"),                  # LeNet C1
+    (3, 28, 28, 1, 6, 5, 5, ((2, 2), (2, 2))),         # C1 on 28x28 (padding 2)
+    (4, 14, 14, 6, 16, 5, 5, "VALID"),                 # C3
+    (5, 5, 5, 16, 120, 5, 5, "VALID"),                 # C5: a 5x5 conv over a 5x5 map
+    (2, 9, 11, 3, 4, 3, 5, "VALID"),                   # odd, non-square maps and kernels
+    (3, 7, 6, 2, 5, 3, 3, "SAME"),
+    (1, 10, 9, 4, 3, 4, 2, ((1, 3), (0, 2))),          # asymmetric padding, even kernel
+    (2, 6, 8, 9, 24, 5, 5, ((2, 2), (2, 2))),          # the widths LeNet's C3 has at width 1.5
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_batch_minor_matches_lax_conv(case):
+    """Output, input gradient and kernel gradient equal lax.conv_general_dilated's to float32 rounding."""
+    b, h, w, ci, co, kh, kw, pad = case
+    rng = np.random.default_rng(sum(case[:7]))
+    x = jnp.asarray(rng.normal(size=(b, h, w, ci)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(kh, kw, ci, co)) / np.sqrt(kh * kw * ci), jnp.float32)
+    y_shape = jax.eval_shape(lambda x, k: ref_conv(x, k, pad), x, k).shape
+    g = jnp.asarray(rng.normal(size=y_shape), jnp.float32)
+    want = jax.jit(lambda x, k, g: _vjp_all(lambda x, k: ref_conv(x, k, pad), (x, k), g))(x, k, g)
+    got = jax.jit(lambda x, k, g: _vjp_all(lambda x, k: conv_bm_nhwc(x, k, pad), (x, k), g))(x, k, g)
+    _assert_close_all(got, want, 2e-6)
+
+
+def test_conv_batch_minor_bfloat16():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(4, 14, 14, 6)), jnp.bfloat16)
+    k = jnp.asarray(rng.normal(size=(5, 5, 6, 16)) / np.sqrt(150), jnp.bfloat16)
+    g = jnp.asarray(rng.normal(size=(4, 10, 10, 16)), jnp.bfloat16)
+    want = jax.jit(lambda x, k, g: _vjp_all(ref_conv, (x, k), g))(x, k, g)
+    got = jax.jit(lambda x, k, g: _vjp_all(conv_bm_nhwc, (x, k), g))(x, k, g)
+    assert got[0].dtype == jnp.bfloat16
+    _assert_close_all(got, want, 2e-2)
+
+
+@pytest.mark.parametrize("shape,kh,kw", [((1, 32, 32, 3), 5, 5), ((6, 14, 14, 2), 5, 5), ((3, 7, 9, 4), 3, 2)])
+def test_patches_gradient_is_col2im(shape, kh, kw):
+    """The custom gradient of the patches (in-place slice additions) equals autodiff of the slices."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+    def plain(x):
+        c, h, w, b = x.shape
+        oh, ow = h - kh + 1, w - kw + 1
+        return jnp.stack([x[:, i:i + oh, j:j + ow] for i in range(kh) for j in range(kw)]).reshape(-1, oh, ow, b)
+
+    p = patches_batch_minor(x, kh, kw)
+    np.testing.assert_array_equal(np.asarray(p), np.asarray(plain(x)))
+    g = jnp.asarray(rng.normal(size=p.shape), jnp.float32)
+    got = jax.vjp(lambda x: patches_batch_minor(x, kh, kw), x)[1](g)[0]
+    want = jax.vjp(plain, x)[1](g)[0]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4, 28, 28, 6), (3, 10, 10, 16), (2, 9, 7, 3), (1, 1, 5, 2)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_sum_pool_2x2_matches_reduce_window(shape, dtype):
+    """Forward and gradient equal a VALID 2x2/2 reduce_window sum (odd last rows/columns dropped)."""
+    rng = np.random.default_rng(shape[1])
+    x = jnp.asarray(rng.normal(size=shape), dtype)
+    out_shape = jax.eval_shape(ref_sum_pool_2x2, x).shape
+    g = jnp.asarray(rng.normal(size=out_shape), dtype)
+    fast = lambda x: from_batch_minor(sum_pool_2x2_batch_minor(to_batch_minor(x)))  # noqa: E731
+    want = jax.jit(lambda x, g: _vjp_all(ref_sum_pool_2x2, (x,), g))(x, g)
+    got = jax.jit(lambda x, g: _vjp_all(fast, (x,), g))(x, g)
+    _assert_close_all(got, want, 1e-6 if dtype == jnp.float32 else 1e-2)
+    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))   # the gradient is a copy: exact

@@ -5,6 +5,8 @@ Tensors are NHWC throughout (`x_BHWC`); kernels are HWIO (`kernel_HWIO`).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -65,6 +67,113 @@ def adaptive_avg_pool(x_BHWC: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
             cols.append(x_BHWC[:, h0:h1, w0:w1, :].mean(axis=(1, 2)))
         rows.append(jnp.stack(cols, axis=1))
     return jnp.stack(rows, axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Batch-minor convolution (LeNet's small convolutions on XLA:CPU)
+# --------------------------------------------------------------------------------------------
+# A stride-1 convolution with few channels (LeNet: 1, 6 and 16 input maps) is one matmul over
+# patches when the batch is the minor (contiguous) axis: in (C, H, W, B) layout every row of the
+# patch matrix is a shifted (H, W) window of one map, i.e. runs of whole contiguous batch vectors,
+# so building the patches is a plain strided copy, and the transposed slices of the backward pass
+# (col2im) are a vectorised sum of shifted rows.  XLA:CPU's own convolutions at these sizes, and
+# above all their kernel gradients (convolutions with the batch as the contraction), are several
+# times slower (experiments/results/bench_cpu_2026-11-25.md).  Layers convert with
+# `to_batch_minor` / `from_batch_minor` at their boundaries; XLA cancels the transpose pairs
+# between consecutive layers, so a chain of such layers stays batch-minor.
+def to_batch_minor(x_BHWC: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (C, H, W, B)."""
+    return jnp.transpose(x_BHWC, (3, 1, 2, 0))
+
+
+def from_batch_minor(x_CHWB: jax.Array) -> jax.Array:
+    """(C, H, W, B) -> (B, H, W, C)."""
+    return jnp.transpose(x_CHWB, (3, 1, 2, 0))
+
+
+def _explicit_padding(padding, in_hw, kernel_hw) -> tuple[tuple[int, int], tuple[int, int]]:
+    if isinstance(padding, str):
+        return tuple(jax.lax.padtype_to_pads(in_hw, kernel_hw, (1, 1), padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def patches_batch_minor(x_CHWB: jax.Array, kh: int, kw: int) -> jax.Array:
+    """(kh*kw*C, Ho, Wo, B) patches of a VALID stride-1 window, rows ordered (i, j, c) like an HWIO
+    kernel reshaped to (kh*kw*C, O).
+
+    Built in two stages (the kw column shifts, then the kh row shifts of those), 2x faster on XLA:CPU
+    than stacking the kh*kw windows at once.  The gradient (col2im: each patch row added back at its
+    window) is a chain of in-place slice additions, which XLA:CPU runs faster than the sum of padded
+    windows that autodiff of the slices gives (that materialises every pad)."""
+    c, h, w, b = x_CHWB.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    cols = jnp.stack([x_CHWB[:, :, j:j + ow, :] for j in range(kw)], axis=0)       # (kw, C, H, Wo, B)
+    rows = jnp.stack([cols[:, :, i:i + oh] for i in range(kh)], axis=0)             # (kh, kw, C, Ho, Wo, B)
+    return rows.reshape(kh * kw * c, oh, ow, b)
+
+
+def _patches_fwd(x_CHWB, kh, kw):
+    return patches_batch_minor(x_CHWB, kh, kw), None
+
+
+def _patches_bwd(kh, kw, _, g):
+    k_c, oh, ow, b = g.shape
+    c = k_c // (kh * kw)
+    g = g.reshape(kh, kw, c, oh, ow, b)
+    dx = jnp.zeros((c, oh + kh - 1, ow + kw - 1, b), g.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx = dx.at[:, i:i + oh, j:j + ow, :].add(g[i, j])
+    return (dx,)
+
+
+patches_batch_minor.defvjp(_patches_fwd, _patches_bwd)
+
+
+def conv_batch_minor(x_CHWB: jax.Array, kernel_HWIO: jax.Array, padding="VALID") -> jax.Array:
+    """Stride-1 cross-correlation (what `lax.conv_general_dilated` computes for NHWC / HWIO) on a
+    batch-minor input: (C, H, W, B) -> (O, Ho, Wo, B), as one (O, kh*kw*C) x (kh*kw*C, Ho*Wo*B)
+    matmul over `patches_batch_minor`.  Its gradients are matmuls too (the kernel gradient
+    contracts over Ho*Wo*B) plus, for the input, the transposed slices of the patches."""
+    kh, kw, ci, co = kernel_HWIO.shape
+    if x_CHWB.shape[0] != ci:
+        raise ValueError(f"input has {x_CHWB.shape[0]} channels, kernel expects {ci}")
+    (pt, pb), (pl, pr) = _explicit_padding(padding, x_CHWB.shape[1:3], (kh, kw))
+    if pt or pb or pl or pr:
+        x_CHWB = jnp.pad(x_CHWB, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    p = patches_batch_minor(x_CHWB, kh, kw)
+    _, oh, ow, b = p.shape
+    y = jnp.dot(kernel_HWIO.reshape(kh * kw * ci, co).T, p.reshape(kh * kw * ci, oh * ow * b))
+    return y.reshape(co, oh, ow, b)
+
+
+def sum_pool_2x2_batch_minor(x_CHWB: jax.Array) -> jax.Array:
+    """Sums of non-overlapping 2x2 windows, (C, H, W, B) -> (C, H//2, W//2, B) (an odd last row /
+    column is dropped, like VALID pooling).  Four strided slices added (one elementwise fusion; a
+    reduce over window axes is a separate, slower XLA:CPU op); the gradient copies each output's
+    cotangent to its four inputs (one broadcast) instead of adding four interior-padded arrays."""
+    _, h, w, _ = x_CHWB.shape
+    if h % 2 or w % 2:
+        x_CHWB = x_CHWB[:, :h - h % 2, :w - w % 2]
+    return _sum_pool_2x2_even(x_CHWB)
+
+
+@jax.custom_vjp
+def _sum_pool_2x2_even(x):
+    return x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]
+
+
+def _sum_pool_fwd(x):
+    return _sum_pool_2x2_even(x), None
+
+
+def _sum_pool_bwd(_, g):
+    c, h2, w2, b = g.shape
+    return (jnp.broadcast_to(g[:, :, None, :, None, :], (c, h2, 2, w2, 2, b)).reshape(c, 2 * h2, 2 * w2, b),)
+
+
+_sum_pool_2x2_even.defvjp(_sum_pool_fwd, _sum_pool_bwd)
 
 
 def conv_out(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int) -> int:
