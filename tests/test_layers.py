@@ -294,3 +294,51 @@ def test_sum_pool_2x2_matches_reduce_window(shape, dtype):
     got = jax.jit(lambda x, g: _vjp_all(fast, (x,), g))(x, g)
     _assert_close_all(got, want, 1e-6 if dtype == jnp.float32 else 1e-2)
     np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))   # the gradient is a copy: exact
+
+
+def ref_max_pool(x_BHWC, window=3, stride=2):
+    """The reference: a VALID `reduce_window` max (nnx.max_pool), whose gradient is select-and-scatter."""
+    from flax import nnx
+    return nnx.max_pool(x_BHWC, (window, window), (stride, stride), "VALID")
+
+
+POOL_CASES = [((4, 32, 32, 48), 3, 2), ((3, 15, 15, 16), 3, 2), ((2, 7, 7, 5), 3, 2), ((2, 14, 13, 3), 3, 2),
+              ((2, 9, 9, 4), 2, 2), ((2, 11, 10, 3), 3, 3), ((1, 8, 8, 2), 3, 1), ((2, 3, 3, 2), 3, 2)]
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_matches_reduce_window_exactly(case, ties):
+    """Forward bitwise equal; the gradient goes to the same position as select-and-scatter's (the first
+    maximum of each window in row-major order, also with ties), so with integer cotangents (exact sums
+    of overlapping windows) the gradients are bitwise equal."""
+    shape, window, stride = case
+    rng = np.random.default_rng(shape[1] * 10 + window)
+    x = rng.normal(size=shape).astype(np.float32)
+    if ties:
+        x = np.round(x)                   # many equal values in a window, zeros from a "ReLU"
+        x[x < 0] = 0.0
+    x = jnp.asarray(x)
+    y_shape = jax.eval_shape(lambda x: ref_max_pool(x, window, stride), x).shape
+    g = jnp.asarray(rng.integers(-4, 5, size=y_shape).astype(np.float32))
+    want = jax.jit(lambda x, g: _vjp_all(lambda x: ref_max_pool(x, window, stride), (x,), g))(x, g)
+    got = jax.jit(lambda x, g: _vjp_all(lambda x: max_pool(x, window, stride), (x,), g))(x, g)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_max_pool_random_cotangent(dtype):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(4, 15, 15, 128)), dtype)
+    g = jnp.asarray(rng.normal(size=(4, 7, 7, 128)), dtype)
+    want = jax.jit(lambda x, g: _vjp_all(ref_max_pool, (x,), g))(x, g)
+    got = jax.jit(lambda x, g: _vjp_all(max_pool, (x,), g))(x, g)
+    _assert_close_all(got, want, 1e-6 if dtype == jnp.float32 else 1e-2)
+
+
+def test_max_pool_other_padding_falls_back_to_reduce_window():
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 6, 6, 3)), jnp.float32)
+    from flax import nnx
+    np.testing.assert_array_equal(np.asarray(max_pool(x, 3, 2, "SAME")),
+                                  np.asarray(nnx.max_pool(x, (3, 3), (2, 2), "SAME")))

@@ -48,8 +48,73 @@ def lrn(x_BHWC: jax.Array, *, k: float = LRN_K, n: int = LRN_N, alpha: float = L
 # Pooling
 # --------------------------------------------------------------------------------------------
 def max_pool(x_BHWC: jax.Array, window: int = 3, stride: int = 2, padding="VALID") -> jax.Array:
-    """Max-pool; window 3, stride 2 is AlexNet's overlapping pooling (K12 §3.4)."""
+    """Max-pool; window 3, stride 2 is AlexNet's overlapping pooling (K12 §3.4).
+
+    VALID pooling runs as `_max_pool_valid` (the same function and the same gradient as
+    `nnx.max_pool`, i.e. `reduce_window` max and its select-and-scatter gradient, a third of the
+    CIFAR AlexNet's step on XLA:CPU otherwise); other paddings use `nnx.max_pool`."""
+    if isinstance(padding, str) and padding.upper() == "VALID":
+        return _max_pool_valid(x_BHWC, window, stride)
     return nnx.max_pool(x_BHWC, (window, window), (stride, stride), padding)
+
+
+def _window_slices(x_BHWC: jax.Array, window: int, stride: int, oh: int, ow: int):
+    """The window x window strided views x[:, i + stride * p, j + stride * q] (p < oh, q < ow), in
+    row-major window order (i, j)."""
+    return [((i, j), jax.lax.slice(x_BHWC, (0, i, j, 0),
+                                   (x_BHWC.shape[0], i + stride * (oh - 1) + 1, j + stride * (ow - 1) + 1,
+                                    x_BHWC.shape[3]), (1, stride, stride, 1)))
+            for i in range(window) for j in range(window)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_valid(x_BHWC: jax.Array, window: int, stride: int) -> jax.Array:
+    """VALID max-pool as the maximum of window*window strided slices (one elementwise fusion).
+
+    Gradient: each output's cotangent goes to the first position of its window, in row-major order,
+    that holds the window's maximum, exactly what XLA's select-and-scatter (the gradient of a
+    `reduce_window` max) does, and the contributions of overlapping windows are added.  The
+    scatter is done per stride phase: the window offsets (i, j) that share (i % stride, j % stride)
+    land on one phase plane of the input, shifted by (i // stride, j // stride), and the planes are
+    interleaved by one reshape, so no strided scatter or interior padding is needed."""
+    _, h, w, _ = x_BHWC.shape
+    oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
+    y = None
+    for _, v in _window_slices(x_BHWC, window, stride, oh, ow):
+        y = v if y is None else jnp.maximum(y, v)
+    return y
+
+
+def _max_pool_fwd(x_BHWC, window, stride):
+    y = _max_pool_valid(x_BHWC, window, stride)
+    return y, (x_BHWC, y)
+
+
+def _max_pool_bwd(window, stride, res, g):
+    x, y = res
+    b, h, w, c = x.shape
+    _, oh, ow, _ = y.shape
+    taken = jnp.zeros(y.shape, bool)
+    planes: dict[tuple[int, int], jax.Array] = {}
+    ph, pw = oh + (window - 1) // stride, ow + (window - 1) // stride    # phase-plane extent
+    zero = jnp.zeros((), g.dtype)
+    for (i, j), v in _window_slices(x, window, stride, oh, ow):
+        first = (v == y) & ~taken
+        taken = taken | first
+        contrib = jnp.where(first, g, zero)
+        di, dj = i // stride, j // stride
+        contrib = jnp.pad(contrib, ((0, 0), (di, ph - oh - di), (dj, pw - ow - dj), (0, 0)))
+        key = (i % stride, j % stride)
+        planes[key] = contrib if key not in planes else planes[key] + contrib
+    zeros = jnp.zeros((b, ph, pw, c), g.dtype)
+    grid = jnp.stack([jnp.stack([planes.get((a, q), zeros) for q in range(stride)], axis=3)
+                      for a in range(stride)], axis=2)                      # (B, ph, s, pw, s, C)
+    dx = grid.reshape(b, ph * stride, pw * stride, c)
+    dx = dx[:, :min(h, ph * stride), :min(w, pw * stride)]
+    return (jnp.pad(dx, ((0, 0), (0, h - dx.shape[1]), (0, w - dx.shape[2]), (0, 0))),)
+
+
+_max_pool_valid.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def adaptive_avg_pool(x_BHWC: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
@@ -102,15 +167,15 @@ def patches_batch_minor(x_CHWB: jax.Array, kh: int, kw: int) -> jax.Array:
     """(kh*kw*C, Ho, Wo, B) patches of a VALID stride-1 window, rows ordered (i, j, c) like an HWIO
     kernel reshaped to (kh*kw*C, O).
 
-    Built in two stages (the kw column shifts, then the kh row shifts of those), 2x faster on XLA:CPU
+    Built in two stages (the kh row windows, then the kw column shifts of those), 2x faster on XLA:CPU
     than stacking the kh*kw windows at once.  The gradient (col2im: each patch row added back at its
     window) is a chain of in-place slice additions, which XLA:CPU runs faster than the sum of padded
     windows that autodiff of the slices gives (that materialises every pad)."""
     c, h, w, b = x_CHWB.shape
     oh, ow = h - kh + 1, w - kw + 1
-    cols = jnp.stack([x_CHWB[:, :, j:j + ow, :] for j in range(kw)], axis=0)       # (kw, C, H, Wo, B)
-    rows = jnp.stack([cols[:, :, i:i + oh] for i in range(kh)], axis=0)             # (kh, kw, C, Ho, Wo, B)
-    return rows.reshape(kh * kw * c, oh, ow, b)
+    rows = jnp.stack([x_CHWB[:, i:i + oh] for i in range(kh)], axis=0)              # (kh, C, Ho, W, B)
+    p = jnp.stack([rows[:, :, :, j:j + ow] for j in range(kw)], axis=1)             # (kh, kw, C, Ho, Wo, B)
+    return p.reshape(kh * kw * c, oh, ow, b)
 
 
 def _patches_fwd(x_CHWB, kh, kw):
@@ -142,8 +207,13 @@ def conv_batch_minor(x_CHWB: jax.Array, kernel_HWIO: jax.Array, padding="VALID")
     (pt, pb), (pl, pr) = _explicit_padding(padding, x_CHWB.shape[1:3], (kh, kw))
     if pt or pb or pl or pr:
         x_CHWB = jnp.pad(x_CHWB, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    p = patches_batch_minor(x_CHWB, kh, kw)
-    _, oh, ow, b = p.shape
+    if x_CHWB.shape[1:3] == (kh, kw):   # one output position (LeNet's C5): the patch is the whole map
+        b = x_CHWB.shape[-1]
+        oh = ow = 1
+        p = jnp.transpose(x_CHWB, (1, 2, 0, 3))
+    else:
+        p = patches_batch_minor(x_CHWB, kh, kw)
+        _, oh, ow, b = p.shape
     y = jnp.dot(kernel_HWIO.reshape(kh * kw * ci, co).T, p.reshape(kh * kw * ci, oh * ow * b))
     return y.reshape(co, oh, ow, b)
 
