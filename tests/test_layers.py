@@ -342,3 +342,36 @@ def test_max_pool_other_padding_falls_back_to_reduce_window():
     from flax import nnx
     np.testing.assert_array_equal(np.asarray(max_pool(x, 3, 2, "SAME")),
                                   np.asarray(nnx.max_pool(x, (3, 3), (2, 2), "SAME")))
+
+
+def ref_lrn(x_BHWC, *, k=2.0, n=5, alpha=1e-4, beta=0.75):
+    """The reference: LRN as first written, the window sum as one `reduce_window` (autodiff gradient)."""
+    dtype = x_BHWC.dtype
+    x = x_BHWC.astype(jnp.float32)
+    half = n // 2
+    sq = jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 1, 1, n), (1, 1, 1, 1),
+                               ((0, 0), (0, 0), (0, 0), (half, n - 1 - half)))
+    return (x * (k + alpha * sq) ** (-beta)).astype(dtype)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 48), (2, 5, 5, 7), (1, 2, 3, 3), (1, 2, 2, 1)])
+@pytest.mark.parametrize("n,beta", [(5, 0.75), (3, 0.5), (4, 0.75), (7, 1.0)])
+def test_lrn_gradient_matches_autodiff_of_reduce_window(shape, n, beta):
+    """lrn's written-out gradient (custom VJP) equals autodiff of the reduce_window formulation, for odd and
+    even windows, windows wider than the channel count, and other betas."""
+    x = jnp.asarray(_large(shape, seed=n + shape[-1]))
+    g = jnp.asarray(np.random.default_rng(n).normal(size=shape), jnp.float32)
+    kw = dict(k=2.0, n=n, alpha=1e-4, beta=beta)
+    want = jax.jit(lambda x, g: _vjp_all(lambda x: ref_lrn(x, **kw), (x,), g))(x, g)
+    got = jax.jit(lambda x, g: _vjp_all(lambda x: lrn(x, **kw), (x,), g))(x, g)
+    _assert_close_all(got, want, 2e-6)
+
+
+@pytest.mark.parametrize("shape", [(8, 32, 32, 48), (8, 15, 15, 128)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_lrn_gradient_alexnet_shapes(shape, dtype):
+    x = jnp.asarray(np.maximum(_large(shape, seed=5), 0), dtype)     # post-ReLU, 0..255-scale activations
+    g = jnp.asarray(np.random.default_rng(6).normal(size=shape), dtype)
+    want = jax.jit(lambda x, g: _vjp_all(ref_lrn, (x,), g))(x, g)
+    got = jax.jit(lambda x, g: _vjp_all(lrn, (x,), g))(x, g)
+    _assert_close_all(got, want, 2e-6 if dtype == jnp.float32 else 1e-2)

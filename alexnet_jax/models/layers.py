@@ -27,21 +27,57 @@ def lrn(x_BHWC: jax.Array, *, k: float = LRN_K, n: int = LRN_N, alpha: float = L
         beta: float = LRN_BETA) -> jax.Array:
     """Cross-channel LRN over the last axis, computed in float32 for stability.
 
-    The windowed sum of squares is one `reduce_window` over the channel axis with zero padding
-    of n//2 on both sides, which is exactly the clipped sum of the paper's formula.
+    The windowed sum of squares is the clipped sum of the paper's formula: channels outside
+    [0, N) count as zero.  Forward and gradient are each one or two elementwise passes
+    (`_lrn_f32`); see there.
     """
     dtype = x_BHWC.dtype
-    x = x_BHWC.astype(jnp.float32)
-    half = n // 2
-    sq_sum = jax.lax.reduce_window(
-        x * x, 0.0, jax.lax.add, window_dimensions=(1, 1, 1, n), window_strides=(1, 1, 1, 1),
-        padding=((0, 0), (0, 0), (0, 0), (half, n - 1 - half)))
-    if beta == 0.75:  # x / d**0.75 == x * rsqrt(d) * rsqrt(sqrt(d)): cheaper than pow
-        d = k + alpha * sq_sum
-        scale = jax.lax.rsqrt(d) * jax.lax.rsqrt(jnp.sqrt(d))
-    else:
-        scale = (k + alpha * sq_sum) ** (-beta)
-    return (x * scale).astype(dtype)
+    return _lrn_f32(x_BHWC.astype(jnp.float32), float(k), int(n), float(alpha), float(beta)).astype(dtype)
+
+
+def _channel_window_sum(v: jax.Array, n: int, lo: int) -> jax.Array:
+    """sum_{j=c-lo}^{c-lo+n-1} v[..., j] over the last axis, zero outside: n shifted slices of one
+    zero-padded array, added in one elementwise fusion."""
+    c = v.shape[-1]
+    p = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(lo, n - 1 - lo)])
+    out = p[..., 0:c]
+    for j in range(1, n):
+        out = out + p[..., j:j + c]
+    return out
+
+
+def _lrn_scale(x: jax.Array, k: float, n: int, alpha: float, beta: float) -> tuple[jax.Array, jax.Array]:
+    """(d, d**-beta) with d = k + alpha * window_sum(x^2)."""
+    d = k + alpha * _channel_window_sum(x * x, n, n // 2)
+    if beta == 0.75:  # d**-0.75 == rsqrt(d) * rsqrt(sqrt(d)): cheaper than pow
+        return d, jax.lax.rsqrt(d) * jax.lax.rsqrt(jnp.sqrt(d))
+    return d, d ** (-beta)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _lrn_f32(x: jax.Array, k: float, n: int, alpha: float, beta: float) -> jax.Array:
+    """b = x * d**-beta, d = k + alpha * window_sum(x^2).
+
+    Gradient, written out (autodiff of the same formula gives the same function but XLA:CPU runs it
+    as many more passes over memory, materialising each intermediate):
+      dx_j = g_j s_j - 2 alpha beta x_j * sum_{c : j in window(c)} t_c,   s = d**-beta,
+      t_c = g_c x_c s_c / d_c,
+    where the sum over the windows that contain j is the window sum with the window mirrored.  Only
+    x is kept for the backward pass; d and s are recomputed there (cheaper than storing them)."""
+    return x * _lrn_scale(x, k, n, alpha, beta)[1]
+
+
+def _lrn_fwd(x, k, n, alpha, beta):
+    return _lrn_f32(x, k, n, alpha, beta), x
+
+
+def _lrn_bwd(k, n, alpha, beta, x, g):
+    d, s = _lrn_scale(x, k, n, alpha, beta)
+    t = g * x * s / d
+    return (g * s - (2.0 * alpha * beta) * x * _channel_window_sum(t, n, n - 1 - n // 2),)
+
+
+_lrn_f32.defvjp(_lrn_fwd, _lrn_bwd)
 
 
 # --------------------------------------------------------------------------------------------
