@@ -251,6 +251,15 @@ def test_conv_batch_minor_matches_lax_conv(case):
     _assert_close_all(got, want, 2e-6)
 
 
+@pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[3], CONV_CASES[4]])
+def test_conv_batch_minor_multi_device_form(case, monkeypatch):
+    """The form used when several devices may split the batch (4-D contraction, no layout constraint)
+    computes the same."""
+    from alexnet_jax.models import layers
+    monkeypatch.setattr(layers, "_one_device", lambda: False)
+    test_conv_batch_minor_matches_lax_conv(case)
+
+
 def test_conv_batch_minor_bfloat16():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(4, 14, 14, 6)), jnp.bfloat16)

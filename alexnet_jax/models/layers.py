@@ -183,6 +183,12 @@ def adaptive_avg_pool(x_BHWC: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
 # times slower (experiments/results/bench_cpu_2026-11-25.md).  Layers convert with
 # `to_batch_minor` / `from_batch_minor` at their boundaries; XLA cancels the transpose pairs
 # between consecutive layers, so a chain of such layers stays batch-minor.
+def _one_device() -> bool:
+    """True when this process sees a single device, so no computation here can be split over devices
+    (then the batch-minor layers use forms that XLA's SPMD partitioner would turn into gathers)."""
+    return jax.device_count() == 1
+
+
 def to_batch_minor(x_BHWC: jax.Array) -> jax.Array:
     """(B, H, W, C) -> (C, H, W, B), materialised in row-major order.
 
@@ -193,7 +199,7 @@ def to_batch_minor(x_BHWC: jax.Array) -> jax.Array:
     partitioner treats the constraint as needing the whole array, so with a batch split over devices
     it would all-gather it (tests/test_parallel.py checks data parallelism needs only all-reduces)."""
     x_CHWB = jnp.transpose(x_BHWC, (3, 1, 2, 0))
-    if jax.device_count() == 1:
+    if _one_device():
         x_CHWB = with_layout_constraint(x_CHWB, Layout(major_to_minor=(0, 1, 2, 3)))
     return x_CHWB
 
@@ -245,7 +251,7 @@ patches_batch_minor.defvjp(_patches_fwd, _patches_bwd)
 
 def conv_batch_minor(x_CHWB: jax.Array, kernel_HWIO: jax.Array, padding="VALID") -> jax.Array:
     """Stride-1 cross-correlation (what `lax.conv_general_dilated` computes for NHWC / HWIO) on a
-    batch-minor input: (C, H, W, B) -> (O, Ho, Wo, B), as one (O, kh*kw*C) x (kh*kw*C, Ho, Wo, B)
+    batch-minor input: (C, H, W, B) -> (O, Ho, Wo, B), as one (O, kh*kw*C) x (kh*kw*C, Ho*Wo*B)
     matmul over `patches_batch_minor`.  Its gradients are matmuls too (the kernel gradient
     contracts over Ho*Wo*B) plus, for the input, the transposed slices of the patches."""
     kh, kw, ci, co = kernel_HWIO.shape
@@ -261,10 +267,13 @@ def conv_batch_minor(x_CHWB: jax.Array, kernel_HWIO: jax.Array, padding="VALID")
     else:
         p = patches_batch_minor(x_CHWB, kh, kw)
         _, oh, ow, b = p.shape
-    # (O, K) x (K, Ho, Wo, B): the batch axis is never merged with another axis, so a batch sharded
-    # over devices stays sharded (data parallelism needs no gather)
-    return jax.lax.dot_general(kernel_HWIO.reshape(kh * kw * ci, co).T, p.reshape(kh * kw * ci, oh, ow, b),
-                               (((1,), (0,)), ((), ())))
+    k_OK = kernel_HWIO.reshape(kh * kw * ci, co).T
+    if _one_device():   # one (O, K) x (K, Ho*Wo*B) matmul
+        return jnp.dot(k_OK, p.reshape(kh * kw * ci, oh * ow * b)).reshape(co, oh, ow, b)
+    # Several devices: the batch axis may be split over them, and merging it with Ho, Wo would make
+    # XLA all-gather the patches; the 4-D contraction keeps it separate (3x slower on one device,
+    # where XLA:CPU copies the operands for it, so only here).
+    return jax.lax.dot_general(k_OK, p.reshape(kh * kw * ci, oh, ow, b), (((1,), (0,)), ((), ())))
 
 
 def sum_pool_2x2_batch_minor(x_CHWB: jax.Array) -> jax.Array:
