@@ -11,8 +11,10 @@ step (default)    `bench_step`: the training step of `alexnet_jax.train.make_tra
                   forward MACs per image.
 lenet-epoch       `lenet_epoch`: one MNIST epoch (60,000 // 128 = 468 steps of batch 128) of our `lenet5`
                   (softmax head, paper SGD), the whole epoch on the device, K steps per dispatch through
-                  `jax.lax.scan` (on a CPU, dispatch dominates a LeNet step), against
-                  ../shared/peers/torch_lenet_cpu.py with the same thread count.
+                  `jax.lax.scan` (on a CPU, dispatch dominates a LeNet step), against the shipped peer
+                  ../shared/peers/torch_lenet_cpu.py (a simplified LeNet) and against the torch twin of
+                  our lenet5 (`torch_twins.lenet5_twin`, the same function), each in its own process
+                  with the same thread count.
 input-pipeline    `input_pipeline`: decode + resize/centre-crop 256 + mean subtraction + random crop + flip
                   + PCA lighting (the `alexnet` preprocessing of alexnet_jax.data) per CPU core.
 lrn               `compare_lrn`: forward+backward time and exactness of LRN formulations.
@@ -24,7 +26,7 @@ uses TF32 for float32 convolutions and matmuls on Ampere/Hopper at default preci
 (every CPU) get mfu = null unless `peak_tflops` is given.
 
 Nothing here imports alexnet_jax.data except `input_pipeline` (the lent GPU machines have no
-tensorflow-datasets or grain).
+tensorflow-datasets or grain).  The torch twins (`alexnet_jax.bench.torch_twins`) run in subprocesses.
 """
 
 from __future__ import annotations
