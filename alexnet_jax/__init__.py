@@ -5,7 +5,26 @@ Layering (arrows point at what a part may import):
   train -> models, parallel, data, optim, checkpoint
   parallel -> models
   models import none of train, data, cli.
+
+XLA flags.  Importing the package adds the flags in `XLA_DEFAULT_FLAGS` to the environment variable
+XLA_FLAGS, which XLA reads when JAX initialises its backends, so they apply to every process that
+imports alexnet_jax before its first JAX computation.  A flag the user already set in XLA_FLAGS (any
+value) is left alone.  If JAX's backends are already running when alexnet_jax is imported, the flags
+cannot take effect any more and a warning says so.  They only affect XLA:CPU.
+
+  --xla_cpu_experimental_ynn_fusion_type=-individual_convolution
+      XLA:CPU (jaxlib 0.10.2) runs convolutions through YNNPACK by default.  In the CIFAR-size
+      AlexNet's training step that gives wrong kernel gradients for conv1 and conv2 (3.9e-3 and
+      1.1e-3 relative to a float64 reference, where float32 rounding is ~5e-7; isolated to
+      conv -> ReLU -> LRN -> max-pool, each piece alone is accurate), and it is 9-12% slower on the
+      2-core development machine than XLA's own (Eigen) convolutions, which are float32-accurate
+      (experiments/results/bench_cpu_2026-11-26.md).  The flag takes convolutions out of YNNPACK;
+      its matmuls and reductions stay.
 """
+
+import os
+import sys
+import warnings
 
 __version__ = "0.1.0"
 
@@ -16,8 +35,6 @@ def _compilation_cache() -> None:
     $ALEXNET_JAX_COMPILATION_CACHE chooses the folder (default ~/.cache/alexnet_jax/xla, or under
     $XDG_CACHE_HOME); "0" turns it off; an explicit $JAX_COMPILATION_CACHE_DIR always wins.  Effective
     when alexnet_jax is imported before jax (the CLI and the scripts do)."""
-    import os
-
     where = os.environ.get("ALEXNET_JAX_COMPILATION_CACHE")
     if where == "0":
         return
@@ -29,3 +46,35 @@ def _compilation_cache() -> None:
 
 
 _compilation_cache()
+
+XLA_DEFAULT_FLAGS: tuple[str, ...] = (
+    "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+)
+
+
+def _merge_xla_flags(current: str, defaults: tuple[str, ...] = XLA_DEFAULT_FLAGS) -> str:
+    """`current` plus every default whose flag name is not in it already (the user's value wins)."""
+    given = {f.split("=", 1)[0].lstrip("-") for f in current.split()}
+    extra = [f for f in defaults if f.split("=", 1)[0].lstrip("-") not in given]
+    return " ".join(current.split() + extra)
+
+
+def _set_xla_flags() -> None:
+    current = os.environ.get("XLA_FLAGS", "")
+    merged = _merge_xla_flags(current)
+    if merged == " ".join(current.split()):
+        return
+    os.environ["XLA_FLAGS"] = merged
+    if "jax" in sys.modules:
+        try:
+            from jax._src import xla_bridge
+            started = xla_bridge.backends_are_initialized()
+        except Exception:  # noqa: BLE001 - private API; if it moved, assume not started
+            started = False
+        if started:
+            warnings.warn("alexnet_jax was imported after JAX initialised its backends, so its default XLA flags "
+                          f"({' '.join(XLA_DEFAULT_FLAGS)}) do not apply to this process; import alexnet_jax "
+                          "first or set them in XLA_FLAGS", RuntimeWarning, stacklevel=3)
+
+
+_set_xla_flags()

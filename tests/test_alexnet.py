@@ -11,7 +11,12 @@ for one module-scoped real construction per init-statistics test.
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -752,3 +757,76 @@ def test_native_init_is_the_frameworks_default(name):
         n = w.size
         assert abs(w.std() / (a / math.sqrt(3)) - 1) < 5 / math.sqrt(n) + 0.01, (layer, w.std(), a)
         assert abs(np.count_nonzero(np.abs(w) < a / 2) / n - 0.5) < 5 / math.sqrt(n), layer
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 gradients against float64 with the package's default XLA flags (alexnet_jax/__init__.py)
+# ---------------------------------------------------------------------------------------------
+_GRAD_VS_F64 = """
+import json, sys
+import numpy as np
+import alexnet_jax, jax, jax.numpy as jnp
+from flax import nnx
+from alexnet_jax.models import create_model
+from alexnet_jax.models.layers import lrn, max_pool
+with nnx.use_eager_sharding(False):
+    model = create_model("alexnet", num_classes=10, input_size=32, width=1.0, seed=0)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((16, 32, 32, 3)).astype(np.float32) * 50
+params = [np.asarray(a) for a in (model.conv1.kernel[...], model.conv1.bias[...], model.conv2.kernel[...],
+                                  model.conv2.bias[...])]
+DN = ("NHWC", "HWIO", "NHWC")
+def conv(h, k):
+    return jax.lax.conv_general_dilated(h, k, (1, 1), ((2, 2), (2, 2)), dimension_numbers=DN)
+def column(p, x, c):  # the paper net's conv1 -> ReLU -> LRN -> pool -> conv2 -> ReLU -> LRN -> pool
+    k1, b1, k2, b2 = p
+    h = max_pool(lrn(jax.nn.relu(conv(x, k1[c]) + b1[c])))
+    return max_pool(lrn(jax.nn.relu(conv(h, k2[c]) + b2[c])))
+w = rng.standard_normal((2, 16, 7, 7, 128)).astype(np.float32)
+loss = lambda p, x, w: sum(jnp.sum(column(p, x, c) * w[c]) for c in range(2))
+g32 = jax.jit(jax.grad(loss))(params, x, w)
+jax.config.update("jax_enable_x64", True)
+g64 = jax.jit(jax.grad(loss))([a.astype(np.float64) for a in params], x.astype(np.float64), w.astype(np.float64))
+err = [float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max()) for a, b in zip(g32, g64)]
+print(json.dumps({"flags": alexnet_jax.os.environ.get("XLA_FLAGS", ""), "errors": err}))
+"""
+
+
+@pytest.mark.parametrize("ynn_convolutions", [False, True])
+def test_conv_relu_lrn_pool_gradients_match_float64(ynn_convolutions):
+    """With the package's default XLA flags, conv1/conv2 kernel and bias gradients through conv -> ReLU
+    -> LRN -> max-pool (twice, both columns, CIFAR size, batch 16) are float32-accurate against float64.
+
+    XLA:CPU's default YNNPACK convolutions (jaxlib 0.10.2) get the conv1/conv2 kernel gradients of this
+    chain wrong by ~1e-3 (xfail case; the reason for the flag).  If that case starts passing, a jaxlib
+    fixed it and the flag in alexnet_jax.XLA_DEFAULT_FLAGS can be reconsidered."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    env["JAX_PLATFORMS"] = "cpu"
+    if ynn_convolutions:
+        env["XLA_FLAGS"] = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+    p = subprocess.run([sys.executable, "-c", _GRAD_VS_F64], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    if ynn_convolutions:
+        assert "+individual_convolution" in out["flags"]
+        if max(out["errors"]) > 1e-5:
+            pytest.xfail(f"XLA:CPU YNNPACK convolutions: gradient errors {out['errors']}")
+    else:
+        assert "-individual_convolution" in out["flags"]
+    assert max(out["errors"]) < 5e-6, out["errors"]
+
+
+def test_xla_default_flags_merge_never_override_the_user():
+    import alexnet_jax
+    from alexnet_jax import XLA_DEFAULT_FLAGS, _merge_xla_flags
+    ynn = "--xla_cpu_experimental_ynn_fusion_type"
+    assert f"{ynn}=-individual_convolution" in XLA_DEFAULT_FLAGS
+    assert _merge_xla_flags("") == " ".join(XLA_DEFAULT_FLAGS)
+    count = "--xla_force_host_platform_device_count=2"
+    assert _merge_xla_flags(count).split() == [count, *XLA_DEFAULT_FLAGS]
+    assert _merge_xla_flags(f"{ynn}= {count}").split() == [f"{ynn}=", count]      # the user's value stays
+    assert _merge_xla_flags(f"{ynn}=+dot") == f"{ynn}=+dot"
+    # this process imported alexnet_jax before JAX started: the flags are in effect
+    assert all(f.split("=")[0] in os.environ.get("XLA_FLAGS", "") for f in XLA_DEFAULT_FLAGS)
+    assert alexnet_jax.__version__

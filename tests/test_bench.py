@@ -1,5 +1,6 @@
 """`alexnet-jax bench`: the step benchmark's table and last-line JSON, a forced 2-device mesh, running
-without tensorflow-datasets / grain, the torch CIFAR AlexNet peer, and the LeNet MNIST epoch mode."""
+without tensorflow-datasets / grain, the torch twins (CIFAR AlexNet, LeNet-5), and the LeNet MNIST epoch
+mode."""
 
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def test_presets():
 
 def test_torch_cifar_peer_mirrors_ours():
     torch = pytest.importorskip("torch")
-    from alexnet_jax.bench_torch import cifar_two_column_alexnet, num_params, time_cifar
+    from alexnet_jax.bench.torch_twins import cifar_two_column_alexnet, num_params, time_cifar
     net = cifar_two_column_alexnet(10)
     # the two-column net at 32 px (small stem 5x5/1, pool5 3x3): by the layer formulas
     conv = 2 * (5 * 5 * 3 * 48 + 48) + 2 * (5 * 5 * 48 * 128 + 128) + 2 * (3 * 3 * 256 * 192 + 192) \
@@ -113,6 +114,74 @@ def test_torch_cifar_peer_mirrors_ours():
     assert groups == [1, 2, 1, 2, 2]
     r = time_cifar(batch=2, steps=1, warmup=1)
     assert r["params"] == conv + fc and r["images_per_second"] > 0
+
+
+def test_torch_lenet_twin_computes_our_lenet5():
+    """The torch twin of lenet5 (softmax head), given our parameters, gives our logits and our gradients
+    (kernel gradients of C3 on Table I's connections only; the twin's masked entries get zero)."""
+    torch = pytest.importorskip("torch")
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from alexnet_jax.bench.torch_twins import C3_TABLE as TWIN_TABLE
+    from alexnet_jax.bench.torch_twins import lenet5_twin
+    from alexnet_jax.models.lenet import C3_TABLE, LeNet5
+    from alexnet_jax.train import cross_entropy
+
+    assert [tuple(t) for t in TWIN_TABLE] == [tuple(t) for t in C3_TABLE]
+    model = LeNet5(head="softmax", rngs=nnx.Rngs(3))
+    net = lenet5_twin(10).double()
+    hwio = lambda k: torch.from_numpy(np.asarray(k, np.float64).transpose(3, 2, 0, 1).copy())  # noqa: E731
+    vec = lambda v: torch.from_numpy(np.asarray(v, np.float64).copy())  # noqa: E731
+    c1, s2, c3, s4, c5, f6, out = (net[i] for i in (0, 2, 4, 6, 8, 11, 13))
+    with torch.no_grad():
+        c1.weight.copy_(hwio(model.c1.kernel_HWIO[...]))
+        c1.bias.copy_(vec(model.c1.bias_C[...]))
+        for t, ours in ((s2, model.s2), (s4, model.s4)):
+            t.coef.copy_(vec(ours.coef_C[...]))
+            t.bias.copy_(vec(ours.bias_C[...]))
+        c3.weight.copy_(hwio(model.c3.dense_kernel_HWIO()))
+        c3.bias.copy_(vec(model.c3.bias_C[...]))
+        c5.weight.copy_(hwio(model.c5.kernel_HWIO[...]))
+        c5.bias.copy_(vec(model.c5.bias_C[...]))
+        for t, ours in ((f6, model.f6), (out, model.out)):
+            t.weight.copy_(vec(ours.kernel_IO[...]).T)
+            t.bias.copy_(vec(ours.bias_O[...]))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (4, 32, 32, 1)).astype(np.float32)
+    y = np.array([3, 1, 4, 1], np.int32)
+
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss_fn = lambda p: cross_entropy(nnx.merge(graphdef, p)(jnp.asarray(x)), jnp.asarray(y)).mean()  # noqa: E731
+    logits = np.asarray(model(jnp.asarray(x)), np.float64)
+    grads = jax.grad(loss_fn)(params)
+
+    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64))
+    t_logits = net(tx)
+    torch.nn.functional.cross_entropy(t_logits, torch.from_numpy(y.astype(np.int64))).backward()
+    np.testing.assert_allclose(t_logits.detach().numpy(), logits, rtol=1e-4, atol=1e-5)
+
+    def close(t_grad, ours):
+        np.testing.assert_allclose(t_grad.numpy(), np.asarray(ours, np.float64), rtol=2e-3, atol=1e-6)
+
+    close(c1.weight.grad, np.asarray(grads["c1"]["kernel_HWIO"][...]).transpose(3, 2, 0, 1))
+    close(c5.weight.grad, np.asarray(grads["c5"]["kernel_HWIO"][...]).transpose(3, 2, 0, 1))
+    close(f6.weight.grad, np.asarray(grads["f6"]["kernel_IO"][...]).T)
+    close(out.bias.grad, grads["out"]["bias_O"][...])
+    for t, key in ((s2, "s2"), (s4, "s4")):
+        close(t.coef.grad, grads[key]["coef_C"][...])
+        close(t.bias.grad, grads[key]["bias_C"][...])
+    close(c3.bias.grad, grads["c3"]["bias_C"][...])
+    tri, quad, full = (np.asarray(grads["c3"][k][...]) for k in ("kernel_tri_HWIO", "kernel_quad_HWIO",
+                                                                   "kernel_full_HWIO"))
+    g3 = c3.weight.grad.numpy()                  # (16, 6, 5, 5)
+    for m, inputs in enumerate(C3_TABLE):
+        for k, j in enumerate(inputs):
+            ours = tri[:, :, k, m] if m < 6 else quad[:, :, k, m - 6] if m < 15 else full[:, :, j, 0]
+            close(torch.from_numpy(g3[m, j]), ours)
+        for j in set(range(6)) - set(inputs):
+            assert np.all(g3[m, j] == 0)
 
 
 def _write_idx(path: Path, arr: np.ndarray) -> None:
@@ -156,6 +225,9 @@ def test_lenet_epoch_fake_mnist(fake_mnist, capsys):
     if torch_available():
         assert out["peer"]["images_per_second"] > 0
         assert out["ratio_vs_peer"] == pytest.approx(out["images_per_second"] / out["peer"]["images_per_second"])
+        assert out["twin"]["peer"] == "torch_lenet5_twin" and out["twin"]["images"] == 288
+        assert out["twin"]["images_per_second"] > 0 and out["ratio_vs_twin"] > 0
+        assert any(line.startswith("twin of lenet5") for line in lines)
 
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared/data/imagenet_samples/imagenet_samples_100.tar"

@@ -1,4 +1,6 @@
-"""LRN and pooling layers against float64 numpy references written from the papers' formulas.
+"""LRN and pooling layers against float64 numpy references written from the papers' formulas, and the
+fast formulations of layers.py (batch-minor convolution, 2x2 window sums) against the straightforward
+`lax.conv_general_dilated` / `reduce_window` ones, forward and gradients.
 
 References: K12 §3.3 (K12 §3.3 LRN formula and constants; PyTorch's convention),
 §1.5 (overlapping 3/2 max-pooling), §3.1 / §5.2 (torch AdaptiveAvgPool2d semantics).
@@ -11,7 +13,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax.models.layers import adaptive_avg_pool, conv_out, lrn, max_pool
+from alexnet_jax.models.layers import (
+    adaptive_avg_pool,
+    conv_batch_minor,
+    conv_out,
+    from_batch_minor,
+    lrn,
+    max_pool,
+    patches_batch_minor,
+    sum_pool_2x2_batch_minor,
+    to_batch_minor,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,3 +190,197 @@ def test_max_pool_values_overlap():
     x2 = np.zeros((1, 5, 5, 1), np.float32)
     x2[0, 2, 2, 0] = 1.0
     np.testing.assert_array_equal(np.asarray(max_pool(jnp.asarray(x2)))[0, :, :, 0], np.ones((2, 2)))
+
+
+# ---------------------------------------------------------------------------------------------
+# fast formulations against the straightforward ones (kept here as the references)
+# ---------------------------------------------------------------------------------------------
+def ref_conv(x_BHWC, kernel_HWIO, padding="VALID"):
+    """The reference: XLA's convolution, NHWC / HWIO, stride 1."""
+    return jax.lax.conv_general_dilated(x_BHWC, kernel_HWIO, (1, 1), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_bm_nhwc(x_BHWC, kernel_HWIO, padding="VALID"):
+    return from_batch_minor(conv_batch_minor(to_batch_minor(x_BHWC), kernel_HWIO, padding))
+
+
+def ref_sum_pool_2x2(x_BHWC):
+    """The reference: a VALID 2x2 / 2 `reduce_window` sum."""
+    return jax.lax.reduce_window(x_BHWC, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+def _vjp_all(f, args, g):
+    y, vjp = jax.vjp(f, *args)
+    return [y, *vjp(g)]
+
+
+def _assert_close_all(got, want, tol):
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if b.size == 0:
+            continue
+        scale = max(np.abs(b).max(), 1e-30)
+        assert np.abs(a - b).max() <= tol * scale, f"max error {np.abs(a - b).max() / scale:.3g} > {tol}"
+
+
+CONV_CASES = [  # (batch, h, w, in, out, kh, kw, padding)
+    (4, 32, 32, 1, 6, 5, 5, "VALID"),                  # LeNet C1
+    (3, 28, 28, 1, 6, 5, 5, ((2, 2), (2, 2))),         # C1 on 28x28 (padding 2)
+    (4, 14, 14, 6, 16, 5, 5, "VALID"),                 # C3
+    (5, 5, 5, 16, 120, 5, 5, "VALID"),                 # C5: a 5x5 conv over a 5x5 map
+    (2, 9, 11, 3, 4, 3, 5, "VALID"),                   # odd, non-square maps and kernels
+    (3, 7, 6, 2, 5, 3, 3, "SAME"),
+    (1, 10, 9, 4, 3, 4, 2, ((1, 3), (0, 2))),          # asymmetric padding, even kernel
+    (2, 6, 8, 9, 24, 5, 5, ((2, 2), (2, 2))),          # the widths LeNet's C3 has at width 1.5
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_batch_minor_matches_lax_conv(case):
+    """Output, input gradient and kernel gradient equal lax.conv_general_dilated's to float32 rounding."""
+    b, h, w, ci, co, kh, kw, pad = case
+    rng = np.random.default_rng(sum(case[:7]))
+    x = jnp.asarray(rng.normal(size=(b, h, w, ci)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(kh, kw, ci, co)) / np.sqrt(kh * kw * ci), jnp.float32)
+    y_shape = jax.eval_shape(lambda x, k: ref_conv(x, k, pad), x, k).shape
+    g = jnp.asarray(rng.normal(size=y_shape), jnp.float32)
+    want = jax.jit(lambda x, k, g: _vjp_all(lambda x, k: ref_conv(x, k, pad), (x, k), g))(x, k, g)
+    got = jax.jit(lambda x, k, g: _vjp_all(lambda x, k: conv_bm_nhwc(x, k, pad), (x, k), g))(x, k, g)
+    _assert_close_all(got, want, 2e-6)
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[3], CONV_CASES[4]])
+def test_conv_batch_minor_multi_device_form(case, monkeypatch):
+    """The form used when several devices may split the batch (4-D contraction, no layout constraint)
+    computes the same."""
+    from alexnet_jax.models import layers
+    monkeypatch.setattr(layers, "_one_device", lambda: False)
+    test_conv_batch_minor_matches_lax_conv(case)
+
+
+def test_conv_batch_minor_bfloat16():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(4, 14, 14, 6)), jnp.bfloat16)
+    k = jnp.asarray(rng.normal(size=(5, 5, 6, 16)) / np.sqrt(150), jnp.bfloat16)
+    g = jnp.asarray(rng.normal(size=(4, 10, 10, 16)), jnp.bfloat16)
+    want = jax.jit(lambda x, k, g: _vjp_all(ref_conv, (x, k), g))(x, k, g)
+    got = jax.jit(lambda x, k, g: _vjp_all(conv_bm_nhwc, (x, k), g))(x, k, g)
+    assert got[0].dtype == jnp.bfloat16
+    _assert_close_all(got, want, 2e-2)
+
+
+@pytest.mark.parametrize("shape,kh,kw", [((1, 32, 32, 3), 5, 5), ((6, 14, 14, 2), 5, 5), ((3, 7, 9, 4), 3, 2)])
+def test_patches_gradient_is_col2im(shape, kh, kw):
+    """The custom gradient of the patches (in-place slice additions) equals autodiff of the slices."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+    def plain(x):
+        c, h, w, b = x.shape
+        oh, ow = h - kh + 1, w - kw + 1
+        return jnp.stack([x[:, i:i + oh, j:j + ow] for i in range(kh) for j in range(kw)]).reshape(-1, oh, ow, b)
+
+    p = patches_batch_minor(x, kh, kw)
+    np.testing.assert_array_equal(np.asarray(p), np.asarray(plain(x)))
+    g = jnp.asarray(rng.normal(size=p.shape), jnp.float32)
+    got = jax.vjp(lambda x: patches_batch_minor(x, kh, kw), x)[1](g)[0]
+    want = jax.vjp(plain, x)[1](g)[0]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4, 28, 28, 6), (3, 10, 10, 16), (2, 9, 7, 3), (1, 1, 5, 2)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_sum_pool_2x2_matches_reduce_window(shape, dtype):
+    """Forward and gradient equal a VALID 2x2/2 reduce_window sum (odd last rows/columns dropped)."""
+    rng = np.random.default_rng(shape[1])
+    x = jnp.asarray(rng.normal(size=shape), dtype)
+    out_shape = jax.eval_shape(ref_sum_pool_2x2, x).shape
+    g = jnp.asarray(rng.normal(size=out_shape), dtype)
+    fast = lambda x: from_batch_minor(sum_pool_2x2_batch_minor(to_batch_minor(x)))  # noqa: E731
+    want = jax.jit(lambda x, g: _vjp_all(ref_sum_pool_2x2, (x,), g))(x, g)
+    got = jax.jit(lambda x, g: _vjp_all(fast, (x,), g))(x, g)
+    _assert_close_all(got, want, 1e-6 if dtype == jnp.float32 else 1e-2)
+    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))   # the gradient is a copy: exact
+
+
+def ref_max_pool(x_BHWC, window=3, stride=2):
+    """The reference: a VALID `reduce_window` max (nnx.max_pool), whose gradient is select-and-scatter."""
+    from flax import nnx
+    return nnx.max_pool(x_BHWC, (window, window), (stride, stride), "VALID")
+
+
+POOL_CASES = [((4, 32, 32, 48), 3, 2), ((3, 15, 15, 16), 3, 2), ((2, 7, 7, 5), 3, 2), ((2, 14, 13, 3), 3, 2),
+              ((2, 9, 9, 4), 2, 2), ((2, 11, 10, 3), 3, 3), ((1, 8, 8, 2), 3, 1), ((2, 3, 3, 2), 3, 2)]
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_matches_reduce_window_exactly(case, ties):
+    """Forward bitwise equal; the gradient goes to the same position as select-and-scatter's (the first
+    maximum of each window in row-major order, also with ties), so with integer cotangents (exact sums
+    of overlapping windows) the gradients are bitwise equal."""
+    shape, window, stride = case
+    rng = np.random.default_rng(shape[1] * 10 + window)
+    x = rng.normal(size=shape).astype(np.float32)
+    if ties:
+        x = np.round(x)                   # many equal values in a window, zeros from a "ReLU"
+        x[x < 0] = 0.0
+    x = jnp.asarray(x)
+    y_shape = jax.eval_shape(lambda x: ref_max_pool(x, window, stride), x).shape
+    g = jnp.asarray(rng.integers(-4, 5, size=y_shape).astype(np.float32))
+    want = jax.jit(lambda x, g: _vjp_all(lambda x: ref_max_pool(x, window, stride), (x,), g))(x, g)
+    got = jax.jit(lambda x, g: _vjp_all(lambda x: max_pool(x, window, stride), (x,), g))(x, g)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_max_pool_random_cotangent(dtype):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(4, 15, 15, 128)), dtype)
+    g = jnp.asarray(rng.normal(size=(4, 7, 7, 128)), dtype)
+    want = jax.jit(lambda x, g: _vjp_all(ref_max_pool, (x,), g))(x, g)
+    got = jax.jit(lambda x, g: _vjp_all(max_pool, (x,), g))(x, g)
+    _assert_close_all(got, want, 1e-6 if dtype == jnp.float32 else 1e-2)
+
+
+def test_max_pool_other_padding_falls_back_to_reduce_window():
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 6, 6, 3)), jnp.float32)
+    from flax import nnx
+    np.testing.assert_array_equal(np.asarray(max_pool(x, 3, 2, "SAME")),
+                                  np.asarray(nnx.max_pool(x, (3, 3), (2, 2), "SAME")))
+
+
+def ref_lrn(x_BHWC, *, k=2.0, n=5, alpha=1e-4, beta=0.75):
+    """The reference: LRN as first written, the window sum as one `reduce_window` (autodiff gradient)."""
+    dtype = x_BHWC.dtype
+    x = x_BHWC.astype(jnp.float32)
+    half = n // 2
+    sq = jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 1, 1, n), (1, 1, 1, 1),
+                               ((0, 0), (0, 0), (0, 0), (half, n - 1 - half)))
+    return (x * (k + alpha * sq) ** (-beta)).astype(dtype)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 48), (2, 5, 5, 7), (1, 2, 3, 3), (1, 2, 2, 1)])
+@pytest.mark.parametrize("n,beta", [(5, 0.75), (3, 0.5), (4, 0.75), (7, 1.0)])
+def test_lrn_gradient_matches_autodiff_of_reduce_window(shape, n, beta):
+    """lrn's written-out gradient (custom VJP) equals autodiff of the reduce_window formulation, for odd and
+    even windows, windows wider than the channel count, and other betas."""
+    x = jnp.asarray(_large(shape, seed=n + shape[-1]))
+    g = jnp.asarray(np.random.default_rng(n).normal(size=shape), jnp.float32)
+    kw = dict(k=2.0, n=n, alpha=1e-4, beta=beta)
+    want = jax.jit(lambda x, g: _vjp_all(lambda x: ref_lrn(x, **kw), (x,), g))(x, g)
+    got = jax.jit(lambda x, g: _vjp_all(lambda x: lrn(x, **kw), (x,), g))(x, g)
+    _assert_close_all(got, want, 2e-6)
+
+
+@pytest.mark.parametrize("shape", [(8, 32, 32, 48), (8, 15, 15, 128)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_lrn_gradient_alexnet_shapes(shape, dtype):
+    x = jnp.asarray(np.maximum(_large(shape, seed=5), 0), dtype)     # post-ReLU, 0..255-scale activations
+    g = jnp.asarray(np.random.default_rng(6).normal(size=shape), dtype)
+    want = jax.jit(lambda x, g: _vjp_all(ref_lrn, (x,), g))(x, g)
+    got = jax.jit(lambda x, g: _vjp_all(lrn, (x,), g))(x, g)
+    _assert_close_all(got, want, 2e-6 if dtype == jnp.float32 else 1e-2)

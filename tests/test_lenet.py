@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from alexnet_jax.models import create_model
+from alexnet_jax.models.layers import channels_last
 from alexnet_jax.models.lenet import C3_TABLE, DIGIT_BITMAPS, LeNet5, LeNet5Modern, RBFCode, RBFOutput
 
 # LC98 Table I transcribed as printed: rows = S2 maps 0-5, columns = C3 maps 0-15, X = connected.
@@ -339,3 +340,150 @@ def test_all_params_get_gradients(rbf_model):
     assert sum(int(g.size) for g in leaves) == 60_000
     for g in leaves:
         assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).max()) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the layers' fast formulations (layers.py, batch-minor) against the straightforward ones
+# ---------------------------------------------------------------------------------------------
+def ref_conv(x, k, padding="VALID"):
+    return jax.lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def ref_squash_conv(p, x, padding, dtype):
+    """SquashConv as first written: lax.conv_general_dilated + bias, then f."""
+    a = ref_conv(x.astype(dtype), p["kernel_HWIO"].astype(dtype), padding)
+    return 1.7159 * jnp.tanh(2.0 / 3.0 * (a + channels_last(p["bias_C"].astype(dtype), 4)))
+
+
+def ref_subsampling(p, x, dtype):
+    """Subsampling as first written: the 2x2 windows reshaped out and summed."""
+    x = x.astype(dtype)
+    b, h, w, c = x.shape
+    s = x[:, :2 * (h // 2), :2 * (w // 2)].reshape(b, h // 2, 2, w // 2, 2, c).sum(axis=(2, 4))
+    coef, bias = (channels_last(p[k].astype(dtype), 4) for k in ("coef_C", "bias_C"))
+    return 1.7159 * jnp.tanh(2.0 / 3.0 * (s * coef + bias))
+
+
+def ref_c3_dense_kernel(p):
+    """C3's dense kernel as first written: stacked per map from the three kernels, zeros elsewhere."""
+    zero = jnp.zeros((5, 5), jnp.float32)
+    cols = []
+    for m, inputs in enumerate(C3_TABLE):
+        def own(j, m=m, inputs=inputs):
+            if j not in inputs:
+                return zero
+            if m < 6:
+                return p["kernel_tri_HWIO"][:, :, inputs.index(j), m]
+            if m < 15:
+                return p["kernel_quad_HWIO"][:, :, inputs.index(j), m - 6]
+            return p["kernel_full_HWIO"][:, :, j, 0]
+        cols.append(jnp.stack([own(j) for j in range(6)], axis=-1))
+    return jnp.stack(cols, axis=-1)
+
+
+def ref_sparse_c3(p, x, dtype):
+    a = ref_conv(x.astype(dtype), ref_c3_dense_kernel(p).astype(dtype)) + channels_last(p["bias_C"].astype(dtype), 4)
+    return 1.7159 * jnp.tanh(2.0 / 3.0 * a)
+
+
+def _params(layer):
+    return {k: v[...] for k, v in nnx.state(layer, nnx.Param).items()}
+
+
+def _vjp_outputs(fn, p, x, g):
+    y, vjp = jax.jit(lambda p, x: jax.vjp(fn, p, x))(p, x)
+    dp, dx = vjp(g)
+    return [y, dx] + [dp[k][...] for k in sorted(dp)]
+
+
+def _compare_layer(layer, ref_fn, x, dtype, tol):
+    """Forward, input gradient and every parameter gradient of `layer` against ref_fn(params, x, dtype).
+
+    float32: equal to `tol` (relative to each array's largest value).  bfloat16: both are compared with
+    the float32 reference, and ours must be within 2x the reference formulation's own bfloat16 error
+    (+ tol): long bfloat16 sums (the bias gradients) differ by their summation order alone."""
+    graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+    ours = lambda p, x: nnx.merge(graphdef, p, rest)(x)  # noqa: E731
+    g = jax.random.normal(jax.random.key(7), jax.eval_shape(ours, params, x).shape, dtype)
+    got = _vjp_outputs(ours, params, x, g)
+    ref_params = {k: v[...] for k, v in _params(layer).items()}
+    want = _vjp_outputs(lambda p, x: ref_fn(p, x, dtype), ref_params, x, g)
+    assert got[0].dtype == want[0].dtype == dtype
+
+    def err(a, b):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert a.shape == b.shape
+        return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+
+    if dtype == jnp.float32:
+        for a, b in zip(got, want, strict=True):
+            assert err(a, b) <= tol
+        return
+    truth = _vjp_outputs(lambda p, x: ref_fn(p, x, jnp.float32), ref_params, x, g.astype(jnp.float32))
+    for a, b, t in zip(got, want, truth, strict=True):
+        assert err(a, t) <= 2 * err(b, t) + tol
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-6), (jnp.bfloat16, 3e-2)])
+@pytest.mark.parametrize("case", [(1, 6, 32, "VALID"), (1, 6, 28, ((2, 2), (2, 2))), (16, 120, 5, "VALID"),
+                                  (9, 24, 13, "VALID"), (3, 5, 9, ((1, 2), (2, 1)))])
+def test_squash_conv_matches_lax_conv(case, dtype, tol):
+    from alexnet_jax.models.lenet import SquashConv
+    ci, co, hw, pad = case
+    layer = SquashConv(ci, co, padding=pad, dtype=dtype, rngs=nnx.Rngs(ci))
+    x = jax.random.normal(jax.random.key(co), (3, hw, hw, ci), jnp.float32)
+    _compare_layer(layer, lambda p, x, d: ref_squash_conv(p, x, pad, d), x, dtype, tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-6), (jnp.bfloat16, 3e-2)])
+@pytest.mark.parametrize("shape", [(3, 28, 28, 6), (2, 10, 10, 16), (2, 9, 11, 4)])
+def test_subsampling_matches_reshape_sum(shape, dtype, tol):
+    from alexnet_jax.models.lenet import Subsampling
+    layer = Subsampling(shape[-1], dtype=dtype, rngs=nnx.Rngs(shape[1]))
+    x = jax.random.normal(jax.random.key(shape[2]), shape, jnp.float32)
+    _compare_layer(layer, ref_subsampling, x, dtype, tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-6), (jnp.bfloat16, 3e-2)])
+def test_sparse_c3_matches_stacked_kernel_conv(rbf_model, dtype, tol):
+    from alexnet_jax.models.lenet import SparseC3
+    layer = SparseC3(dtype=dtype, rngs=nnx.Rngs(8))
+    np.testing.assert_array_equal(np.asarray(layer.dense_kernel_HWIO()),
+                                  np.asarray(ref_c3_dense_kernel(_params(layer))))
+    x = jax.random.normal(jax.random.key(9), (3, 14, 14, 6), jnp.float32)
+    _compare_layer(layer, ref_sparse_c3, x, dtype, tol)
+
+
+@pytest.mark.parametrize("head", ["softmax", "rbf"])
+def test_lenet5_logits_and_gradients_match_reference_layers(head):
+    """The whole model: logits and every parameter gradient of a loss equal those of the same
+    parameters run through the straightforward layer formulations above."""
+    model = LeNet5(head=head, input_size=28, rngs=nnx.Rngs(11))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    x = jax.random.normal(jax.random.key(12), (8, 28, 28, 1), jnp.float32)
+    labels = jnp.arange(8) % 10
+
+    def ref_forward(p, x):
+        h = ref_squash_conv(p["c1"], x, model.c1.padding, jnp.float32)
+        h = ref_subsampling(p["s2"], h, jnp.float32)
+        h = ref_sparse_c3(p["c3"], h, jnp.float32)
+        h = ref_subsampling(p["s4"], h, jnp.float32)
+        h = ref_squash_conv(p["c5"], h, "VALID", jnp.float32).reshape(x.shape[0], -1)
+        h = 1.7159 * jnp.tanh(2.0 / 3.0 * (h @ p["f6"]["kernel_IO"] + p["f6"]["bias_O"][None, :]))
+        if head == "softmax":
+            return h @ p["out"]["kernel_IO"] + p["out"]["bias_O"][None, :]
+        return nnx.merge(graphdef, params, rest).out(h)
+
+    def loss(logits):
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1).mean()
+
+    ours = jax.jit(jax.value_and_grad(lambda p: loss(nnx.merge(graphdef, p, rest)(x))))(params)
+    ref_params = {k: _params(getattr(model, k)) for k in ("c1", "s2", "c3", "s4", "c5", "f6", "out")
+                  if nnx.state(getattr(model, k), nnx.Param)}
+    ref = jax.jit(jax.value_and_grad(lambda p: loss(ref_forward(p, x))))(ref_params)
+    np.testing.assert_allclose(float(ours[0]), float(ref[0]), rtol=1e-6)
+    for layer, grads in ref[1].items():
+        for k, want in grads.items():
+            got = np.asarray(ours[1][layer][k][...], np.float64)
+            want = np.asarray(want, np.float64)
+            assert np.abs(got - want).max() <= 2e-6 * np.abs(want).max(), (layer, k)

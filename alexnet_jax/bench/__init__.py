@@ -5,9 +5,10 @@
     profile.py      per-op device time of that step from a jax.profiler trace, named by layer through
                     the HLO reader of alexnet_jax/comms.py
     peers.py        the PyTorch peers and exact torch twins, each in a subprocess, and ours/peer ratios
-    lenet.py        one MNIST epoch of LeNet-5 against the LeNet peers
+    torch_twins.py  the twins: torch modules computing exactly our functions (CIFAR AlexNet, LeNet-5)
+    lenet.py        one MNIST epoch of LeNet-5 against the shipped LeNet peer and our lenet5's twin
     inputs.py       the input pipeline per host core, and the on-device augmentation's share of the step
 
-Nothing here imports tensorflow-datasets or grain except inputs.py, so the step benchmark runs on a
+Nothing here imports tensorflow-datasets except inputs.py, so the step benchmark runs on a
 bare GPU image with jax, flax, optax and orbax.
 """

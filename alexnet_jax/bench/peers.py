@@ -72,7 +72,7 @@ def run_peers(specs: list[dict[str, Any]], *, batch: int, steps: int, peer_dir: 
         return out
     want = {PEER_KEYS[s["name"]] for s in specs if s["name"] in PEER_KEYS and s["input_size"] in (224, 227)}
     if want:
-        cmd = [sys.executable, "-m", "alexnet_jax.bench_torch", "alexnet", "--peer-dir", str(peer_dir),
+        cmd = [sys.executable, "-m", "alexnet_jax.bench.torch_twins", "alexnet", "--peer-dir", str(peer_dir),
                "--batch", str(batch), "--steps", str(steps), "--variants", ",".join(sorted(want))]
         if device:
             cmd += ["--device", device]
@@ -82,7 +82,7 @@ def run_peers(specs: list[dict[str, Any]], *, batch: int, steps: int, peer_dir: 
             cmd.append("--no-compile")
         out["torch_alexnet"] = run_json(cmd, env=thread_env(threads), timeout=timeout)
     if any(s["name"] == "alexnet_cifar" for s in specs):
-        cmd = [sys.executable, "-m", "alexnet_jax.bench_torch", "cifar", "--batch", str(batch),
+        cmd = [sys.executable, "-m", "alexnet_jax.bench.torch_twins", "cifar", "--batch", str(batch),
                "--steps", str(steps), "--device", device or ("cuda" if _torch_cuda() else "cpu")]
         if threads:
             cmd += ["--threads", str(threads)]
@@ -143,3 +143,15 @@ def run_lenet_peer(mnist_dir: str | os.PathLike, peer_dir: Path, threads: int | 
     if not script.exists():
         return {"skipped": f"{script} not found"}
     return run_json([sys.executable, str(script), str(mnist_dir)], env=thread_env(threads), timeout=timeout)
+
+
+def run_lenet_twin(mnist_dir: str | os.PathLike, threads: int | None, *, batch: int = 128, epochs: int = 3,
+                   timeout: float = 900) -> dict[str, Any]:
+    """The exact torch twin of our lenet5 (torch_twins `lenet`: the same function), best of `epochs` epochs."""
+    if not torch_available():
+        return {"skipped": "torch is not installed"}
+    cmd = [sys.executable, "-m", "alexnet_jax.bench.torch_twins", "lenet", str(mnist_dir), "--batch", str(batch),
+           "--epochs", str(epochs)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    return run_json(cmd, env=thread_env(threads), timeout=timeout)

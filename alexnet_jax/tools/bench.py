@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling (default 2)")
     p.add_argument("--peak-tflops", type=float, help="peak TFLOP/s per device for MFU (default: PEAKS table)")
     p.add_argument("--peer", action="store_true", help="also run the PyTorch peers and print ours/peer")
-    p.add_argument("--no-peer", action="store_true", help="--lenet-epoch: do not run the peer")
+    p.add_argument("--no-peer", action="store_true", help="--lenet-epoch: run neither the peer nor the twin")
     p.add_argument("--peer-dir", help="PyTorch peers (default: <repo>/../shared/peers)")
     p.add_argument("--peer-device", choices=["cpu", "cuda"],
                    help="device for the peers (default: torch's choice)")
@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="threads for the peers (OMP_NUM_THREADS / torch.set_num_threads; default: the CPU "
                         "cores available to this process, which is what XLA:CPU uses)")
     p.add_argument("--no-isolate", action="store_true", help="run several models in this process")
-    p.add_argument("--lenet-epoch", action="store_true", help="time one MNIST epoch of lenet5 vs the peer")
+    p.add_argument("--lenet-epoch", action="store_true",
+                   help="time one MNIST epoch of lenet5 vs the peer and vs its torch twin")
     p.add_argument("--mnist-dir", help="MNIST IDX files (default: <repo>/../shared/data/mnist)")
     p.add_argument("--chunks", default="", help="--lenet-epoch: steps per dispatch K, comma list (default 1; "
                                                 "K <= 16 is one unrolled lax.scan, more is a while loop)")
@@ -134,22 +135,32 @@ def run(args) -> int:
     if args.lenet_epoch:
         mnist = args.mnist_dir or str(peers.default_data_dir("mnist"))
         chunks = [int(c) for c in args.chunks.split(",") if c.strip()] or None
-        peer = None if args.no_peer else peers.run_lenet_peer(mnist, peer_dir, threads)
+        peer = twin = None
+        if not args.no_peer:   # both before ours, each in its own process
+            load_before = _load()
+            peer = peers.run_lenet_peer(mnist, peer_dir, threads)
+            twin = peers.run_lenet_twin(mnist, threads, batch=args.batch)
         ours = lenet.lenet_epoch(mnist, batch=args.batch, chunks=chunks, lr=args.lr or 0.05, dtype=args.dtype)
-        ours["peer"] = peer
-        ok = peer is not None and "images_per_second" in (peer or {})
-        ours["ratio_vs_peer"] = ours["images_per_second"] / peer["images_per_second"] if ok else None
+        ours["peer"], ours["twin"] = peer, twin
+        if not args.no_peer:
+            ours["load_average_before"] = load_before
         lines = [f"{'lenet5 epoch':<28}{'K/dispatch':>11}{'epoch s':>10}{'img/s':>11}"]
         for r in ours["runs"]:
             lines.append(f"{'ours (jax)':<28}{r['steps_per_dispatch']:>11}{r['epoch_seconds']:>10.3f}"
                          f"{r['images_per_second']:>11.1f}  {r['how']}")
-        if ok:
-            lines.append(f"{'peer torch_lenet_cpu.py':<28}{'1':>11}{peer['epoch_seconds']:>10.3f}"
-                         f"{peer['images_per_second']:>11.1f}")
-            lines.append(f"ours/peer: {ours['ratio_vs_peer']:.2f}x  (threads: ours {ours['threads']} cores, "
-                         f"peer {peer.get('threads')})")
-        elif peer is not None:
-            lines.append(f"peer not run: {peer.get('skipped') or peer.get('error')}")
+        for key, label, other in (("peer", "peer torch_lenet_cpu.py", peer),
+                                  ("twin", "twin of lenet5 (torch)", twin)):
+            ok = other is not None and "images_per_second" in other
+            ours[f"ratio_vs_{key}"] = ours["images_per_second"] / other["images_per_second"] if ok else None
+            if ok:
+                lines.append(f"{label:<28}{'1':>11}{other['epoch_seconds']:>10.3f}"
+                             f"{other['images_per_second']:>11.1f}")
+            elif other is not None:
+                lines.append(f"{key} not run: {other.get('skipped') or other.get('error')}")
+        for key in ("peer", "twin"):
+            if ours[f"ratio_vs_{key}"] is not None:
+                lines.append(f"ours/{key}: {ours[f'ratio_vs_{key}']:.2f}x  (threads: ours {ours['threads']} cores, "
+                             f"{key} {ours[key].get('threads')})")
         return _emit(ours, args, "\n".join(lines))
 
     if args.input_pipeline:

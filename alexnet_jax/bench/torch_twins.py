@@ -1,8 +1,30 @@
-"""PyTorch peers for `alexnet-jax bench`, run in a subprocess (torch is the optional extra `peer`).
+"""PyTorch twins of our models, and the peer runner, for `alexnet-jax bench` (run in a subprocess; torch is
+the optional extra `peer`).  A twin computes the same function as our model, written the way a careful
+torch user would write it, so that a ratio against it compares implementations, not models.
 
-    python -m alexnet_jax.bench_torch cifar [--batch 128] [--steps 10] [--threads 2] [--device cpu]
-    python -m alexnet_jax.bench_torch alexnet --peer-dir ../shared/peers [--batch 512] [--steps 30]
-                                                                          [--no-compile]
+    python -m alexnet_jax.bench.torch_twins lenet MNIST_DIR [--batch 128] [--epochs 3] [--threads 2]
+    python -m alexnet_jax.bench.torch_twins cifar [--batch 128] [--steps 10] [--threads 2] [--device cpu]
+    python -m alexnet_jax.bench.torch_twins alexnet --peer-dir ../shared/peers [--batch 512] [--steps 30]
+                                                                                 [--no-compile]
+
+`lenet`: one MNIST epoch (60,000 // 128 = 468 steps, images zero-padded to 32x32 like
+`alexnet_jax.bench.load_mnist_train`) of the twin of our `lenet5` with the softmax head, the model
+`alexnet-jax bench --lenet-epoch` trains (alexnet_jax.models.lenet.LeNet5):
+
+    C1 conv 1->6 5x5, f = 1.7159 tanh(2/3 a)
+    S2 trainable subsampling: f(coef_c * (2x2 window sum) + bias_c), a depthwise 2x2 stride-2 conv
+       whose four taps are the one coefficient of the map (`Subsampling`)
+    C3 conv 6->16 5x5 whose dense kernel is multiplied by the LC98 Table I 0/1 mask, f
+    S4 trainable subsampling, f
+    C5 conv 16->120 5x5 (1x1 maps), f
+    F6 linear 120->84, f
+    OUT linear 84->10, softmax cross-entropy
+
+Init U(-2.4/F, 2.4/F) with F the unit's fan-in, for weights and biases (C3: 25 x the map's inputs;
+subsampling: 4).  torch.optim.SGD(lr 0.05, momentum 0.9), no weight decay: our paper_sgd with a constant
+rate is the same update.  The epoch feeds batches sliced from one in-memory tensor (as the shipped peer
+../shared/peers/torch_lenet_cpu.py does); after one warm-up step every epoch is timed and the best is
+reported.  The shipped peer is a *simplified* LeNet (full C3, average pooling, plain tanh, torch init).
 
 `cifar`: the CIFAR-size paper AlexNet (`alexnet` at input 32, width 1.0, 10 classes) written in torch,
 mirroring `alexnet_jax.models.alexnet.AlexNet2012` layer for layer:
@@ -24,14 +46,18 @@ paper_sgd's default mask; for a constant rate torch's v = m v + g, w -= lr v is 
 parameter count as ours (tests/test_bench.py).  Timed like ours: median of per-step times after warm-up,
 synthetic data already in memory.
 
-`alexnet`: runs ../shared/peers/torch_alexnet.py's `measure` for its variants.  That script needs
-torchvision only for torchvision's net; without torchvision only the two-column 2012 net runs and the
-skipped variant is listed.  The last line printed is always one JSON object.
+`alexnet`: runs ../shared/peers/torch_alexnet.py's `measure` for its variants (a peer, not a twin).  That
+script needs torchvision only for torchvision's net; without torchvision only the two-column 2012 net
+runs and the skipped variant is listed.  The last line printed is always one JSON object.
+
+This module imports neither jax nor the rest of the package's models (the subprocess stays light);
+tests/test_bench.py checks the twins against our models.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import importlib.util
 import json
 import os
@@ -45,6 +71,140 @@ def _torch():
     return torch
 
 
+# ------------------------------------------------------------------------------------------------
+# LeNet-5 (LC98), the twin of alexnet_jax.models.lenet.LeNet5(head="softmax")
+# ------------------------------------------------------------------------------------------------
+SQUASH_A, SQUASH_S = 1.7159, 2.0 / 3.0
+# LC98 Table I, as alexnet_jax.models.lenet.C3_TABLE (tests/test_bench.py checks they are equal)
+C3_TABLE = [
+    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
+    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
+    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
+    (0, 1, 2, 3, 4, 5),
+]
+
+
+def lenet5_twin(num_classes: int = 10):
+    """The torch twin of our `lenet5` (softmax head) at 32x32 inputs (see the module docstring)."""
+    torch = _torch()
+    nn, F = torch.nn, torch.nn.functional
+
+    def uniform_(t, fan_in):
+        bound = 2.4 / fan_in
+        return t.uniform_(-bound, bound)
+
+    class Squash(nn.Module):
+        def forward(self, x):
+            return SQUASH_A * torch.tanh(SQUASH_S * x)
+
+    class Subsampling(nn.Module):
+        """f-less LC98 subsampling: coef_c * (2x2 window sum) + bias_c, as one depthwise conv."""
+
+        def __init__(self, channels):
+            super().__init__()
+            self.coef = nn.Parameter(uniform_(torch.empty(channels), 4))
+            self.bias = nn.Parameter(uniform_(torch.empty(channels), 4))
+
+        def forward(self, x):
+            w = self.coef.view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
+            return F.conv2d(x, w, self.bias, stride=2, groups=x.shape[1])
+
+    class MaskedC3(nn.Conv2d):
+        """6 -> 16 5x5 conv whose kernel is multiplied by the Table I mask (a buffer)."""
+
+        def __init__(self):
+            super().__init__(6, 16, 5)
+            mask = torch.zeros(16, 6, 1, 1)
+            for m, inputs in enumerate(C3_TABLE):
+                mask[m, list(inputs), 0, 0] = 1.0
+            self.register_buffer("mask", mask)
+            with torch.no_grad():
+                for m, inputs in enumerate(C3_TABLE):
+                    uniform_(self.weight[m], 25 * len(inputs))
+                    uniform_(self.bias[m:m + 1], 25 * len(inputs))
+
+        def forward(self, x):
+            return F.conv2d(x, self.weight * self.mask, self.bias)
+
+    def conv(i, o, fan_in):
+        c = nn.Conv2d(i, o, 5)
+        with torch.no_grad():
+            uniform_(c.weight, fan_in)
+            uniform_(c.bias, fan_in)
+        return c
+
+    def linear(i, o):
+        lin = nn.Linear(i, o)
+        with torch.no_grad():
+            uniform_(lin.weight, i)
+            uniform_(lin.bias, i)
+        return lin
+
+    return nn.Sequential(
+        conv(1, 6, 25), Squash(),                  # C1 32 -> 28
+        Subsampling(6), Squash(),                  # S2 -> 14
+        MaskedC3(), Squash(),                      # C3 -> 10
+        Subsampling(16), Squash(),                 # S4 -> 5
+        conv(16, 120, 400), Squash(),              # C5 -> 1
+        nn.Flatten(),
+        linear(120, 84), Squash(),                 # F6
+        linear(84, num_classes))                   # OUT (softmax in the loss)
+
+
+def load_mnist_nchw(mnist_dir: str):
+    """MNIST training images (N, 1, 32, 32) float32 in [0, 1], zero-padded 2 px, and int64 labels."""
+    import numpy as np
+    torch = _torch()
+
+    def idx(name):
+        for f in (f"{name}.gz", name):
+            path = os.path.join(mnist_dir, f)
+            if os.path.exists(path):
+                raw = gzip.open(path).read() if f.endswith(".gz") else open(path, "rb").read()
+                nd = raw[3]
+                dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(nd)]
+                return np.frombuffer(raw, np.uint8, offset=4 + 4 * nd).reshape(dims)
+        raise FileNotFoundError(f"no {name}[.gz] in {mnist_dir}")
+
+    x = idx("train-images-idx3-ubyte").astype(np.float32) / np.float32(255.0)
+    x = np.pad(x, ((0, 0), (2, 2), (2, 2)))[:, None]
+    y = idx("train-labels-idx1-ubyte").astype(np.int64)
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+
+
+def time_lenet_epoch(mnist_dir: str, batch: int = 128, epochs: int = 3, lr: float = 0.05) -> dict:
+    """Epochs of the LeNet-5 twin on MNIST (the remainder batch dropped), each timed; the best is reported."""
+    torch = _torch()
+    torch.manual_seed(0)
+    x, y = load_mnist_nchw(mnist_dir)
+    net = lenet5_twin(10)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    n = len(x) // batch * batch
+
+    def step(i):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x[i:i + batch]), y[i:i + batch])
+        loss.backward()
+        opt.step()
+        return loss
+
+    step(0)
+    times, loss = [], None
+    for _ in range(max(1, epochs)):
+        t = time.perf_counter()
+        for i in range(0, n, batch):
+            loss = step(i)
+        times.append(time.perf_counter() - t)
+    best = min(times)
+    return {"peer": "torch_lenet5_twin", "threads": torch.get_num_threads(), "batch": batch, "images": n,
+            "epoch_seconds": best, "epoch_seconds_all": times, "images_per_second": n / best,
+            "final_loss": float(loss), "params": num_params(net), "torch": torch.__version__}
+
+
+# ------------------------------------------------------------------------------------------------
+# CIFAR-size two-column AlexNet
+# ------------------------------------------------------------------------------------------------
 def cifar_two_column_alexnet(num_classes: int = 10, width: float = 1.0):
     """The torch mirror of our `alexnet` at input 32 (see the module docstring)."""
     torch = _torch()
@@ -191,8 +351,13 @@ def run_alexnet_peer(peer_dir: str, batch: int, steps: int, warmup: int, device:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m alexnet_jax.bench_torch")
+    p = argparse.ArgumentParser(prog="python -m alexnet_jax.bench.torch_twins")
     sub = p.add_subparsers(dest="what", required=True)
+    lp = sub.add_parser("lenet")
+    lp.add_argument("mnist_dir")
+    lp.add_argument("--batch", type=int, default=128)
+    lp.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up step (best reported)")
+    lp.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     c = sub.add_parser("cifar")
     c.add_argument("--batch", type=int, default=128)
     c.add_argument("--steps", type=int, default=10)
@@ -216,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     torch = _torch()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.what == "lenet":
+        print(json.dumps(time_lenet_epoch(args.mnist_dir, args.batch, args.epochs)))
+        return 0
     if args.what == "cifar":
         runs = []
         for layout in args.layouts.split(","):
