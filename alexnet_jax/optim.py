@@ -145,7 +145,8 @@ def _lr_leaf(opt_state: Any) -> Any:
     return lr
 
 
-def _is_variable(x: Any) -> bool:
+def is_variable(x: Any) -> bool:
+    """A flax nnx Variable (optimiser states built on nnx params hold them as leaves)."""
     from flax import nnx
 
     return isinstance(x, nnx.Variable)
@@ -157,7 +158,7 @@ def get_lr(opt_state: Any) -> jax.Array:
     Also accepts an ``nnx.Optimizer``'s ``opt_state`` (whose leaves are nnx Variables); returns the array.
     """
     lr = _lr_leaf(opt_state)
-    return lr[...] if _is_variable(lr) else lr
+    return lr[...] if is_variable(lr) else lr
 
 
 def set_lr(opt_state: Any, value: Any) -> Any:
@@ -170,9 +171,9 @@ def set_lr(opt_state: Any, value: Any) -> Any:
     are not invalidated.
     """
     old = _lr_leaf(opt_state)
-    old_arr = old[...] if _is_variable(old) else old
+    old_arr = old[...] if is_variable(old) else old
     new = jnp.asarray(value, dtype=old_arr.dtype).reshape(jnp.shape(old_arr))
-    if _is_variable(old):
+    if is_variable(old):
         old[...] = new
         return opt_state
     if _is_inject_state(opt_state):

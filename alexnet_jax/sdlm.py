@@ -121,7 +121,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from alexnet_jax.optim import ScalarOrSchedule, _is_variable, get_lr
+from alexnet_jax.optim import ScalarOrSchedule, get_lr, is_variable
 
 __all__ = [
     "LC98_MU",
@@ -201,11 +201,11 @@ def get_curvature(opt_state: Any) -> Any:
 
 
 def _has_variables(tree: Any) -> bool:
-    return any(_is_variable(x) for x in jax.tree.leaves(tree, is_leaf=_is_variable))
+    return any(is_variable(x) for x in jax.tree.leaves(tree, is_leaf=is_variable))
 
 
 def _unwrap_variables(tree: Any) -> Any:
-    return jax.tree.map(lambda v: v[...] if _is_variable(v) else v, tree, is_leaf=_is_variable)
+    return jax.tree.map(lambda v: v[...] if is_variable(v) else v, tree, is_leaf=is_variable)
 
 
 def _key_paths(tree: Any) -> list[str]:
@@ -238,7 +238,7 @@ def set_curvature(opt_state: Any, curvature: Any) -> Any:
     old_leaves, treedef = jax.tree.flatten(old_arrays)
     new = jax.tree.unflatten(treedef, [cast(o, n) for o, n in zip(old_leaves, jax.tree.leaves(curvature))])
     if _has_variables(old):
-        for var, arr in zip(jax.tree.leaves(old, is_leaf=_is_variable), jax.tree.leaves(new), strict=True):
+        for var, arr in zip(jax.tree.leaves(old, is_leaf=is_variable), jax.tree.leaves(new), strict=True):
             var[...] = arr
         return opt_state
     return jax.tree.map(
@@ -261,7 +261,7 @@ def _hyperparam(opt_state: Any, name: str) -> jax.Array:
         value = optax.tree_utils.tree_get(opt_state, name)
     if value is None:
         raise KeyError(f"no {name!r} hyperparameter in this optimiser state")
-    return value[...] if _is_variable(value) else value
+    return value[...] if is_variable(value) else value
 
 
 # ------------------------------------------------------------------------------------------------

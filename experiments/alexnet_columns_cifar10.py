@@ -5,6 +5,9 @@
     python experiments/alexnet_columns_cifar10.py main   [--width W --epochs E --seeds 0,...,N-1]
     python experiments/alexnet_columns_cifar10.py report [--out runs/alexnet_columns_cifar10] [--publish NAME]
 
+`--jobs N` trains N (net, seed) runs at a time, each in its own process (on one GPU: several small
+programs keep it busier than one; each process gets 0.9 / N of its memory).
+
 The claims (Krizhevsky, Sutskever & Hinton 2012):
   (A) §3.2, footnote 2: the two-column net beats "a net with half as many kernels in each convolutional
       layer trained on one GPU" (whose last conv layer and FC layers are not halved): by 1.7 points top-1.
@@ -28,6 +31,8 @@ Pre-registered rules (written before the main run; `report` applies them to the 
   paired per-seed difference d_s = err(alexnet_half, s) - err(alexnet, s) on the validation split.  The
   main run uses n seeds, the smallest n >= 3 with t(0.975, n-1) * sd / sqrt(n) <= 0.85 points (half the
   paper's 1.7: a 1.7-point difference then excludes 0 with high probability), capped by `--max-seeds`.
+  The pilot's runs are runs of the main experiment (same seed, same settings, so the same run: `main`
+  reuses them); the pilot reads only their validation errors.
   Claim A.  On the test split, d_s (in points) per seed, their mean and 95% t-interval: "supports" if the
   interval lies above 0 (two columns better), "contradicts" if it lies below 0, "cannot decide" otherwise.
   Claim B.  For each seed of `alexnet`, D = |colour specificity of column 0 - column 1| (the mean over each
@@ -48,6 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -117,6 +123,12 @@ def base_config(args):
     return apply_overrides(cfg, args.set)
 
 
+def settings(args) -> dict:
+    """What makes two runs of one (net, seed) the same run."""
+    return {"width": args.width, "epochs": args.epochs, "lr": args.lr, "init": args.init, "dtype": args.dtype,
+            "set": list(args.set)}
+
+
 def run_one(config, workdir: Path) -> dict:
     """Train one (net, seed) on train, then evaluate its checkpoint once on the report split (test)."""
     from alexnet_jax.tools.filters import analyse
@@ -134,22 +146,58 @@ def run_one(config, workdir: Path) -> dict:
 
 
 def train_all(args, seeds: list[int], tag: str) -> list[dict]:
+    """Every (net, seed) of `seeds` not yet done, in this process, or `--jobs` at a time in subprocesses
+    (several small programs share one GPU better than one runs alone: at input 32 a step leaves most of it
+    idle).  A finished run leaves <net>_seed<s>.json; a rerun skips it."""
     out = Path(args.out) / tag
     out.mkdir(parents=True, exist_ok=True)
-    base = base_config(args)
-    rows = []
-    for seed in seeds:
-        for net in [n.strip() for n in args.nets.split(",") if n.strip()]:
-            done = out / f"{net}_seed{seed}.json"
-            if done.exists():
-                rows.append(json.loads(done.read_text()))
-                continue
-            row = run_one(base.replace(model=net, seed=seed), out / f"{net}_seed{seed}")
-            done.write_text(json.dumps(row))
-            rows.append(row)
+    todo = [(net, seed) for seed in seeds for net in [n.strip() for n in args.nets.split(",") if n.strip()]]
+    for n, s in todo:   # a pilot run with the same settings is the same run (same seed, same data order)
+        mine, pilot = out / f"{n}_seed{s}.json", Path(args.out) / "pilot" / f"{n}_seed{s}.json"
+        if tag == "main" and not mine.exists() and pilot.exists() and \
+                json.loads(pilot.read_text()).get("settings") == settings(args):
+            mine.write_text(pilot.read_text())
+    pending = [(n, s) for n, s in todo if not (out / f"{n}_seed{s}.json").exists()]
+    if args.jobs > 1 and len(pending) > 1:
+        _run_parallel(args, pending, tag)
+    else:
+        base = base_config(args)
+        for net, seed in pending:
+            row = dict(run_one(base.replace(model=net, seed=seed), out / f"{net}_seed{seed}"), settings=settings(args))
+            (out / f"{net}_seed{seed}.json").write_text(json.dumps(row))
             print(json.dumps({k: row[k] for k in ("model", "seed", "val_error", "test_error", "wall_seconds")}),
                   flush=True)
-    return rows
+    missing = [f"{n}_seed{s}" for n, s in todo if not (out / f"{n}_seed{s}.json").exists()]
+    if missing:
+        raise SystemExit(f"runs failed: {', '.join(missing)} (logs in {out})")
+    return [json.loads((out / f"{n}_seed{s}.json").read_text()) for n, s in todo]
+
+
+def _run_parallel(args, pending: list[tuple[str, int]], tag: str) -> None:
+    import concurrent.futures
+    import subprocess
+
+    out = Path(args.out) / tag
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
+               XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / args.jobs:.3f}")
+    common = ["--out", args.out, "--width", str(args.width), "--epochs", str(args.epochs), "--lr", str(args.lr),
+              "--init", args.init, "--dtype", args.dtype, "--cifar-source", args.cifar_source]
+    common += ["--data-dir", args.data_dir] if args.data_dir else []
+    common += [x for kv in args.set for x in ("--set", kv)]
+
+    def one(task):
+        net, seed = task
+        cmd = [sys.executable, str(Path(__file__).resolve()), "one", "--tag", tag, "--nets", net,
+               "--seeds", str(seed), *common]
+        with open(out / f"{net}_seed{seed}.log", "w") as log:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        done = out / f"{net}_seed{seed}.json"
+        row = json.loads(done.read_text()) if rc == 0 and done.exists() else None
+        print(json.dumps({k: row[k] for k in ("model", "seed", "val_error", "test_error", "wall_seconds")}) if row
+              else f"{net} seed {seed} failed (rc {rc}): see {out / f'{net}_seed{seed}.log'}", flush=True)
+
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(one, pending))
 
 
 def paired(rows: list[dict], key: str) -> list[float]:
@@ -191,7 +239,8 @@ def colour_test(rows: list[dict], seed: int = 0) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("phase", choices=["pilot", "main", "report"])
+    p.add_argument("phase", choices=["pilot", "main", "report", "one"],
+                   help="one: a single (--nets, --seeds) run under --tag (what --jobs starts)")
     p.add_argument("--out", default="runs/alexnet_columns_cifar10")
     p.add_argument("--data-dir", default=None, help="TFDS data dir (default $TFDS_DATA_DIR)")
     p.add_argument("--cifar-source", default=str(CIFAR))
@@ -204,6 +253,8 @@ def main(argv=None) -> int:
     p.add_argument("--init", default="he", choices=["paper", "paper_scaled", "he"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
+    p.add_argument("--tag", default="main", help=argparse.SUPPRESS)
     p.add_argument("--publish", metavar="NAME", help="report: also copy the summary to experiments/results/NAME")
     args = p.parse_args(argv)
 
@@ -230,8 +281,8 @@ def main(argv=None) -> int:
         (out / "pilot.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res))
         return 0
-    if args.phase == "main":
-        train_all(args, seeds, "main")
+    if args.phase in ("main", "one"):
+        train_all(args, seeds, "main" if args.phase == "main" else args.tag)
         return 0
     rows = [json.loads(f.read_text()) for f in sorted((out / "main").glob("*.json"))]
     if not rows:

@@ -4,8 +4,9 @@
 #   1. the train step, bf16, batch 512: the two-column `alexnet` (227) and the one-column `alexnet_owt`
 #      (224) against the PyTorch peers and exact twins (eager and torch.compile) in the same invocation,
 #      and a profile of the two-column step (top ops, LRN's share);
-#   2. K12 §3.2 / Figure 3 at full width on CIFAR-10 (experiments/alexnet_columns_cifar10.py: 3 nets x
-#      $SEEDS seeds, $EPOCHS epochs, input 32, float32) and one seed of each net in bfloat16;
+#   2. K12 §3.2 / Figure 3 at full width on CIFAR-10 (experiments/alexnet_columns_cifar10.py: a pilot of
+#      2 seeds sets the seed count by the pre-registered rule (at most $MAXSEEDS), then 3 nets x that many
+#      seeds, $EPOCHS epochs, input 32, float32, $JOBS runs at a time) and one seed of each net in bfloat16;
 #   3. the input pipeline end to end: both nets trained from imagenet2012/raw256 records built from the
 #      100 sample photos, against the same step on a batch already on the device.
 #
@@ -65,10 +66,10 @@ part() {  # name, limit (s), command...
 bench() { python -m alexnet_jax.cli bench "$@"; }
 
 if [[ "${SMOKE:-0}" == 1 ]]; then   # plumbing on a CPU: tiny nets and runs
-  SIZE=(--input-size 32 --width 0.0625 --num-classes 10); B=8; S=2; W=0.0625; EPOCHS=0.02; SEEDS=0,1
+  SIZE=(--input-size 32 --width 0.0625 --num-classes 10); B=8; S=2; W=0.0625; EPOCHS=0.02; JOBS=2; MAXSEEDS=3
   E2E=(--input-size 64 --width 0.0625 --batch 8 --steps 2 --records 64)
 else
-  SIZE=(); B=512; S=30; W=1.0; EPOCHS=${EPOCHS:-8}; SEEDS=${SEEDS:-0,1,2}
+  SIZE=(); B=512; S=30; W=1.0; EPOCHS=${EPOCHS:-8}; JOBS=${JOBS:-3}; MAXSEEDS=${MAXSEEDS:-6}
   E2E=(--batch 512 --steps 20 --records 3000)
 fi
 
@@ -82,10 +83,13 @@ part step_profile 90 bench --model alexnet "${SIZE[@]}" --batch $B --dtype bfloa
 export TFDS_DATA_DIR="$OUT/tfds"
 COLS=(python experiments/alexnet_columns_cifar10.py --out "$OUT/columns" --cifar-source "$CIFAR" --width $W
       --epochs $EPOCHS)
-part columns_main 240 "${COLS[@]}" main --seeds $SEEDS
+part columns_pilot 150 "${COLS[@]}" --jobs $JOBS --max-seeds $MAXSEEDS pilot --seeds 0,1
+N=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['seeds_for_main'])" "$OUT/columns/pilot.json" \
+    2>/dev/null || echo 3)
+part columns_main 240 "${COLS[@]}" --jobs $JOBS main --seeds "$(seq -s, 0 $((N - 1)))"
 part columns_report 30 "${COLS[@]}" report
 part columns_bf16 90 python experiments/alexnet_columns_cifar10.py --out "$OUT/columns_bf16" \
-  --cifar-source "$CIFAR" --width $W --epochs $EPOCHS --dtype bfloat16 main --seeds 0
+  --cifar-source "$CIFAR" --width $W --epochs $EPOCHS --dtype bfloat16 --jobs $JOBS main --seeds 0
 
 # 3. the input pipeline end to end (raw256 records from the sample photos, every host core reading)
 for m in alexnet alexnet_owt; do

@@ -72,3 +72,30 @@ def test_compare_splits_on_a_prepared_dataset(tmp_path):
     assert len(losses) == 3 and all(0.0 < x < 10.0 for x in losses)   # real labels, finite losses
     for name, split in res["splits"].items():
         assert split["max_rel_loss_diff_vs_1x1"] <= 1e-5, (name, split["losses"], losses)
+
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "cifar10" / "cifar10_train_jpeg.tar.gz").is_file()
+                    or not (SHARED / "imagenet_samples" / "imagenet_samples_100.tar").is_file(),
+                    reason=f"the CIFAR-10 tarball and sample photos are not under {SHARED}")
+def test_gpu_script_smoke_on_cpu(tmp_path):
+    """experiments/gpu_run.sh with SMOKE=1: every part of the one-call GPU script runs at tiny sizes."""
+    out = tmp_path / "gpu_run"
+    r = subprocess.run(["bash", str(ROOT / "experiments" / "gpu_run.sh")], capture_output=True, text=True,
+                       timeout=1500, env=dict(os.environ, SMOKE="1", OUT=str(out), BUDGET="1400",
+                                              JAX_PLATFORMS="cpu"))
+    summary = (out / "summary.txt").read_text()
+    assert r.returncode == 0 and "skipped" not in summary, summary
+    parts = [ln for ln in summary.splitlines() if ln.startswith("== ")]
+    codes = [ln.split("rc=")[1].split(",")[0] for ln in summary.splitlines() if "rc=" in ln]
+    assert len(parts) == len(codes) == 8 and set(codes) == {"0"}, summary
+    report = json.loads((out / "columns" / "report.json").read_text())
+    assert {r["model"] for r in report["runs"]} == {"alexnet", "alexnet_half", "alexnet_owt"}
+    pilot = json.loads((out / "columns" / "pilot.json").read_text())
+    assert len({r["seed"] for r in report["runs"]}) == pilot["seeds_for_main"]
+    assert report["claim_A"]["verdict"] and report["claim_B"]["verdict"]
+    for name in ("step_bf16_peers", "e2e_alexnet", "e2e_alexnet_owt"):
+        assert json.loads((out / f"{name}.json").read_text().strip().splitlines()[-1])
