@@ -7,8 +7,9 @@ K12 §5 starts every weight at N(0, 0.01) with biases 1 in conv2/4/5 and fc6/7. 
 rule starves the signal (init-stats, README): this script checks that at the paper's own size it does
 not.  The 100 photos of ../shared/data/imagenet_samples (one each of 100 ILSVRC-2012 classes) are
 prepared as imagenet2012/raw256 (shorter side 256, centre 256x256, K12 §2) and the `alexnet_imagenet`
-recipe's Trainer trains on them as published (two-column net, width 1, 224 crops + flips + PCA
-lighting, dropout, SGD momentum 0.9, weight decay 5e-4, lr 0.01, paper init), except: batch 50 (two
+recipe's Trainer trains on them as published (two-column net, width 1, crops + flips + PCA
+lighting, dropout, SGD momentum 0.9, weight decay 5e-4, lr 0.01, paper init), except: input 227 (the
+recipe's 224 plus the author's 3 px of padding has the same 55x55 geometry), batch 50 (two
 batches an epoch), a constant learning rate, and evaluation every 25 steps on the training photos
 themselves (centre crop).  Memorising 100 photos needs features: the bias of fc8 alone predicts one class, 1%.
 The run stops when training top-1 reaches --target (default 0.5) or at --max-steps, and reports the
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
         data_lib.prepare("imagenet2012/raw256", str(photo_tree(Path(args.samples), out / "photos")), str(tfds))
     config = get_config("alexnet_imagenet").replace(
         data_dir=str(tfds), dataset="imagenet2012/raw256", eval_split="train", batch_size=50, lr_schedule="constant",
-        ten_crop=False, num_workers=2)
+        ten_crop=False, num_workers=2, input_size=227)
     config = apply_overrides(config, args.set).validate()
     loader = data_lib.make_train_loader(config, batch_size=config.batch_size)
     trainer = Trainer.build(config, steps_per_epoch=loader.steps_per_epoch, augment=data_lib.make_augment(config))

@@ -23,6 +23,7 @@ from alexnet_jax.errors import AlexnetJaxError
 class DatasetNameError(AlexnetJaxError, ValueError):
     pass
 
+
 DATASETS = ("digits", "mnist", "cifar10", "imagenet2012")
 AUGMENTS = ("none", "lenet", "lenet_affine", "cifar", "alexnet")
 STORES = {"imagenet2012": ("jpeg256", "raw256")}
