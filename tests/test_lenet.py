@@ -9,22 +9,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference as ref  # tests/reference.py (pytest puts tests/ on sys.path)
 from flax import nnx
 
 from alexnet_jax.models import create_model
 from alexnet_jax.models.layers import channels_last
 from alexnet_jax.models.lenet import C3_TABLE, DIGIT_BITMAPS, LeNet5, LeNet5Modern, RBFCode, RBFOutput
 
-# LC98 Table I transcribed as printed: rows = S2 maps 0-5, columns = C3 maps 0-15, X = connected.
-TABLE_I = [
-    "X...XXX..XXXX.XX",
-    "XX...XXX..XXXX.X",
-    "XXX...XXX..X.XXX",
-    ".XXX..XXXX..X.XX",
-    "..XXX..XXXX.XX.X",
-    "...XXX..XXXX.XXX",
-]
-TABLE_I_MASK = np.array([[c == "X" for c in row] for row in TABLE_I]).T   # (16 C3, 6 S2)
+# LC98 Table I transcribed as printed (tests/reference.py): rows = S2 maps 0-5, columns = C3 maps 0-15
+TABLE_I_MASK = np.array([[c == "X" for c in row] for row in ref.TABLE_I]).T   # (16 C3, 6 S2)
 
 # Published per-layer trainable parameters (LC98; LC98 §II.B).
 PAPER_PARAMS = {"c1": 156, "s2": 12, "c3": 1516, "s4": 32, "c5": 48120, "f6": 10164}

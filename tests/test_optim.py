@@ -29,14 +29,6 @@ LR0, DROP_STEP, NSTEPS = 0.01, 6, 12  # lr 0.01 for steps 0..5, 0.001 from step 
 M, WD = 0.9, 0.0005
 
 
-@pytest.fixture
-def x64():
-    prev = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", prev)
 
 
 def _lr_at(t):
