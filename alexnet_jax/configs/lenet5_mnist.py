@@ -4,9 +4,9 @@
     alexnet-jax train --config lenet5_mnist --workdir runs/lenet5_mnist
 
 20 passes with the published schedule's shape (rate x1 for 2 passes, x0.4 for 3, x0.2 for 3,
-x0.1 for 4, then x0.02; LC98 App. C): the paper's optimiser is stochastic diagonal
-Levenberg-Marquardt with one pattern per update, which we replace by the paper-AlexNet SGD with
-momentum at batch 32 (see alexnet_jax/optim.py); the RBF output head with fixed codes is on.
+x0.1 for 4, then x0.02; LC98 App. C), trained with the paper-AlexNet SGD with momentum at batch 32
+(alexnet_jax/optim.py) instead of the paper's stochastic diagonal Levenberg-Marquardt, which
+`lenet5_mnist_sdlm` uses; the RBF output head with fixed codes is on.
 """
 
 from alexnet_jax.config import Config
