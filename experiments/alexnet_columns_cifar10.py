@@ -163,7 +163,8 @@ def train_all(args, seeds: list[int], tag: str) -> list[dict]:
     else:
         base = base_config(args)
         for net, seed in pending:
-            row = dict(run_one(base.replace(model=net, seed=seed), out / f"{net}_seed{seed}"), settings=settings(args))
+            row = dict(run_one(base.replace(model=net, seed=seed), out / f"{net}_seed{seed}"), settings=settings(args),
+                       workdir=f"{tag}/{net}_seed{seed}")   # relative to --out: a reused pilot run stays in pilot/
             (out / f"{net}_seed{seed}.json").write_text(json.dumps(row))
             print(json.dumps({k: row[k] for k in ("model", "seed", "val_error", "test_error", "wall_seconds")}),
                   flush=True)
@@ -171,6 +172,11 @@ def train_all(args, seeds: list[int], tag: str) -> list[dict]:
     if missing:
         raise SystemExit(f"runs failed: {', '.join(missing)} (logs in {out})")
     return [json.loads((out / f"{n}_seed{s}.json").read_text()) for n, s in todo]
+
+
+def _workdir(row: dict) -> str:
+    """A run's workdir relative to --out (rows written before this was recorded lived in main/)."""
+    return row.get("workdir") or f"main/{row['model']}_seed{row['seed']}"
 
 
 def _run_parallel(args, pending: list[tuple[str, int]], tag: str) -> None:
@@ -319,11 +325,11 @@ def main(argv=None) -> int:
         from alexnet_jax.train import restore
 
         best = max(b["per_seed"], key=lambda q: q["D"])
-        wd = out / "main" / f"alexnet_seed{best['seed']}"
+        wd = next(out / _workdir(r) for r in rows if r["model"] == "alexnet" and r["seed"] == best["seed"])
         an = analyse(restore(str(wd)).model)
         draw(an["blocks"], an["per_column"], an["layer"], str(out / "filters_clearest_seed.png"),
              title=f"two-column net, seed {best['seed']} (D = {best['D']:.3f})")
-        wds = sorted(str(d) for d in (out / "main").iterdir() if d.is_dir())
+        wds = sorted(str(out / _workdir(r)) for r in rows)
         plot_runs(wds, str(out / "curves.png"), labels=[Path(w).name for w in wds])
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

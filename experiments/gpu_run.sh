@@ -63,7 +63,7 @@ part() {  # name, limit (s), command...
   echo "   rc=$?, $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"
   grep -v '^{' "$OUT/$name.log" | grep -v -i 'warning\|^I0000\|^W0000' | tail -n 20 >> "$OUT/summary.txt"
 }
-bench() { python -m alexnet_jax.cli bench "$@"; }
+bench=(python -m alexnet_jax.cli bench)   # an array, not a function: `timeout` runs programs only
 
 if [[ "${SMOKE:-0}" == 1 ]]; then   # plumbing on a CPU: tiny nets and runs
   SIZE=(--input-size 32 --width 0.0625 --num-classes 10); B=8; S=2; W=0.0625; EPOCHS=0.02; JOBS=2; MAXSEEDS=3
@@ -74,9 +74,9 @@ else
 fi
 
 # 1. the step against the torch peers and twins (bf16), then the two-column step's profile
-part step_bf16_peers 240 bench --model alexnet alexnet_owt "${SIZE[@]}" --batch $B --dtype bfloat16 \
+part step_bf16_peers 240 "${bench[@]}" --model alexnet alexnet_owt "${SIZE[@]}" --batch $B --dtype bfloat16 \
   --steps $S --peer --out "$OUT/step_bf16_peers.json"
-part step_profile 90 bench --model alexnet "${SIZE[@]}" --batch $B --dtype bfloat16 --steps $S --profile \
+part step_profile 90 "${bench[@]}" --model alexnet "${SIZE[@]}" --batch $B --dtype bfloat16 --steps $S --profile \
   --out "$OUT/step_profile.json"
 
 # 2. the columns experiment at full width, float32, then one seed of each net in bfloat16
@@ -93,7 +93,7 @@ part columns_bf16 90 python experiments/alexnet_columns_cifar10.py --out "$OUT/c
 
 # 3. the input pipeline end to end (raw256 records from the sample photos, every host core reading)
 for m in alexnet alexnet_owt; do
-  part "e2e_$m" 60 bench --input-pipeline --end-to-end --store raw256 --images "$PHOTOS" --model $m \
+  part "e2e_$m" 60 "${bench[@]}" --input-pipeline --end-to-end --store raw256 --images "$PHOTOS" --model $m \
     "${E2E[@]}" --dtype bfloat16 --out "$OUT/e2e_$m.json"
 done
 
