@@ -16,7 +16,8 @@ AlexNet SGD with momentum 0.9 at batch 32 (recipe `lenet5_mnist`).  Each (varian
 over seeds and the wall time (results.md, results.json, curves.png in --out).
 
 `--batch1-steps N` instead times N updates at batch 1 (the paper's setting) with the paper's first rate
-and extrapolates the cost of 20 passes (60,000 updates each), without running them.
+and extrapolates the cost of 20 passes (60,000 updates each), without running them.  `--curvature WORKDIR`
+reports the curvature estimate h_kk at initialisation and in a trained SDLM run's checkpoint.
 """
 
 from __future__ import annotations
@@ -68,6 +69,37 @@ def batch1(args, base) -> dict:
             "note": "step time of the trainer's jitted step fed by the loader (no evaluation, no checkpoints)"}
 
 
+def curvature(args, workdir: str) -> dict:
+    """The distribution of the curvature estimate h_kk at initialisation and in `workdir`'s checkpoint
+    (the same 500 patterns), and the share of parameters whose step eta / (mu + h_kk) would exceed the
+    largest effective rate LC98 reports for its first pass (0.016) at the paper's eta = 0.0005."""
+    import jax
+    import numpy as np
+
+    from alexnet_jax.sdlm import get_curvature
+    from alexnet_jax.train import restore
+
+    r = restore(workdir)
+    trainer = r.trainer
+    cfg = r.config
+
+    def stats(state, epoch):
+        patterns = trainer.curvature_patterns()
+        try:
+            h = get_curvature(trainer.install_curvature(state, patterns, epoch=epoch).opt_state)
+        finally:
+            patterns.close()
+        h = np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(jax.device_get(h))])
+        q = np.quantile(h, [0.1, 0.5, 0.9])
+        return {"h_p10": float(q[0]), "h_median": float(q[1]), "h_p90": float(q[2]),
+                "share_step_above_paper_max": float(np.mean(0.0005 / (cfg.sdlm_mu + h) > 0.016)),
+                "share_h_below_mu": float(np.mean(h < cfg.sdlm_mu))}
+
+    res = {"workdir": workdir, "step": r.step, "mu": cfg.sdlm_mu, "patterns": cfg.sdlm_samples,
+           "at_init": stats(trainer.init(), 0), "trained": stats(r.state, 0)}
+    return res
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -80,6 +112,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=float, default=20)
     p.add_argument("--batch1-steps", type=int, default=0, help="time this many batch-1 SDLM updates instead")
+    p.add_argument("--curvature", metavar="WORKDIR",
+                   help="report the SDLM curvature estimate at init and in WORKDIR's checkpoint instead")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     args = p.parse_args(argv)
 
@@ -104,6 +138,12 @@ def main(argv=None) -> int:
         res = batch1(args, apply_overrides(get_config(RECIPES[("sdlm", "plain")]), args.set).replace(
             data_dir=args.data_dir or ""))
         (out / "batch1.json").write_text(json.dumps(res, indent=1))
+        print(json.dumps(res))
+        return 0
+
+    if args.curvature:
+        res = curvature(args, args.curvature)
+        (out / "curvature.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res))
         return 0
 
