@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lenet-epoch", action="store_true",
                    help="time one MNIST epoch of lenet5 vs the peer and vs its torch twin")
     p.add_argument("--mnist-dir", help="MNIST IDX files (default: <repo>/../shared/data/mnist)")
+    p.add_argument("--epochs", type=int, default=3,
+                   help="--lenet-epoch: timed epochs of ours (after one warm-up epoch) and of the twin (after one "
+                        "warm-up step); the best of each is compared (default 3; the shipped peer times one)")
     p.add_argument("--chunks", default="", help="--lenet-epoch: steps per dispatch K, comma list (default 1; "
                                                 "K <= 16 is one unrolled lax.scan, more is a while loop)")
     p.add_argument("--lr", type=float, help="learning rate (default 0.01; --lenet-epoch 0.05 like the peer)")
@@ -139,8 +142,9 @@ def run(args) -> int:
         if not args.no_peer:   # both before ours, each in its own process
             load_before = _load()
             peer = peers.run_lenet_peer(mnist, peer_dir, threads)
-            twin = peers.run_lenet_twin(mnist, threads, batch=args.batch)
-        ours = lenet.lenet_epoch(mnist, batch=args.batch, chunks=chunks, lr=args.lr or 0.05, dtype=args.dtype)
+            twin = peers.run_lenet_twin(mnist, threads, batch=args.batch, epochs=args.epochs)
+        ours = lenet.lenet_epoch(mnist, batch=args.batch, chunks=chunks, lr=args.lr or 0.05, dtype=args.dtype,
+                                 epochs=args.epochs + 1)
         ours["peer"], ours["twin"] = peer, twin
         if not args.no_peer:
             ours["load_average_before"] = load_before
