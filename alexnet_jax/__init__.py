@@ -16,9 +16,10 @@ cannot take effect any more and a warning says so.  They only affect XLA:CPU.
       XLA:CPU (jaxlib 0.10.2) runs convolutions through YNNPACK by default.  In the CIFAR-size
       AlexNet's training step that gives wrong kernel gradients for conv1 and conv2 (3.9e-3 and
       1.1e-3 relative to a float64 reference, where float32 rounding is ~5e-7; isolated to
-      conv -> ReLU -> LRN -> max-pool, each piece alone is accurate), and it is 9-12% slower on the
-      2-core development machine than XLA's own (Eigen) convolutions, which are float32-accurate
-      (experiments/results/bench_cpu_2026-11-26.md).  The flag takes convolutions out of YNNPACK;
+      conv -> ReLU -> LRN -> max-pool, each piece alone is accurate; tests/test_alexnet.py::
+      test_conv_relu_lrn_pool_gradients_match_float64 shows it), and it is slower on the 2-core
+      development machine than XLA's own (Eigen) convolutions, which are float32-accurate
+      (experiments/results/bench_cpu_2026-11-29.md).  The flag takes convolutions out of YNNPACK;
       its matmuls and reductions stay.
 """
 

@@ -12,7 +12,9 @@ drawn anew each pass (`..._affine`; the paper made 540,000 once).  `--optimizer 
 stochastic diagonal Levenberg-Marquardt (alexnet_jax/sdlm.py): global rate / (mu + h_kk), mu 0.02, h_kk
 the Gauss-Newton diagonal on 500 training patterns before each pass.  `--optimizer sgd` is the paper-
 AlexNet SGD with momentum 0.9 at batch 32 (recipe `lenet5_mnist`).  Each (variant, seed) trains in
---out/<optimizer>_<variant>_seed<s>; the table gives the MNIST test error's mean and standard deviation
+--out/<optimizer>_<variant>_seed<s> (and leaves its row in <that name>.json: a rerun with the same
+config reuses it, so several processes with different --variants/--seeds can share one --out and a last
+call with all of them writes the combined table); the table gives the MNIST test error's mean and standard deviation
 over seeds and the wall time (results.md, results.json, curves.png in --out).
 
 `--batch1-steps N` instead times N updates at batch 1 (the paper's setting) with the paper's first rate
@@ -156,13 +158,24 @@ def main(argv=None) -> int:
                 num_epochs=args.epochs, seed=seed, data_dir=args.data_dir or "")
             config = apply_overrides(config, args.set)
             wd = out / f"{args.optimizer}_{variant}_seed{seed}"
+            done = out / f"{wd.name}.json"   # a finished run's row: a rerun reuses it (and its wall time)
+            as_json = json.loads(json.dumps(config.to_dict()))
+            if done.exists() and json.loads(done.read_text()).get("config") == as_json:
+                rows.append(json.loads(done.read_text()))
+                workdirs.append(str(wd))
+                print(json.dumps(rows[-1]), flush=True)
+                continue
             t0 = time.time()
             res = train_and_evaluate(config, str(wd), progress=sys.stderr.isatty())
             rows.append({"optimizer": args.optimizer, "variant": variant, "seed": seed,
                          "test_error_percent": 100.0 * (1.0 - res["top1"]), "examples": res["examples"],
                          "epochs": config.num_epochs, "batch_size": config.batch_size, "lr": config.lr,
                          "wall_seconds": round(time.time() - t0, 1),
-                         "resumed": bool(res.get("finished_before"))})
+                         "resumed": bool(res.get("finished_before")),
+                         "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+                         "config": as_json})
+            if not rows[-1]["resumed"]:
+                done.write_text(json.dumps(rows[-1]))
             workdirs.append(str(wd))
             print(json.dumps(rows[-1]), flush=True)
 

@@ -7,7 +7,7 @@ scikit-learn ships the UCI "optical recognition of handwritten digits" test set 
 field (MNIST-like) and padded to LeNet's 32x32 input; 20% (360 images, stratified) are held out.
 With only 1,437 training images the net overfits without LeCun's affine distortions (LC98 §III),
 so they are on: 95.8% held-out accuracy without them, 98.6% with them (seed 0).
-Expected: >= 97% held-out accuracy in about 25 s on 2 CPU cores.
+Expected: >= 97% held-out accuracy (97.2% measured) in 5-9 s on 2 CPU cores.
 """
 
 from alexnet_jax.config import Config
