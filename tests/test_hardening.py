@@ -406,6 +406,20 @@ def test_data_dir_flag_on_train_and_eval(tfds_dir, tmp_path, capsys):
     assert ev["top1"] == trained["top1"] and ev["examples"] == 360
 
 
+def test_the_column_axis_follows_the_devices():
+    """mesh_model=-1 (alexnet_cifar10's default): two columns over two devices when 2+ are free, one device
+    otherwise."""
+    from alexnet_jax import parallel
+    from alexnet_jax.configs import get_config
+
+    assert get_config("alexnet_cifar10").mesh_model == -1
+    assert parallel.resolve_mesh_shape(-1, -1, 1) == (1, 1)
+    assert parallel.resolve_mesh_shape(-1, -1, 2) == (1, 2)
+    assert parallel.resolve_mesh_shape(-1, -1, 4) == (2, 2)
+    assert parallel.resolve_mesh_shape(3, -1, 3) == (3, 1)      # the data axis leaves one device each
+    assert parallel.resolve_mesh_shape(1, -1, 3) == (1, 1)      # 3 free devices: no even split of 2 columns
+
+
 def test_multihost_flags_only_where_they_apply():
     from alexnet_jax import cli
 
