@@ -138,6 +138,13 @@ def mnist_cfg(dd, **kw) -> Config:
     return Config(**{**base, **kw})
 
 
+def _write_tree(root, files: dict):
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
 @pytest.fixture(scope="session")
 def cifar_tree(tmp_path_factory):
     """train/<class>/<nnnn>.jpg, 10 per class, plus one truncated JPEG train/cat/9999.jpg."""
@@ -148,10 +155,7 @@ def cifar_tree(tmp_path_factory):
         for i in range(10):
             files[f"train/{c}/{i:04d}.jpg"] = jpeg_bytes(smooth_image(rng, 32, 32))
     files["train/cat/9999.jpg"] = truncated_jpeg(rng)
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    return root, files
+    return _write_tree(root, files), files
 
 
 @pytest.fixture(scope="session")
@@ -171,10 +175,7 @@ def inet_tree(tmp_path_factory):
         for i in range(n):
             files[f"{split}/{wnid}/{wnid}_{i}.JPEG"] = jpeg_bytes(smooth_image(rng, 260 + 40 * i, 300 + 170 * i))
     files["train/n01440764/n01440764_bad.JPEG"] = truncated_jpeg(rng)
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    return root, files
+    return _write_tree(root, files), files
 
 
 @pytest.fixture(scope="session")
