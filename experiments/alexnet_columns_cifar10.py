@@ -22,8 +22,14 @@ The nets (same init rule `--init`, same fixed schedule, same augmentation, same 
 Data: CIFAR-10 from ../shared/data/cifar10 (50,000 JPEGs, no test split) prepared into three disjoint,
 class-balanced splits: train 40,000, validation 5,000 (every choice: the pilot, the curves) and test
 5,000, the report split, evaluated once per run at the end and by nothing else.  Schedule: SGD momentum
-0.9, weight decay 5e-4, batch 128, `--lr` divided by 10 after 75% of the fixed `--epochs` (no plateau
-rule: it would read the split it decides on), random crops + flips, per-pixel mean subtraction.
+0.9, weight decay 5e-4, batch 128, `--lr` reached by a linear warm-up over the first `--warmup-epochs`
+(default 1) and divided by 10 after 75% of the fixed `--epochs` (no plateau rule: it would read the split
+it decides on), random crops + flips, per-pixel mean subtraction.
+
+Amendment (2026-11-29, after the first CPU plumbing run and before any GPU run): the warm-up was added
+because without it `alexnet_owt` (no LRN) at width 0.25 blew up in its first 50 steps and stayed at chance
+for the whole run in 2 of 4 seeds (loss 2.3026 from step 100 on); with a one-epoch warm-up the same seed
+reaches 37.5% validation top-1 after one epoch.  The rule is the same for every net.
 
 Pre-registered rules (written before the main run; `report` applies them to the test-split numbers):
 
@@ -62,6 +68,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CIFAR = HERE.parents[1] / "shared" / "data" / "cifar10" / "cifar10_train_jpeg.tar.gz"
 NETS = ("alexnet", "alexnet_half", "alexnet_owt")
+TRAIN_IMAGES = 40_000      # the carved training split
 HALF_WIDTH = 0.85          # points: the largest 95% half-width the seed count aims for (1.7 / 2)
 NULL_SPLITS = 2000
 PAPER_GAIN = 1.7           # K12 footnote 2: top-1 points
@@ -120,13 +127,15 @@ def base_config(args):
         lr_boundaries=(0.75 * args.epochs,), lr_factors=(0.1,), eval_split="validation", init=args.init,
         dtype=args.dtype, checkpoint_every_steps=10**6, keep_checkpoints=1, data_dir=args.data_dir or "",
         mesh_model=1)
-    return apply_overrides(cfg, args.set)
+    cfg = apply_overrides(cfg, args.set)
+    per_epoch = TRAIN_IMAGES // cfg.batch_size    # the warm-up ends at the latest where the lr drop begins
+    return cfg.replace(warmup_steps=min(round(args.warmup_epochs * per_epoch), int(0.75 * args.epochs * per_epoch)))
 
 
 def settings(args) -> dict:
     """What makes two runs of one (net, seed) the same run."""
     return {"width": args.width, "epochs": args.epochs, "lr": args.lr, "init": args.init, "dtype": args.dtype,
-            "set": list(args.set)}
+            "warmup_epochs": args.warmup_epochs, "set": list(args.set)}
 
 
 def run_one(config, workdir: Path) -> dict:
@@ -187,6 +196,7 @@ def _run_parallel(args, pending: list[tuple[str, int]], tag: str) -> None:
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
                XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / args.jobs:.3f}")
     common = ["--out", args.out, "--width", str(args.width), "--epochs", str(args.epochs), "--lr", str(args.lr),
+              "--warmup-epochs", str(args.warmup_epochs),
               "--init", args.init, "--dtype", args.dtype, "--cifar-source", args.cifar_source]
     common += ["--data-dir", args.data_dir] if args.data_dir else []
     common += [x for kv in args.set for x in ("--set", kv)]
@@ -256,6 +266,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=float, default=30)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear lr warm-up (default 1 epoch)")
     p.add_argument("--init", default="he", choices=["paper", "paper_scaled", "he"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -88,7 +88,7 @@ def main(argv=None) -> int:
                 break
     loader.close()
     out.mkdir(parents=True, exist_ok=True)
-    result = {"question": "does the paper's init learn at full width and input 224 (+3 px pad)?",
+    result = {"question": f"does the paper's init learn at full width and input {config.input_size}?",
               "photos": 100, "batch": config.batch_size, "lr": config.lr, "init": config.init,
               "width": config.width, "input_size": config.input_size, "target_top1": args.target,
               "reached": reached, "history": history, "wall_seconds": time.time() - t0}
