@@ -154,12 +154,35 @@ def migrate(meta: dict[str, Any], step: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # The manager
 # ------------------------------------------------------------------------------------------------
+def _is_orbax_coroutine(unraisable) -> bool:
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _filter_orbax_coroutines() -> None:
+    """Drop, for the rest of the process, the "Exception ignored in: <coroutine ...>" reports (and asyncio's
+    log lines) of orbax's coroutines that a failed read leaves behind (they are collected whenever the garbage collector runs,
+    possibly long after the read); every other unraisable exception still reaches the previous hook."""
+    # the same reads' futures are reported by asyncio's logger ("Future exception was never retrieved")
+    # when collected; alexnet_jax runs no asyncio of its own, so that logger only ever speaks for orbax here
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    if getattr(sys.unraisablehook, "_drops_orbax_coroutines", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _is_orbax_coroutine(unraisable):
+            previous(unraisable)
+
+    hook._drops_orbax_coroutines = True
+    sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def _quiet():
     """Orbax's failed reads leave un-awaited coroutines and log TensorStore specs: keep stderr to our
     one warning line."""
-    old_hook = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None
+    _filter_orbax_coroutines()
     loggers = [logging.getLogger(n) for n in ("absl", "orbax", "orbax.checkpoint")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -167,7 +190,6 @@ def _quiet():
     try:
         yield
     finally:
-        sys.unraisablehook = old_hook
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
 
