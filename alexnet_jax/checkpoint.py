@@ -161,8 +161,9 @@ def _is_orbax_coroutine(unraisable) -> bool:
 
 def _filter_orbax_coroutines() -> None:
     """Drop, for the rest of the process, the "Exception ignored in: <coroutine ...>" reports (and asyncio's
-    log lines) of orbax's coroutines that a failed read leaves behind (they are collected whenever the garbage collector runs,
-    possibly long after the read); every other unraisable exception still reaches the previous hook."""
+    log lines) of orbax's coroutines that a failed read leaves behind (they are collected whenever the
+    garbage collector runs, possibly long after the read); every other unraisable exception still reaches
+    the previous hook."""
     # the same reads' futures are reported by asyncio's logger ("Future exception was never retrieved")
     # when collected; alexnet_jax runs no asyncio of its own, so that logger only ever speaks for orbax here
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)

@@ -20,40 +20,21 @@ import io
 import json
 import os
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from alexnet_jax.data import files
+from alexnet_jax.data.catalog import JPEG256_QUALITY
+
 HERE = Path(__file__).resolve().parent
 
 
-def load_photos(path: str) -> list[bytes]:
-    with tarfile.open(path) as tar:
-        return [tar.extractfile(m).read() for m in tar.getmembers()
-                if m.isfile() and m.name.lower().endswith((".jpeg", ".jpg"))]
-
-
-def to_jpeg256(data: bytes) -> bytes:
-    im = Image.open(io.BytesIO(data)).convert("RGB")
-    w, h = im.size
-    s = 256 / min(w, h)
-    im = im.resize((max(256, round(w * s)), max(256, round(h * s))), Image.BILINEAR)
-    w, h = im.size
-    im = im.crop(((w - 256) // 2, (h - 256) // 2, (w - 256) // 2 + 256, (h - 256) // 2 + 256))
-    out = io.BytesIO()
-    im.save(out, format="JPEG", quality=90)
-    return out.getvalue()
-
-
-def scale_for(w: int, h: int) -> int:
-    """The largest DCT reduction 1, 2, 4, 8 keeping the shorter side >= 256."""
-    d = 1
-    while d < 8 and min(w, h) // (2 * d) >= 256:
-        d *= 2
-    return d
+def scale_for(data: bytes) -> int:
+    """The DCT reduction the loader uses for a 256 px short side (alexnet_jax.data.files.dct_scale)."""
+    return files.dct_scale(*files.image_size(data), 256, 256)
 
 
 def decoders() -> dict:
@@ -64,7 +45,7 @@ def decoders() -> dict:
 
     def pil_reduced(b):
         im = Image.open(io.BytesIO(b))
-        d = scale_for(*im.size)
+        d = scale_for(b)
         im.draft("RGB", (im.size[0] // d, im.size[1] // d))
         return np.asarray(im.convert("RGB"))
 
@@ -77,8 +58,8 @@ def decoders() -> dict:
 
         def sj_reduced(b):
             h, w, _, _ = simplejpeg.decode_jpeg_header(b)
-            d = scale_for(w, h)
-            return simplejpeg.decode_jpeg(b, colorspace="RGB", min_height=h // d, min_width=w // d)
+            d = scale_for(b)
+            return simplejpeg.decode_jpeg(b, colorspace="RGB", min_height=-(-h // d), min_width=-(-w // d))
 
         out["simplejpeg"] = (sj_full, sj_reduced)
     except ImportError:
@@ -92,9 +73,8 @@ def decoders() -> dict:
             return cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
         def cv_reduced(b):
-            w, h = Image.open(io.BytesIO(b)).size   # header only
             flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                    8: cv2.IMREAD_REDUCED_COLOR_8}[scale_for(w, h)]
+                    8: cv2.IMREAD_REDUCED_COLOR_8}[scale_for(b)]
             return cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), flag), cv2.COLOR_BGR2RGB)
 
         out["opencv"] = (cv_full, cv_reduced)
@@ -103,14 +83,14 @@ def decoders() -> dict:
     return out
 
 
-def time_one(fn, files: list[bytes], repeats: int) -> float:
+def time_one(fn, data: list[bytes], repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        for b in files:
+        for b in data:
             fn(b)
         best = min(best, time.perf_counter() - t)
-    return len(files) / best
+    return len(data) / best
 
 
 def main(argv=None) -> int:
@@ -122,8 +102,8 @@ def main(argv=None) -> int:
     if not Path(args.images).is_file():
         print(f"error: {args.images} not found; pass --images", file=sys.stderr)
         return 2
-    originals = load_photos(args.images)
-    small = [to_jpeg256(b) for b in originals]
+    originals = [data for _, data in files.read_image_files([args.images])]
+    small = [files.encode_jpeg(files.decode_fit(b, (256, 256, 3)), JPEG256_QUALITY) for b in originals]
     res = {"photos": len(originals), "load_average": os.getloadavg(), "images_per_second_one_thread": {}}
     ref = {}
     print(f"{'decoder':12s} {'jpeg256 img/s':>14s} {'original (reduced) img/s':>26s}")
@@ -134,8 +114,8 @@ def main(argv=None) -> int:
             continue
         full, reduced = fns
         same = {}
-        for kind, fn, files in (("jpeg256", full, small), ("original", reduced, originals)):
-            outs = [fn(b) for b in files[:10]]
+        for kind, fn, data in (("jpeg256", full, small), ("original", reduced, originals)):
+            outs = [fn(b) for b in data[:10]]
             if kind not in ref:
                 ref[kind] = outs
             same[kind] = all(a.shape == b.shape and int(np.abs(a.astype(int) - b).max()) <= 1

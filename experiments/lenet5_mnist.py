@@ -34,6 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PAPER = {"plain": 0.95, "affine": 0.80}  # LC98 §III.C-D test error, %
+PAPER_MAX_RATE = 0.016                   # LC98 App. C: the largest effective rate of the first pass
 RECIPES = {("sgd", "plain"): "lenet5_mnist", ("sgd", "affine"): "lenet5_mnist_affine",
            ("sdlm", "plain"): "lenet5_mnist_sdlm", ("sdlm", "affine"): "lenet5_mnist_sdlm_affine"}
 
@@ -71,13 +72,14 @@ def batch1(args, base) -> dict:
             "note": "step time of the trainer's jitted step fed by the loader (no evaluation, no checkpoints)"}
 
 
-def curvature(args, workdir: str) -> dict:
+def curvature(workdir: str) -> dict:
     """The distribution of the curvature estimate h_kk at initialisation and in `workdir`'s checkpoint
     (the same 500 patterns), and the share of parameters whose step eta / (mu + h_kk) would exceed the
     largest effective rate LC98 reports for its first pass (0.016) at the paper's eta = 0.0005."""
     import jax
     import numpy as np
 
+    from alexnet_jax.optim import LENET_PAPER_LRS
     from alexnet_jax.sdlm import get_curvature
     from alexnet_jax.train import restore
 
@@ -94,7 +96,7 @@ def curvature(args, workdir: str) -> dict:
         h = np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(jax.device_get(h))])
         q = np.quantile(h, [0.1, 0.5, 0.9])
         return {"h_p10": float(q[0]), "h_median": float(q[1]), "h_p90": float(q[2]),
-                "share_step_above_paper_max": float(np.mean(0.0005 / (cfg.sdlm_mu + h) > 0.016)),
+                "share_step_above_paper_max": float(np.mean(LENET_PAPER_LRS[0] / (cfg.sdlm_mu + h) > PAPER_MAX_RATE)),
                 "share_h_below_mu": float(np.mean(h < cfg.sdlm_mu))}
 
     res = {"workdir": workdir, "step": r.step, "mu": cfg.sdlm_mu, "patterns": cfg.sdlm_samples,
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
         return 0
 
     if args.curvature:
-        res = curvature(args, args.curvature)
+        res = curvature(args.curvature)
         (out / "curvature.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res))
         return 0
@@ -160,8 +162,9 @@ def main(argv=None) -> int:
             wd = out / f"{args.optimizer}_{variant}_seed{seed}"
             done = out / f"{wd.name}.json"   # a finished run's row: a rerun reuses it (and its wall time)
             as_json = json.loads(json.dumps(config.to_dict()))
-            if done.exists() and json.loads(done.read_text()).get("config") == as_json:
-                rows.append(json.loads(done.read_text()))
+            row = json.loads(done.read_text()) if done.exists() else {}
+            if row.get("config") == as_json:
+                rows.append(row)
                 workdirs.append(str(wd))
                 print(json.dumps(rows[-1]), flush=True)
                 continue
