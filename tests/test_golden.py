@@ -5,9 +5,8 @@ and says why in its commit."""
 
 from __future__ import annotations
 
-import pytest
-
 import golden
+import pytest
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "quickstart" else [pytest.mark.slow])
