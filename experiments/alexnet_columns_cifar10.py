@@ -41,15 +41,64 @@ Pre-registered rules (written before the main run; `report` applies them to the 
   reuses them); the pilot reads only their validation errors.
   Claim A.  On the test split, d_s (in points) per seed, their mean and 95% t-interval: "supports" if the
   interval lies above 0 (two columns better), "contradicts" if it lies below 0, "cannot decide" otherwise.
-  Claim B.  For each seed of `alexnet`, D = |colour specificity of column 0 - column 1| (the mean over each
+  Claim B (first rule; superseded by Amendment 2 below, still computed and reported as `claim_B_first_rule`).
+  For each seed of `alexnet`, D = |colour specificity of column 0 - column 1| (the mean over each
   column's conv1 kernels; alexnet_jax/tools/filters.py).  Null: 2,000 random splits of the pooled conv1
   kernels of every `alexnet_owt` seed into two disjoint groups of the two-column net's per-column size,
   |difference of group means|.  A seed shows the split if D exceeds the null's 95th percentile; claim B
   "supports" if at least k of n seeds do, where k is the smallest count with P(Binomial(n, 0.05) >= k) <
   0.05, "contradicts" otherwise.
 
+Amendment 2 (2026-12-02, after the 4-seed CPU plumbing run, before the main CPU run at the rule's seed count).
+The first claim-B rule drew its null from another net (alexnet_owt: no LRN, other kernels, seeds pooled) and
+read a non-rejection by 4 seeds as "contradicts"; independent random kernels score about as the trained ones
+do, so a reader could not see whether conv1 had learned colour structure at all.  From this amendment on:
+
+  Seeds.  The rule above is unchanged.  The first CPU run capped it at 4 (`--max-seeds 4`, a plumbing check);
+  the pilot's sd 1.07 gives 9, and the main run uses the rule's count (default cap 10).  The report states the
+  rule's count beside the seeds it found and says so when fewer ran.
+  Claim B.  Score: colour specificity of each conv1 kernel, exactly what `alexnet-jax filters` reports
+  (alexnet_jax/tools/filters.py `colour_specificity`: the share of a mean-removed kernel's energy off the grey
+  axis).  For seed s of `alexnet` with k kernels per column: Delta_s = mean score of column 0 - mean score of
+  column 1.  Null: B = 100,000 random re-assignments of the same net's 2k conv1 kernels to two columns of k
+  each (numpy default_rng((2012, s))), Delta* of each.  Two-sided: the column index carries no meaning (the net
+  is the same net with its columns swapped; K12 §6.1: "modulo a renumbering of the GPUs"), so a one-sided test
+  would ask which column a seed happened to call 0.  p_s = (1 + #{|Delta*| >= |Delta_s|}) / (1 + B); with equal
+  column sizes the null of Delta is symmetric, so this is the upper tail of |Delta|.  Monte Carlo sd of p_s at
+  0.05: 0.0007.
+  Direction.  Per seed the sign of Delta is the arbitrary column order, and relative to the higher-scoring
+  column every difference is positive: neither says anything.  What a label-free statistic can say is whether
+  the columns lie further apart than random re-assignments of the same kernels put them: seed s "separates" if
+  |Delta_s| > the median of |Delta*| (p_s below about 1/2), else it lies "in the null's central half" (Delta_s between
+  the 25th and 75th percentiles of the symmetric null of Delta).  Each seed is one or the other, each with
+  probability 1/2 under the null.  "Most seeds": more than half (5 of 9, 3 of 4).
+  Combination.  Stouffer: Z = sum_s Phi^-1(1 - p_s) / sqrt(n), p_s clipped to [1/(1+B), B/(1+B)]; combined
+  p = 1 - Phi(Z).  Not Fisher's: the claim is a split "during every run", an effect in each seed, which
+  Stouffer weighs equally (a seed whose columns are closer than chance counts against it), while Fisher's
+  sum can be carried by one seed.
+  Baselines, reported beside the trained nets (they enter only the gate):
+    random  independent random 5x5x3 kernels, i.i.d. normal (the He init's distribution; the score does not
+            depend on scale): 20,000 groups of k kernels (240,000 at k = 12; default_rng(2012)): the
+            per-kernel mean and its 2.5-97.5 percentiles, and the central 95% range of a group's mean (the
+            k-kernel mean a column of an untrained net would show).
+    init    the same net at initialisation (each seed's saved config, the trainer's init): its column means
+            and its own permutation p (a draw from the null).
+  Per seed the report also places the higher- and the lower-scoring column's means against the random range
+  (descriptive: greyer or more colourful than random kernels).
+  Gate, "conv1 demonstrably learned colour structure": in most seeds at least one column's mean score lies
+  outside the random-kernel 95% range of a k-kernel mean.
+  Verdicts.  "supports": combined p < 0.05 and most seeds separate.  "contradicts": the gate passes and most
+  seeds lie in the null's central half.  "cannot decide": otherwise.  ("contradicts" is the absence of a
+  split where conv1 learned enough for one to show, not a test that rejects the claim: under the null about
+  half of all runs of an odd number of seeds meet its second condition.)
+  Second CPU point (only if the gate passes at width 0.25; run or not by a decision recorded with it): width
+  0.5 (24 kernels per column), `--schedule recipe` (alexnet_cifar10's own: 20 epochs, lr 0.01, /10 after
+  epochs 12 and 17), the two-column net only, seeds 0-3 (four runs of about half an hour of 2 cores: the two
+  hours it may take), claim B by the same rules.
+
 Where it runs: a GPU host (`experiments/gpu_run.sh` runs the full-width version, input 32, in one call);
-on 2 CPU cores the same script at a reduced width and seed count is a plumbing check, not evidence.
+on 2 CPU cores, at width 0.25 and the rule's seed count, it decides the claims for "CIFAR-10 at width 0.25
+on 2 CPU cores", not for the paper's nets.
 Runs write to --out (default runs/alexnet_columns_cifar10); `report --publish NAME` copies the summary
 to experiments/results/NAME.
 """
