@@ -6,6 +6,7 @@ Kept import-light at module level (no JAX): `alexnet-jax --help` imports every t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -51,6 +52,69 @@ class Inputs:
     labels: list[int | None]
     source: str
     mean: str                     # what was subtracted: the training mean image, or what stood in for it
+    pick: str = ""                # which examples of the source, and how they were chosen
+
+
+# ------------------------------------------------------------------------------------------------
+# Which examples of a split: a fixed, seeded, class-balanced pick
+# ------------------------------------------------------------------------------------------------
+PICK_SEED = 0                 # the default seed of balanced_pick (tools' --seed)
+PICK_SCAN_MAX = 100_000       # a larger split is picked from this many records drawn at random
+
+
+def _priority(seed: int, key) -> int:
+    """A fixed pseudo-random 64-bit rank of one example, from the seed and the example's own key."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest(), "little")
+
+
+def balanced_pick(labels, n: int, *, seed: int = PICK_SEED, keys=None) -> np.ndarray:
+    """Indices of `n` examples (all of them if there are fewer) taken from every class in turn.
+
+    Each example gets a fixed pseudo-random rank from (`seed`, its key); within a class the examples
+    are taken in rank order, and the classes take turns in a seeded order of their labels.  So any
+    prefix of the pick holds every class in equal shares, give or take one (until a class runs out of
+    examples), and the first examples are of different classes.  With `keys` (e.g. record names) the
+    pick is the same examples in the same order however the split is stored; without them the keys are
+    the storage positions.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    keys = range(len(labels)) if keys is None else list(keys)
+    if len(keys) != len(labels):
+        raise ValueError(f"{len(keys)} keys for {len(labels)} labels")
+    rank = np.array([_priority(seed, k) for k in keys], np.uint64)
+    by_class = np.lexsort((rank, labels))                              # label, then rank within it
+    sorted_labels = labels[by_class]
+    first = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    within = np.arange(len(labels)) - first                            # position within its class
+    classes = np.unique(labels)
+    turn = np.empty(len(classes), np.int64)
+    turn[np.random.default_rng(seed).permutation(len(classes))] = np.arange(len(classes))
+    class_turn = turn[np.searchsorted(classes, sorted_labels)]
+    order = by_class[np.lexsort((class_turn, within))]                 # round by round, classes in turn
+    return order[:max(0, min(int(n), len(labels)))]
+
+
+def pick_from_split(source, n: int | None, seed: int = PICK_SEED) -> tuple[np.ndarray, str]:
+    """(record indices, how they were chosen) of `n` examples of a split (`RecordSource`), chosen by
+    `balanced_pick` on the records' labels and names: a split is stored sorted by class, so its first
+    records are one class.  A split of more than `PICK_SCAN_MAX` records is picked from that many of
+    its records drawn with the seed (reading every label of a large split would take long)."""
+    total = len(source)
+    n = total if n is None else min(int(n), total)
+    scan = np.arange(total)
+    if total > PICK_SCAN_MAX:
+        scan = np.sort(np.random.default_rng(seed).choice(total, PICK_SCAN_MAX, replace=False))
+    labels, names = [], []
+    for i in scan:                  # keep each record's label and name only, not its image
+        rec = source.record(int(i))
+        labels.append(rec["label"])
+        names.append(rec["name"])
+    picked = scan[balanced_pick(labels, n, seed=seed, keys=names)]
+    classes = len(set(labels))
+    how = f"{n} of {total:,}, class-balanced over {classes} classes, seed {seed}"
+    if total > PICK_SCAN_MAX:
+        how += f", from {PICK_SCAN_MAX:,} records drawn at random"
+    return picked, how
 
 
 def describe_mean(augment) -> str:
@@ -60,10 +124,12 @@ def describe_mean(augment) -> str:
     return "training-split mean image" if np.ndim(m) == 3 else f"per-channel mean {np.round(m, 2).tolist()}"
 
 
-def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, data_dir=None) -> Inputs:
+def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, data_dir=None,
+                seed: int = PICK_SEED) -> Inputs:
     """Model inputs from image files (`images`: each photo's shorter side resized and its centre kept,
-    to the run's stored shape) or from a prepared dataset split (default: the checkpoint's dataset and
-    eval split), then the run's own evaluation preprocessing on the device (Trainer.augment.eval)."""
+    to the run's stored shape; the first `limit`) or from a prepared dataset split (default: the
+    checkpoint's dataset and eval split; `limit` examples picked by `pick_from_split` with `seed`), then
+    the run's own evaluation preprocessing on the device (Trainer.augment.eval)."""
     import jax
 
     from alexnet_jax import data as data_lib
@@ -73,6 +139,7 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
         items = read_image_files(images, limit)
         stored = data_lib.decode_images(augment, [b for _, b in items])
         names, labels, source = [n for n, _ in items], [None] * len(items), ", ".join(map(str, images))
+        how = f"{len(items)} image files in the order given (inside folders and tars by name)"
     else:
         from alexnet_jax.data.sources import RecordSource
 
@@ -80,8 +147,8 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
         cfg = cfg.replace(data_dir=data_dir) if data_dir else cfg
         split = split or cfg.eval_split
         src = RecordSource(data_lib.ensure_prepared(cfg), split)
-        n = min(len(src), limit) if limit else len(src)
-        recs = [src.record(i) for i in range(n)]
+        picked, how = pick_from_split(src, limit, seed)
+        recs = [src.record(int(i)) for i in picked]
         stored = np.stack([src.decode(r) for r in recs]) if recs else np.zeros((0, *src.shape), np.uint8)
         names, labels = [r["name"] for r in recs], [r["label"] for r in recs]
         source = f"{cfg.dataset}:{split}"
@@ -89,7 +156,7 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
         raise ValueError(f"no images in {source}")
     x = np.asarray(jax.jit(augment.eval)(stored))
     return Inputs(x=x, display=[display_crop(d, augment.input_size) for d in stored], names=names,
-                  labels=labels, source=source, mean=describe_mean(augment))
+                  labels=labels, source=source, mean=describe_mean(augment), pick=how)
 
 
 # ------------------------------------------------------------------------------------------------
