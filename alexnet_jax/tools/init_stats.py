@@ -91,7 +91,7 @@ def layer_stats(trainer, state, batch) -> dict:
             layer = keys[0].upper() if keys[0] in ("c1", "c3", "c5", "f6") else keys[0]
             kernels.setdefault(layer, []).append(np.asarray(leaf[...] if hasattr(leaf, "__getitem__") else leaf))
     rows = []
-    for name, per_col in acts.items():
+    for name, per_col in _cli.in_network_order(acts, nnx.merge(graphdef, state.params, state.extra)).items():
         a = np.concatenate([np.asarray(v, np.float64).reshape(len(v), -1) for v in per_col], axis=-1)
         g = np.concatenate([np.asarray(v, np.float64).reshape(len(v), -1) for v in g_act[name]], axis=-1)
         k = kernels.get(name) or kernels.get(name.lower())
@@ -147,31 +147,53 @@ def format_table(variant: dict, when: str) -> str:
     return "\n".join(lines)
 
 
-def plot(variants: list[dict], out_png: str, title: str) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def describe_variants(variants: list[dict]) -> str:
+    """What the variants vary, e.g. "inits paper, he at width 0.25" or "init paper at widths 1, 0.5"."""
+    def listing(one: str, many: str, values: list) -> str:
+        return f"{one} {values[0]}" if len(values) == 1 else f"{many} {', '.join(map(str, values))}"
+
+    inits = list(dict.fromkeys(v["init"] for v in variants))
+    widths = list(dict.fromkeys(f"{v['width']:g}" for v in variants))
+    return f"{listing('init', 'inits', inits)} at {listing('width', 'widths', widths)}"
+
+
+def figure(variants: list[dict], recipe: str, batch: int):
+    """The figure of `plot`: input-dependent activation std (left) and gradient std (right) per layer, in
+    network order, one line per variant; a second row after the training steps when measured."""
+    from matplotlib.figure import Figure
+
+    from alexnet_jax.plotting import plain_log_ticks
 
     whens = ["at_init"] + (["after_steps"] if any("after_steps" in v for v in variants) else [])
-    fig, axes = plt.subplots(len(whens), 2, figsize=(12, 4 * len(whens)), squeeze=False)
+    fig = Figure(figsize=(12, 4.2 * len(whens) + 0.5), layout="constrained")
+    axes = fig.subplots(len(whens), 2, squeeze=False)
     for row, when in enumerate(whens):
+        steps = sorted({v[when]["steps"] for v in variants if when in v and "steps" in v[when]})
+        suffix = "at initialisation" if when == "at_init" else \
+            f"after {', '.join(map(str, steps))} training step{'s' if steps != [1] else ''}"
         for v in variants:
             if when not in v:
                 continue
             layers = [r["layer"] for r in v[when]["layers"]]
-            label = f"width {v['width']:g}, {v['init']}, {v['input_size']} px"
+            label = f"width {v['width']:g}, init {v['init']}, {v['input_size']} px"
             axes[row][0].plot(layers, [max(r["input_std"], 1e-12) for r in v[when]["layers"]], "o-", label=label)
             axes[row][1].plot(layers, [max(r["grad_std"], 1e-12) for r in v[when]["layers"]], "o-", label=label)
-        suffix = "at initialisation" if when == "at_init" else "after training steps"
-        axes[row][0].set(title=f"input-dependent activation std, {suffix}", yscale="log")
-        axes[row][1].set(title=f"gradient std reaching each layer, {suffix}", yscale="log")
+        axes[row][0].set(title=f"input-dependent activation std, {suffix}", yscale="log",
+                         ylabel="std across the batch (log)")
+        axes[row][1].set(title=f"gradient std reaching each layer, {suffix}", yscale="log",
+                         ylabel="std of d loss / d layer output (log)")
         for ax in axes[row]:
+            plain_log_ticks(ax)
+            ax.set_xlabel("layer (network order; output after its activation)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    fig.suptitle(f"{recipe}: per-layer scales, {describe_variants(variants)} "
+                 f"(one batch of {batch} training images)", fontsize=10)
+    return fig
+
+
+def plot(variants: list[dict], out_png: str, recipe: str, batch: int) -> str:
+    figure(variants, recipe, batch).savefig(out_png, dpi=100)
     return out_png
 
 
@@ -196,7 +218,7 @@ def run(args) -> int:
             print()
     out = args.out or os.path.join("runs", "init_stats", f"{args.config}.png")
     check_writable(os.path.dirname(os.path.abspath(out)), "output folder")
-    plot(variants, out, f"{args.config} {' '.join(args.set)}: paper init vs width (real images, batch {args.batch})")
+    plot(variants, out, " ".join([args.config, *args.set]), args.batch)
     json_path = _cli.write_json(os.path.splitext(out)[0] + ".json", {"config": base.to_dict(), "variants": variants})
     _cli.emit({"tool": "init-stats", "config": args.config, "out": out, "json": json_path,
                "variants": [{"width": v["width"], "init": v["init"], "input_size": v["input_size"],
