@@ -54,6 +54,8 @@ def build_model(config: Config) -> nnx.Module:
     extra = {"head": config.head} if config.model == "lenet5" else {}
     if config.model.startswith("alexnet"):
         extra["init"] = config.init
+    if config.model == "alexnet":
+        extra["lrn"] = config.lrn
     return create_model(config.model, num_classes=config.num_classes, input_size=config.input_size,
                         width=config.width, dtype=config.dtype, seed=config.seed, **extra)
 
@@ -354,7 +356,7 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -
     loader = data_lib.make_train_loader(config, batch_size=plan.per_process_batch, **feed)
     spe = loader.steps_per_epoch
     optim.check_schedule(config, spe)
-    trainer = Trainer.build(config, mesh, steps_per_epoch=spe, augment=data_lib.make_augment(config))
+    trainer = Trainer.build(config, mesh, steps_per_epoch=spe, augment=data_lib.make_augment(config, workdir=workdir))
     total_steps = config.num_steps or max(1, math.ceil(config.num_epochs * spe))
     eval_every = max(1, round(config.eval_every_epochs * spe))
     eval_batches = data_lib.make_eval_loader(config, config.eval_split, batch_size=plan.per_process_batch, **feed)
@@ -373,7 +375,8 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True) -
             state, step = trainer.init(), 0
         else:
             state, saved, step = restored
-            _restore_data_state(loader, saved["data_state"])
+            if "data_state" in saved:   # an imported net (alexnet_jax/zoo) has none: its data start at the beginning
+                _restore_data_state(loader, saved["data_state"])
             if plateau is not None and saved.get("plateau"):
                 plateau = optim.PlateauController.from_state_dict(saved["plateau"])
             history = saved.get("evals", [])
@@ -526,7 +529,7 @@ def restore(workdir: str, *, mesh: Mesh | None = None, step: int | None = None, 
         batch_size = -(-config.batch_size // n) * n
     here = config.replace(mesh_data=mesh.shape["data"], mesh_model=mesh.shape["model"],
                           **({"data_dir": data_dir} if data_dir else {}))
-    trainer = Trainer.build(here, mesh, batch_size=batch_size, augment=_augment_or_stand_in(here))
+    trainer = Trainer.build(here, mesh, batch_size=batch_size, augment=_augment_or_stand_in(here, workdir))
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     try:
         restored = trainer.restore(checkpointer, step=step)
@@ -539,14 +542,15 @@ def restore(workdir: str, *, mesh: Mesh | None = None, step: int | None = None, 
     return Restored(workdir=workdir, config=config, trainer=trainer, state=state, meta=meta, step=int(got))
 
 
-def _augment_or_stand_in(config: Config):
+def _augment_or_stand_in(config: Config, workdir: str | None = None):
     """The run's device augmentation; where its dataset is not prepared here, a per-channel mean stands in
-    for the training mean image (the tools' photos), with a warning."""
+    for the training mean image (the tools' photos), with a warning.  An imported net's preprocessing
+    (config.preprocess) needs no dataset (its mean image, for caffe, is in `workdir`)."""
     from alexnet_jax import data as data_lib
     from alexnet_jax.data.catalog import stored_shape_of
 
     try:
-        return data_lib.make_augment(config)
+        return data_lib.make_augment(config, workdir=workdir)
     except data_lib.DatasetNotPreparedError:
         if config.augment in ("alexnet", "cifar"):
             log.warning("%s is not prepared here: subtracting a per-channel mean instead of the training mean "

@@ -65,6 +65,12 @@ CIFAR_CHANNEL_MEAN = (125.3, 123.0, 113.9)
 # The usual ImageNet per-channel RGB mean (0..255): stands in for the training mean image where the
 # dataset is not prepared (tools running a checkpoint on photos).
 IMAGENET_RGB_MEAN = (123.68, 116.78, 103.94)
+# torchvision's ImageNet Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) in 0..255 units: the
+# mean of config.preprocess=torchvision (its std, 255 * (0.229, 0.224, 0.225), is alexnet_owt's input scale,
+# models/alexnet.py IMAGENET_STD)
+TORCHVISION_MEAN = (123.675, 116.28, 103.53)
+# config.preprocess=caffe: the imported net's mean image, float32 (H, W, 3) RGB in 0..255, in the workdir
+CAFFE_MEAN_FILE = "input_mean.npy"
 
 _LENET_SCALE = (LENET_FOREGROUND - LENET_BACKGROUND) / 255.0
 
@@ -279,9 +285,30 @@ def stand_in_mean(kind: str, channels: int) -> np.ndarray | None:
     return channel_mean(channels) if kind == "cifar" else None
 
 
+def preprocess_mean(config, workdir: str | None) -> np.ndarray:
+    """The mean an imported net's inputs are centred with (``config.preprocess`` torchvision or caffe)."""
+    if config.preprocess == "torchvision":
+        return np.array(TORCHVISION_MEAN, np.float32)
+    import os
+
+    from alexnet_jax.workdir import WorkdirError
+
+    path = os.path.join(workdir or "<workdir>", CAFFE_MEAN_FILE)
+    try:
+        mean = np.load(path)
+    except (OSError, ValueError) as e:
+        raise WorkdirError(f"preprocess=caffe centres inputs with the mean image in {path}, which cannot be read "
+                           f"({type(e).__name__}); import the net again (alexnet-jax import caffe ... --mean FILE)"
+                           ) from None
+    return np.asarray(mean, np.float32)
+
+
 def make_augment(config, *, stored_shape: tuple[int, int, int] | None = None, mean: Any = "dataset",
-                 path=None) -> Augment:
+                 path=None, workdir: str | None = None) -> Augment:
     """The ``Augment`` of ``config`` (augment, input_size) for its prepared dataset.
+
+    ``config.preprocess`` other than "dataset" (an imported net) fixes the mean (``preprocess_mean``; the caffe
+    mean image is read from ``workdir``) and needs no dataset: the stored shape is the dataset's catalog shape.
 
     ``stored_shape`` defaults to the shape the dataset's loaders deliver.  ``mean="dataset"`` loads (or
     computes once and caches next to the dataset) the per-pixel mean image of ``config.train_split`` for
@@ -289,6 +316,11 @@ def make_augment(config, *, stored_shape: tuple[int, int, int] | None = None, me
     uses a per-channel mean instead (`stand_in_mean`: tools running a checkpoint without its dataset);
     or pass an array, or None.  Never prepares a dataset."""
     kind, s = config.augment, int(config.input_size)
+    if getattr(config, "preprocess", "dataset") != "dataset":
+        from .catalog import stored_shape_of
+
+        shape = tuple(stored_shape or stored_shape_of(config.dataset))
+        return Augment(kind, s, shape, preprocess_mean(config, workdir))
     if stored_shape is None or (isinstance(mean, str) and mean == "dataset" and kind in ("cifar", "alexnet")):
         from . import sources
 
