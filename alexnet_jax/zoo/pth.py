@@ -232,7 +232,9 @@ def read_pth(path: str | os.PathLike) -> tuple[Any, str]:
     """(the unpickled object with tensors as numpy arrays, "zip" or "legacy") of a torch.save file."""
     path = os.fspath(path)
     try:
-        if zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head == b"PK\x03\x04" or zipfile.is_zipfile(path):   # a zip's first local header, or its directory
             return _load_zip(path), "zip"
         return _load_legacy(path), "legacy"
     except PthError:
@@ -241,8 +243,9 @@ def read_pth(path: str | os.PathLike) -> tuple[Any, str]:
         raise PthError(f"{path}: no such file") from None
     except (OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError,
             TypeError, IndexError, KeyError, struct.error, UnicodeDecodeError) as e:
+        why = " ".join(str(e).split())[:120]
         raise PthError(f"{path} cannot be read as a torch.save file, it is cut short or damaged "
-                       f"({type(e).__name__}: {str(e)[:120]})") from None
+                       f"({type(e).__name__}: {why})") from None
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], str]:

@@ -201,7 +201,7 @@ def export_torchvision(workdir: str, path: str, step: int | None = None) -> dict
     check_writable(os.path.dirname(path), "output folder")
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        torch.save(collections.OrderedDict((k, torch.from_numpy(v)) for k, v in sd.items()), tmp)
+        torch.save(collections.OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in sd.items()), tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
