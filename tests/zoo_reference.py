@@ -88,6 +88,19 @@ def torchvision_taps(model, x_NCHW):
     return logits.numpy(), {k: v.numpy() for k, v in out.items()}
 
 
+def separate_classes(model, x_NCHW) -> None:
+    """Set fc8's bias to -W m, m the mean fc7 output over the inputs x, so the logits are W (h - m): the part
+    of each image's features that is its own.  With random weights fc7 is mostly common to every image (its
+    biases dominate), and every photo would get the same classes; this makes the top-5 check meaningful."""
+    import torch
+
+    _, taps = torchvision_taps(model, x_NCHW)
+    mean = taps["fc7"].astype(np.float64).mean(axis=0)
+    fc8 = model.classifier[6]
+    with torch.no_grad():
+        fc8.bias.copy_(torch.from_numpy(-(fc8.weight.numpy().astype(np.float64) @ mean)).float())
+
+
 def torchvision_input(data: bytes):
     """torchvision's ImageNet eval transform of one encoded photo -> float32 (3, 224, 224), written out:
     Resize(256) (shorter side 256, longer int(256 * long / short), PIL bilinear), CenterCrop(224)

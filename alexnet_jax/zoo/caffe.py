@@ -471,5 +471,5 @@ def import_caffe(path: str, deploy: str, mean: str, workdir: str, lrn: str = "ca
     return {"imported": "caffe", "workdir": out, "model": config.model, "width": config.width,
             "num_classes": config.num_classes, "input_size": config.input_size, "lrn": config.lrn,
             "preprocess": config.preprocess, "caffemodel_format": fmt,
-            "mean_rgb": [round(float(v), 3) for v in mean_rgb.mean(axis=(0, 1))],
+            "mean_rgb": [round(float(v), 3) for v in mean_rgb.mean(axis=(0, 1), dtype=np.float64)],
             "parameters": int(sum(v.size for v in params.values()))}
