@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from alexnet_jax.errors import AlexnetJaxError
+from alexnet_jax.protowire import read_varint as _varint
 
 from . import files
 from .catalog import STORE_SIZE, VERSIONS, dataset_names, split_name
@@ -196,17 +197,6 @@ def dataset_info(config) -> DatasetInfo:
 # tf.train.Example wire format (proto3: Example{features=1}, Features{map<string, Feature> feature=1},
 # Feature{bytes_list=1 | float_list=2 | int64_list=3}, *List{repeated value=1})
 # ----------------------------------------------------------------------------------------------------
-def _varint(b, i: int) -> tuple[int, int]:
-    r = s = 0
-    while True:
-        c = b[i]
-        i += 1
-        r |= (c & 0x7F) << s
-        if c < 0x80:
-            return r, i
-        s += 7
-
-
 def parse_example(record: bytes) -> dict[str, list]:
     """{feature name: [values]} of a serialized tf.train.Example: memoryviews into ``record`` for bytes
     lists, Python ints for int64 lists (packed or not), floats for float lists."""
