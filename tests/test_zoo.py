@@ -362,6 +362,36 @@ def test_bvlc_classes_in_sorted_wnid_order(tmp_path, capsys):
     assert [t["id"] for t in top[:2]] == [wnids[3], wnids[997]]
 
 
+def test_imported_net_evaluates_on_a_prepared_store(tmp_path, capsys):
+    """`eval` on an imported net reads a prepared imagenet2012 store with the net's preprocessing, and its
+    labels are the dataset's: fc8 favouring row 1 (n01443537) then row 0 (n01440764) scores top-1 = the
+    share of n01443537 images and top-5 = 1 on a validation split of those two classes."""
+    from PIL import Image
+
+    from alexnet_jax.data import prepare
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "ilsvrc"
+    for split, per_class in (("train", 1), ("val", 3)):
+        for w in ("n01440764", "n01443537"):
+            d = src / split / w
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                arr = rng.integers(0, 255, (rng.integers(260, 300), rng.integers(260, 340), 3), np.uint8)
+                Image.fromarray(arr).save(d / f"{w}_{i}.JPEG", quality=85)
+    prepare("imagenet2012", str(src), str(tmp_path / "tfds"))
+    blobs = zr.bvlc_blobs(SMALL_W, 1000)
+    w8, b8 = blobs["fc8"]
+    b8 = np.zeros_like(b8)
+    b8[[1, 0]] = (10.0, 9.0)
+    blobs["fc8"] = (np.zeros_like(w8), b8)
+    import_bvlc(write_bvlc(tmp_path, blobs), tmp_path / "wd", capsys)
+    rc, out, err = cli(["eval", "--workdir", tmp_path / "wd", "--data-dir", tmp_path / "tfds"], capsys)
+    assert rc == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert (res["examples"], res["top1"], res["top5"], res["split"]) == (6, 0.5, 1.0, "validation")
+
+
 def test_filters_per_column_on_imported_bvlc(tmp_path, capsys):
     """`filters` on an imported bvlc net scores conv1's colour specificity per column (Figure 3): Caffe's
     kernels 0..c-1 are column 0, c..2c-1 column 1, and their BGR channels arrive as RGB."""

@@ -200,6 +200,7 @@ def _load_legacy(path: str) -> Any:
         def find_class(self, module, name):
             raise PthError(f"{path}: unexpected {module}.{name} in a legacy torch.save header")
 
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         def load():
             return _PlainValues(f, encoding="utf-8").load()
@@ -224,6 +225,9 @@ def _load_legacy(path: str) -> Any:
             (numel,) = struct.unpack("<q" if byteorder == "little" else ">q", head)
             if numel != s.numel:
                 raise PthError(f"{path}: storage {key} has {numel} elements where the pickle says {s.numel}")
+            if numel * s.dtype.itemsize > size - f.tell():
+                raise PthError(f"{path}: storage {key} needs {numel * s.dtype.itemsize} bytes, the file has "
+                               f"{size - f.tell()} left (it is cut short)")
             s.data = _storage_bytes(f.read(numel * s.dtype.itemsize), s, path)
     return _materialise(obj, path)
 
