@@ -362,6 +362,7 @@ def test_bvlc_classes_in_sorted_wnid_order(tmp_path, capsys):
     assert [t["id"] for t in top[:2]] == [wnids[3], wnids[997]]
 
 
+@pytest.mark.slow
 def test_imported_net_evaluates_on_a_prepared_store(tmp_path, capsys):
     """`eval` on an imported net reads a prepared imagenet2012 store with the net's preprocessing, and its
     labels are the dataset's: fc8 favouring row 1 (n01443537) then row 0 (n01440764) scores top-1 = the
