@@ -341,6 +341,16 @@ def test_bvlc_mean_image_and_bgr_through_the_tools(tmp_path, capsys):
     np.testing.assert_allclose(got, want_bgr[:, ::-1].transpose(0, 2, 3, 1), rtol=0, atol=1e-4)
 
 
+def favouring(first: int, second: int):
+    """Small bvlc blobs whose logits ignore the image: fc8's bias ranks class `first`, then `second`."""
+    blobs = zr.bvlc_blobs(SMALL_W, 1000)
+    w8, b8 = blobs["fc8"]
+    b8 = np.zeros_like(b8)
+    b8[[first, second]] = (10.0, 9.0)
+    blobs["fc8"] = (np.zeros_like(w8), b8)
+    return blobs
+
+
 def test_bvlc_classes_in_sorted_wnid_order(tmp_path, capsys):
     """Caffe's label i is line i of synset_words.txt, the ILSVRC-2012 wnids sorted (n01440764 tench first,
     n15075141 toilet tissue last): TFDS' label order.  A net whose fc8 favours row i predicts wnid i."""
@@ -349,12 +359,7 @@ def test_bvlc_classes_in_sorted_wnid_order(tmp_path, capsys):
     wnids = imagenet_synsets()
     assert wnids == sorted(wnids) and len(set(wnids)) == 1000
     assert (wnids[0], wnids[-1]) == ("n01440764", "n15075141")
-    blobs = zr.bvlc_blobs(SMALL_W, 1000)
-    w8, b8 = blobs["fc8"]
-    b8 = np.zeros_like(b8)
-    b8[[3, 997]] = (10.0, 9.0)
-    blobs["fc8"] = (np.zeros_like(w8), b8)
-    import_bvlc(write_bvlc(tmp_path, blobs), tmp_path / "wd", capsys)
+    import_bvlc(write_bvlc(tmp_path, favouring(3, 997)), tmp_path / "wd", capsys)
     pics = photos(tmp_path / "photos", sizes=((300, 300),))
     rc, out, err = cli(["predict", "--workdir", tmp_path / "wd", pics[0]], capsys)
     assert rc == 0, err
@@ -381,12 +386,7 @@ def test_imported_net_evaluates_on_a_prepared_store(tmp_path, capsys):
                 arr = rng.integers(0, 255, (rng.integers(260, 300), rng.integers(260, 340), 3), np.uint8)
                 Image.fromarray(arr).save(d / f"{w}_{i}.JPEG", quality=85)
     prepare("imagenet2012", str(src), str(tmp_path / "tfds"))
-    blobs = zr.bvlc_blobs(SMALL_W, 1000)
-    w8, b8 = blobs["fc8"]
-    b8 = np.zeros_like(b8)
-    b8[[1, 0]] = (10.0, 9.0)
-    blobs["fc8"] = (np.zeros_like(w8), b8)
-    import_bvlc(write_bvlc(tmp_path, blobs), tmp_path / "wd", capsys)
+    import_bvlc(write_bvlc(tmp_path, favouring(1, 0)), tmp_path / "wd", capsys)
     rc, out, err = cli(["eval", "--workdir", tmp_path / "wd", "--data-dir", tmp_path / "tfds"], capsys)
     assert rc == 0, err
     res = json.loads(out.strip().splitlines()[-1])
