@@ -70,7 +70,7 @@ def _data_dir(config, args):
 def cmd_train(args) -> int:
     from alexnet_jax.config import apply_overrides
     from alexnet_jax.configs import get_config
-    from alexnet_jax.train import train_and_evaluate
+    from alexnet_jax.run import train_and_evaluate
 
     config = _data_dir(apply_overrides(get_config(args.config), args.set or []), args)
     workdir = args.workdir or os.path.join("runs", args.config)
@@ -80,7 +80,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from alexnet_jax.train import evaluate_workdir
+    from alexnet_jax.restore import evaluate_workdir
 
     res = evaluate_workdir(args.workdir, split=args.split, ten_crop=True if args.ten_crop else None,
                            data_dir=args.data_dir)

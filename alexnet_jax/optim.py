@@ -13,7 +13,8 @@ therefore
     optax.chain(add_decayed_weights(wd, mask), scale_by_learning_rate(lr), trace(decay=m))
 
 (add wd * w to the gradient, multiply by -lr, accumulate), wrapped in ``optax.inject_hyperparams`` so the
-learning rate is part of the optimiser state (``opt_state.hyperparams["learning_rate"]``; read and written by alexnet_jax/lr.py, which sdlm shares).
+learning rate is part of the optimiser state (``opt_state.hyperparams["learning_rate"]``; read and written
+by alexnet_jax/lr.py, which sdlm shares).
 ``tests/test_optim.py`` checks it against a float64 NumPy version of the formula to 1e-12 across a /10
 drop, and checks that the optax.sgd chain does not match.
 

@@ -1,5 +1,5 @@
-"""A run's directory: its lock, its record (config, provenance, metrics.jsonl, TensorBoard), its
-checkpoints, and what the run prints while it trains.
+"""A run's directory: its lock, its record (config, provenance, metrics.jsonl, TensorBoard events
+through alexnet_jax/tensorboard.py), its checkpoints, and what the run prints while it trains.
 
     <workdir>/config.json        the resolved config          provenance.json  where each start ran
     <workdir>/metrics.jsonl      one JSON record per line      tensorboard/     the same, for TensorBoard
@@ -20,12 +20,13 @@ import logging
 import os
 import signal
 import socket
-import struct
 import sys
 import time
 from typing import Any
 
+from alexnet_jax.config import Config
 from alexnet_jax.errors import AlexnetJaxError
+from alexnet_jax.tensorboard import EventWriter, purge_events
 
 log = logging.getLogger("alexnet_jax")
 
@@ -47,6 +48,45 @@ def check_writable(path: str, what: str = "workdir") -> str:
         raise WorkdirError(f"cannot write to the {what} {path}: {e.strerror or e}; choose a writable "
                            f"{'--workdir' if what == 'workdir' else '--out'} or fix its permissions") from None
     return path
+
+
+# ------------------------------------------------------------------------------------------------
+# The run's config
+# ------------------------------------------------------------------------------------------------
+def load_config(workdir: str) -> Config:
+    """The config a workdir's run was trained with (its config.json)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise WorkdirError(f"{path} not found: is {workdir} a workdir written by `alexnet-jax train`?")
+    with open(path) as f:
+        return Config.from_dict(_migrate_config(json.load(f)))
+
+
+def _migrate_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A workdir's config.json written before the init rules were named for every AlexNet (it has no
+    `optimizer` key): its `init` acted on alexnet / alexnet_half only, every other model used its own."""
+    if "optimizer" not in d and d.get("model") not in ("alexnet", "alexnet_half") and "init" in d:
+        d = dict(d, init="native")
+    return d
+
+
+# Config fields a resumed run may change; any other difference from the workdir's config.json is refused
+# (a resume with another model or dataset would find no checkpoint that fits).
+RESUMABLE_CHANGES = {"num_epochs", "num_steps", "eval_every_epochs", "log_every_steps", "checkpoint_every_steps",
+                     "keep_checkpoints", "data_dir", "mesh_data", "mesh_model", "num_workers", "ten_crop"}
+
+
+def check_resumable(config: Config, workdir: str) -> None:
+    """Refuse to resume `workdir` with a config that differs from its own in more than RESUMABLE_CHANGES."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    saved = load_config(workdir).to_dict()
+    diff = {k: (saved[k], v) for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved[k] != v}
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise WorkdirError(f"{workdir} holds a run of another config ({shown}); resume it with the config it was "
+                           f"trained with (see its config.json), or choose another --workdir")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -78,155 +118,6 @@ class WorkdirLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
-
-
-# ------------------------------------------------------------------------------------------------
-# TensorBoard event files, written and cut back here (scalars only: the record TensorBoard reads).
-# TFRecord framing: length (uint64), masked crc32c of the length, data, masked crc32c of the data.
-# Event protobuf: wall_time = 1 (double), step = 2 (int64), file_version = 3 (string), summary = 5;
-# Summary.value = 1; Value.tag = 1 (string), Value.simple_value = 2 (float).
-# ------------------------------------------------------------------------------------------------
-def _crc32c_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    c = 0xFFFFFFFF
-    for b in data:
-        c = _CRC_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def read_records(path: str) -> list[bytes]:
-    """The records of a TFRecord file, up to the first incomplete or damaged one."""
-    out = []
-    with open(path, "rb") as f:
-        while True:
-            head = f.read(12)
-            if len(head) < 12:
-                break
-            (n,) = struct.unpack("<Q", head[:8])
-            if struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8]):
-                break
-            data, crc = f.read(n), f.read(4)
-            if len(data) < n or len(crc) < 4 or struct.unpack("<I", crc)[0] != _masked_crc(data):
-                break
-            out.append(data)
-    return out
-
-
-def _frame(data: bytes) -> bytes:
-    head = struct.pack("<Q", len(data))
-    return head + struct.pack("<I", _masked_crc(head)) + data + struct.pack("<I", _masked_crc(data))
-
-
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    v &= (1 << 64) - 1
-    while True:
-        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
-        v >>= 7
-        if not v:
-            return bytes(out)
-
-
-def _field(number: int, wire: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | wire) + payload
-
-
-def _bytes_field(number: int, data: bytes) -> bytes:
-    return _field(number, 2, _varint(len(data)) + data)
-
-
-def scalar_event(step: int, tag: str, value: float, wall_time: float) -> bytes:
-    """An Event holding one scalar summary value."""
-    val = _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", value))
-    return (_field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step))
-            + _bytes_field(5, _bytes_field(1, val)))
-
-
-def _event_step(record: bytes) -> int:
-    """The step field of an Event (0 when absent: the file_version event)."""
-    i = 0
-    while i < len(record):
-        key, i = _read_varint(record, i)
-        number, wire = key >> 3, key & 7
-        if number == 2 and wire == 0:
-            step, _ = _read_varint(record, i)
-            return step - (1 << 64) if step >= 1 << 63 else step
-        if wire == 0:
-            _, i = _read_varint(record, i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        else:
-            n, i = _read_varint(record, i)
-            i += n
-    return 0
-
-
-def _read_varint(b: bytes, i: int) -> tuple[int, int]:
-    out, shift = 0, 0
-    while True:
-        byte = b[i]
-        out |= (byte & 0x7F) << shift
-        i += 1
-        if byte < 0x80:
-            return out, i
-        shift += 7
-
-
-def purge_events(tb_dir: str, step: int) -> int:
-    """Cut every event file in `tb_dir` back to events with step <= `step` (each file rewritten atomically);
-    returns how many events were dropped."""
-    dropped = 0
-    for name in sorted(os.listdir(tb_dir)) if os.path.isdir(tb_dir) else []:
-        if not name.startswith("events.out.tfevents"):
-            continue
-        path = os.path.join(tb_dir, name)
-        records = read_records(path)
-        keep = [r for r in records if _event_step(r) <= step]
-        dropped += len(records) - len(keep)
-        if len(keep) != len(records) or os.path.getsize(path) != sum(len(r) + 16 for r in records):
-            with open(path + ".tmp", "wb") as f:
-                f.write(b"".join(_frame(r) for r in keep))
-            os.replace(path + ".tmp", path)
-    return dropped
-
-
-class EventWriter:
-    """Appends scalar events to one TensorBoard event file (one per start of a run)."""
-
-    def __init__(self, tb_dir: str):
-        os.makedirs(tb_dir, exist_ok=True)
-        self.path = os.path.join(tb_dir, f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}")
-        version = _field(1, 1, struct.pack("<d", time.time())) + _bytes_field(3, b"brain.Event:2")
-        self.f = open(self.path, "ab")
-        self.f.write(_frame(version))
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        self.f.write(_frame(scalar_event(step, tag, float(value), time.time())))
-
-    def flush(self) -> None:
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
 
 
 class MetricWriter:

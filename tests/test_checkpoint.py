@@ -24,18 +24,19 @@ def old_workdir(tmp_path):
 
 
 def test_format1_workdir_evaluates_as_it_did(old_workdir, tmp_path):
-    from alexnet_jax import train
+    from alexnet_jax.restore import evaluate_workdir
 
-    res = train.evaluate_workdir(str(old_workdir), data_dir=str(tmp_path / "tfds"))
+    res = evaluate_workdir(str(old_workdir), data_dir=str(tmp_path / "tfds"))
     assert res["step"] == 6 and res["split"] == "test"
     assert abs(res["top1"] - OLD_TOP1) < 1e-9, res
     assert res["loss"] == pytest.approx(OLD_LOSS, rel=1e-5), res
 
 
 def test_format1_checkpoint_restores_with_its_meaning(old_workdir, tmp_path):
-    from alexnet_jax import checkpoint, train
+    from alexnet_jax import checkpoint
+    from alexnet_jax.restore import restore_workdir
 
-    r = train.restore(str(old_workdir), data_dir=str(tmp_path / "tfds"))
+    r = restore_workdir(str(old_workdir), data_dir=str(tmp_path / "tfds"))
     assert r.step == 6 and int(r.state.step) == 6
     assert r.meta["format"] == checkpoint.FORMAT_VERSION                      # migrated in memory
     # format 1 stored the loader position as base64 JSON; it reads as the object itself: 6 batches of 16
@@ -53,15 +54,17 @@ def test_format1_checkpoint_restores_with_its_meaning(old_workdir, tmp_path):
 
 
 def test_format1_workdir_resumes(old_workdir, tmp_path):
-    from alexnet_jax import train
+    from alexnet_jax.restore import restore_workdir
+    from alexnet_jax.run import train_and_evaluate
+    from alexnet_jax.workdir import load_config
 
-    config = train.load_config(str(old_workdir)).replace(num_steps=9, data_dir=str(tmp_path / "tfds"))
-    train.train_and_evaluate(config, str(old_workdir), progress=False)
+    config = load_config(str(old_workdir)).replace(num_steps=9, data_dir=str(tmp_path / "tfds"))
+    train_and_evaluate(config, str(old_workdir), progress=False)
     steps = sorted(int(p.name) for p in (old_workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == 9
     lines = [json.loads(x) for x in (old_workdir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     trained = [x["step"] for x in lines if x.get("kind") == "train"]
     assert trained[:2] == [3, 6] and trained[-1] == 9        # the old history, continued
     assert trained == sorted(set(trained))                   # one history: no step logged twice
-    r = train.restore(str(old_workdir), data_dir=str(tmp_path / "tfds"))
+    r = restore_workdir(str(old_workdir), data_dir=str(tmp_path / "tfds"))
     assert r.step == 9 and r.meta.get("provenance"), "the new checkpoint carries today's provenance"

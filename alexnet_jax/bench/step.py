@@ -124,7 +124,7 @@ def bench_step(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float |
     """Compile and time the train step of `config` (see the module docstring for each number)."""
     import jax
 
-    from alexnet_jax.train import Trainer
+    from alexnet_jax.trainer import Trainer
 
     info = device_info()
     trainer = Trainer.build(config)

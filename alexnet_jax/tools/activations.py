@@ -75,7 +75,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(args) -> int:
-    r = _cli.restore(args)
+    r = _cli.restore_from_args(args)
     if args.synthetic:
         x, mean = synthetic_inputs(r.config, args.limit, args.seed), None
         source, pick = f"synthetic, seed {args.seed}", f"{args.limit} Gaussian images"

@@ -116,7 +116,7 @@ def format_table(rows: list[dict], stats: bool) -> str:
 
 
 def run(args) -> int:
-    r = _cli.restore(args)
+    r = _cli.restore_from_args(args)
     rows = parameter_table(r.model, stats=args.stats)
     total = sum(row["size"] for row in rows)
     by_column: dict[str, int] = {}

@@ -1,0 +1,98 @@
+"""A workdir's checkpoint restored onto the devices present, for evaluation and analysis
+(`restore_workdir`, `evaluate_workdir`: `alexnet-jax eval`, the tools, the experiments' analyses).
+
+Restoring needs no dataset: the Trainer carries the run's device augmentation when the dataset is
+prepared here, else a per-channel mean stands in for the training mean image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+from flax import nnx
+from jax.sharding import Mesh
+
+from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import data as data_lib
+from alexnet_jax import parallel
+from alexnet_jax.config import Config
+from alexnet_jax.data.catalog import stored_shape_of
+from alexnet_jax.trainer import Trainer, TrainState
+from alexnet_jax.workdir import load_config
+
+log = logging.getLogger("alexnet_jax")
+
+
+@dataclasses.dataclass
+class Restored:
+    """A workdir's checkpoint restored onto the devices present (`restore_workdir`)."""
+
+    workdir: str
+    config: Config             # as trained (trainer.config has the mesh it was restored onto)
+    trainer: Trainer
+    state: TrainState
+    meta: dict[str, Any]
+    step: int
+
+    @property
+    def model(self) -> nnx.Module:
+        return self.trainer.model(self.state)
+
+
+def restore_workdir(workdir: str, *, mesh: Mesh | None = None, step: int | None = None, batch_size: int | None = None,
+            data_dir: str | None = None) -> Restored:
+    """The newest usable checkpoint of `workdir` (or `step`), restored onto `mesh` (default: every
+    device present; the columns of a two-column net split over 2 devices when there are 2+; one
+    device is fine, so a checkpoint saved on two devices opens on one CPU for analysis).
+
+    Its Trainer carries the run's device augmentation when the dataset is prepared here (for `eval`);
+    without the dataset, the per-channel mean stands in for the training mean image (for the tools'
+    photos), with a warning."""
+    workdir = os.path.abspath(workdir)
+    config = load_config(workdir)
+    mesh = mesh if mesh is not None else parallel.make_mesh(-1, -1)
+    if batch_size is None:   # the training batch, rounded up to what this mesh splits evenly
+        n = mesh.devices.size
+        batch_size = -(-config.batch_size // n) * n
+    here = config.replace(mesh_data=mesh.shape["data"], mesh_model=mesh.shape["model"],
+                          **({"data_dir": data_dir} if data_dir else {}))
+    trainer = Trainer.build(here, mesh, batch_size=batch_size, augment=_augment_or_stand_in(here))
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    try:
+        restored = checkpointer.restore(trainer.abstract_state, step=step)
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise ckpt_lib.CheckpointError(f"no checkpoint under {os.path.join(workdir, 'checkpoints')}: train first "
+                                       f"(alexnet-jax train --workdir {workdir})")
+    state, meta, got = restored
+    return Restored(workdir=workdir, config=config, trainer=trainer, state=state, meta=meta, step=int(got))
+
+
+def _augment_or_stand_in(config: Config):
+    """The run's device augmentation; where its dataset is not prepared here, a per-channel mean stands in
+    for the training mean image (the tools' photos), with a warning."""
+    try:
+        return data_lib.make_augment(config)
+    except data_lib.DatasetNotPreparedError:
+        if config.augment in ("alexnet", "cifar"):
+            log.warning("%s is not prepared here: subtracting a per-channel mean instead of the training mean "
+                        "image", config.dataset)
+        return data_lib.make_augment(config, stored_shape=stored_shape_of(config.dataset), mean="stand-in")
+
+
+def evaluate_workdir(workdir: str, *, split: str | None = None, ten_crop: bool | None = None,
+                     mesh: Mesh | None = None, data_dir: str | None = None) -> dict[str, Any]:
+    """Evaluate a workdir's newest usable checkpoint on every device present."""
+    r = restore_workdir(workdir, mesh=mesh, data_dir=data_dir)
+    config = r.trainer.config
+    ten_crop = config.ten_crop if ten_crop is None else ten_crop
+    split = split or config.eval_split
+    plan = r.trainer.plan
+    batches = data_lib.make_eval_loader(config, split, batch_size=plan.per_process_batch,
+                                        process_index=plan.feed_index, process_count=plan.feed_count)
+    return dict(r.trainer.evaluate(r.state, batches, ten_crop=ten_crop), split=split, step=r.step,
+                ten_crop=ten_crop, devices=int(r.trainer.mesh.devices.size))
