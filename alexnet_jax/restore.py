@@ -42,15 +42,16 @@ class Restored:
         return self.trainer.model(self.state)
 
 
-def restore_workdir(workdir: str, *, mesh: Mesh | None = None, step: int | None = None, batch_size: int | None = None,
-            data_dir: str | None = None) -> Restored:
+def restore_workdir(workdir: str, *, mesh: Mesh | None = None, step: int | None = None,
+                    batch_size: int | None = None, data_dir: str | None = None) -> Restored:
     """The newest usable checkpoint of `workdir` (or `step`), restored onto `mesh` (default: every
     device present; the columns of a two-column net split over 2 devices when there are 2+; one
     device is fine, so a checkpoint saved on two devices opens on one CPU for analysis).
 
     Its Trainer carries the run's device augmentation when the dataset is prepared here (for `eval`);
     without the dataset, the per-channel mean stands in for the training mean image (for the tools'
-    photos), with a warning."""
+    photos), with a warning.  Its learning-rate schedule is the run's: boundaries in epochs of the
+    steps per epoch the checkpoint records."""
     workdir = os.path.abspath(workdir)
     config = load_config(workdir)
     mesh = mesh if mesh is not None else parallel.make_mesh(-1, -1)
@@ -69,7 +70,21 @@ def restore_workdir(workdir: str, *, mesh: Mesh | None = None, step: int | None 
         raise ckpt_lib.CheckpointError(f"no checkpoint under {os.path.join(workdir, 'checkpoints')}: train first "
                                        f"(alexnet-jax train --workdir {workdir})")
     state, meta, got = restored
+    trainer = trainer.with_steps_per_epoch(_steps_per_epoch(meta, here))
     return Restored(workdir=workdir, config=config, trainer=trainer, state=state, meta=meta, step=int(got))
+
+
+def _steps_per_epoch(meta: dict[str, Any], config: Config) -> int:
+    """The run's steps per epoch as its checkpoint records them; a checkpoint of format 1 does not: then the
+    dataset's training examples // batch (the loader's rule on one process) when it is prepared here."""
+    if meta.get("steps_per_epoch"):
+        return int(meta["steps_per_epoch"])
+    try:
+        return max(1, data_lib.dataset_info(config).splits[config.train_split] // config.batch_size)
+    except data_lib.DatasetNotPreparedError:
+        log.warning("the checkpoint does not record its steps per epoch and %s is not prepared here: the restored "
+                    "Trainer's learning-rate boundaries (lr_boundaries, in epochs) are not the run's", config.dataset)
+        return 1
 
 
 def _augment_or_stand_in(config: Config):

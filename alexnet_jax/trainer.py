@@ -138,6 +138,12 @@ class Trainer:
                    steps_per_epoch=steps_per_epoch, input_shape=(config.input_size, config.input_size, channels),
                    augment=augment)
 
+    def with_steps_per_epoch(self, steps_per_epoch: int) -> Trainer:
+        """This Trainer with the schedule of a run of `steps_per_epoch` steps per epoch (its `lr_boundaries`
+        are epochs); the optimiser state's layout does not depend on it."""
+        return dataclasses.replace(self, steps_per_epoch=steps_per_epoch,
+                                   tx=optim.optimizer_from_config(self.config, steps_per_epoch))
+
     # --- state -----------------------------------------------------------------------------------
     @property
     def shardings(self):

@@ -68,3 +68,32 @@ def test_format1_workdir_resumes(old_workdir, tmp_path):
     assert trained == sorted(set(trained))                   # one history: no step logged twice
     r = restore_workdir(str(old_workdir), data_dir=str(tmp_path / "tfds"))
     assert r.step == 9 and r.meta.get("provenance"), "the new checkpoint carries today's provenance"
+
+
+def test_a_restored_trainer_keeps_the_runs_learning_rate_boundaries(tmp_path):
+    """restore_workdir's Trainer steps with the run's schedule: lr_boundaries are epochs, and an epoch is the
+    run's steps per epoch (1,437 training digits // batch 16 = 89 steps), not one step."""
+    from alexnet_jax.config import Config
+    from alexnet_jax.restore import restore_workdir
+    from alexnet_jax.run import train_and_evaluate
+
+    lr, boundary_epochs, factor = 0.01, 1.0, 0.1
+    config = Config(data_dir=str(tmp_path / "tfds"), batch_size=16, num_steps=3, lr=lr, lr_schedule="steps",
+                    lr_boundaries=(boundary_epochs,), lr_factors=(factor,), eval_every_epochs=100,
+                    checkpoint_every_steps=3)
+    train_and_evaluate(config, str(tmp_path / "wd"), progress=False)
+    r = restore_workdir(str(tmp_path / "wd"))
+    assert r.step == 3
+    steps_per_epoch = 1437 // 16            # the digits training split (1,797 - 360 held out) in batches of 16
+    h, w, c = r.trainer.augment.stored_shape
+    batch = {"image": np.zeros((16, h, w, c), np.uint8), "label": np.zeros(16, np.int32),
+             "index": np.arange(16, dtype=np.int32)}
+    state, metrics = r.trainer.train_step(r.state, r.trainer.global_batch(batch))
+    assert 3 < round(boundary_epochs * steps_per_epoch)                       # step 3 is before the boundary
+    assert float(metrics["lr"]) == pytest.approx(lr, rel=1e-6)
+    # and the rate drops at the boundary: the update numbered steps_per_epoch (counted from 0) uses lr * factor
+    lrs = [float(metrics["lr"])]
+    for _ in range(3 + 1, steps_per_epoch + 1):
+        state, metrics = r.trainer.train_step(state, r.trainer.global_batch(batch))
+        lrs.append(float(metrics["lr"]))
+    assert lrs[-2] == pytest.approx(lr, rel=1e-6) and lrs[-1] == pytest.approx(lr * factor, rel=1e-6)
