@@ -97,6 +97,11 @@ def _models():
     return tuple(MODELS)
 
 
+def _init_rules():
+    from alexnet_jax.models.init import INIT_RULES
+    return INIT_RULES
+
+
 def _datasets():
     from alexnet_jax.data.catalog import dataset_names
     return dataset_names()
@@ -124,7 +129,7 @@ class Config:
     width: float = field(1.0, Range(0, 8, lo_open=True), "multiplies every hidden layer's width")
     dtype: str = field("float32", OneOf(("float32", "bfloat16")), "compute dtype (parameters stay float32)")
     head: str = field("softmax", OneOf(("softmax", "rbf")), "lenet5 only")
-    init: str = field("native", OneOf(("native", "paper", "paper_scaled", "he")),
+    init: str = field("native", OneOf(_init_rules),
                       "AlexNets: native (the net's own), paper (K12 §5), paper_scaled (gain-matched), he")
     # data
     dataset: str = field("digits", OneOf(_datasets), "TFDS name, optionally /store (imagenet2012/raw256)")
