@@ -97,11 +97,11 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from alexnet_jax.summary import format_table, summarize
+    from alexnet_jax.summary import summarize, summary_table
 
     extra = {"head": args.head} if args.model == "lenet5" and args.head else {}
     s = summarize(args.model, input_size=args.input_size, num_classes=args.num_classes, width=args.width, **extra)
-    print(format_table(s))
+    print(summary_table(s))
     print(json.dumps({"model": s["model"], "input_size": s["input_size"], "num_classes": s["num_classes"],
                       "params": s["params"], "macs": s["macs"]}))
     return 0

@@ -113,7 +113,7 @@ def summarize(name: str, *, input_size: int | None = None, num_classes: int | No
             "params": sum(params.values()), "macs": sum(r["macs"] for r in table.values()), "layers": layers}
 
 
-def format_table(summary: dict[str, Any]) -> str:
+def summary_table(summary: dict[str, Any]) -> str:
     """One row per layer.  In a column net, a column layer's output shape is one column's (marked
     "x2": every column has one), while its parameters and multiply-adds count all columns."""
     lines = [f"{summary['model']}  input {summary['input_size']}x{summary['input_size']}  "

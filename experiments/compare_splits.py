@@ -134,7 +134,7 @@ def run_split(config, d: int, m: int, steps: int, synthetic=None):
             comms.bytes_per_image(report, config.batch_size).items(),
             key=lambda kv: (kv[0][0], "bwd" in kv[0][2], comms.LAYERS.index(kv[0][1])
                             if kv[0][1] in comms.LAYERS else 99)) if v},
-        "comms_table": comms.format_table(report, config.batch_size),
+        "comms_table": comms.traffic_table(report, config.batch_size),
         "final_params_sum": float(np.sum([np.sum(np.asarray(jax.device_get(x), np.float64))
                                           for x in jax.tree.leaves(state.params)])),
     }

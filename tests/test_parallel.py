@@ -236,7 +236,7 @@ def test_comms_parses_hlo_forms():
     assert rep.sent_by_axis() == {"model": 168.0, "data": 68.0}
     per_image = comms.bytes_per_image(rep, batch=4)            # 2 images per data replica
     assert per_image[("model", "conv3", "all-gather")] == 64.0
-    assert "| model | conv3 | fwd | all-gather | f32[8,8] | 256 | 2 | 128 |" in comms.format_table(rep)
+    assert "| model | conv3 | fwd | all-gather | f32[8,8] | 256 | 2 | 128 |" in comms.traffic_table(rep)
 
 
 # ================================================================================================
@@ -428,7 +428,7 @@ def task_fullsize(out: Path) -> dict:
         cs = [c for c in rep.collectives if c.group_size > 1]
         assert all(c.op == "all-gather" and c.axis == "model" for c in cs), cs
         images = batch / d
-        res[f"{d}x{m}"] = {"data": d, "table": comms.format_table(rep, batch), "per_image": {
+        res[f"{d}x{m}"] = {"data": d, "table": comms.traffic_table(rep, batch), "per_image": {
             c.layer: {"shape": _dims(c.shape),
                       "result_bytes": c.bytes / images, "sent_bytes": c.sent / images} for c in cs}}
     return res

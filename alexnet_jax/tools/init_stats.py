@@ -131,7 +131,7 @@ def measure(config, *, batch: int, steps: int) -> dict:
     return out
 
 
-def format_table(variant: dict, when: str) -> str:
+def layer_stats_table(variant: dict, when: str) -> str:
     s = variant[when]
     head = (f"{variant['model']} width {variant['width']:g} init {variant['init']} input {variant['input_size']}"
             f" ({'at init' if when == 'at_init' else 'after ' + str(s['steps']) + ' steps'}): loss "
@@ -210,9 +210,9 @@ def run(args) -> int:
         for width in widths:
             v = measure(base.replace(width=width, init=init), batch=args.batch, steps=args.steps)
             variants.append(v)
-            print(format_table(v, "at_init"))
+            print(layer_stats_table(v, "at_init"))
             if "after_steps" in v:
-                print(format_table(v, "after_steps"))
+                print(layer_stats_table(v, "after_steps"))
             print()
     out = args.out or os.path.join("runs", "init_stats", f"{args.config}.png")
     check_writable(os.path.dirname(os.path.abspath(out)), "output folder")
