@@ -12,6 +12,7 @@ import logging
 import os
 from typing import Any
 
+import jax
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -21,7 +22,7 @@ from alexnet_jax import parallel
 from alexnet_jax.config import Config
 from alexnet_jax.data.catalog import stored_shape_of
 from alexnet_jax.trainer import Trainer, TrainState
-from alexnet_jax.workdir import load_config
+from alexnet_jax.workdir import StopFlag, load_config
 
 log = logging.getLogger("alexnet_jax")
 
@@ -63,7 +64,7 @@ def restore_workdir(workdir: str, *, mesh: Mesh | None = None, step: int | None 
     trainer = Trainer.build(here, mesh, batch_size=batch_size, augment=_augment_or_stand_in(here))
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     try:
-        restored = checkpointer.restore(trainer.abstract_state, step=step)
+        restored = checkpointer.restore(trainer.abstract_state, step=step, config=config.to_dict())
     finally:
         checkpointer.close()
     if restored is None:
@@ -101,7 +102,8 @@ def _augment_or_stand_in(config: Config):
 
 def evaluate_workdir(workdir: str, *, split: str | None = None, ten_crop: bool | None = None,
                      mesh: Mesh | None = None, data_dir: str | None = None) -> dict[str, Any]:
-    """Evaluate a workdir's newest usable checkpoint on every device present."""
+    """Evaluate a workdir's newest usable checkpoint on every device present.  A signal (Ctrl-C) stops it
+    at the next batch (Interrupted; nothing is written)."""
     r = restore_workdir(workdir, mesh=mesh, data_dir=data_dir)
     config = r.trainer.config
     ten_crop = config.ten_crop if ten_crop is None else ten_crop
@@ -109,5 +111,8 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, ten_crop: bool |
     plan = r.trainer.plan
     batches = data_lib.make_eval_loader(config, split, batch_size=plan.per_process_batch,
                                         process_index=plan.feed_index, process_count=plan.feed_count)
-    return dict(r.trainer.evaluate(r.state, batches, ten_crop=ten_crop), split=split, step=r.step,
-                ten_crop=ten_crop, devices=int(r.trainer.mesh.devices.size))
+    with StopFlag() as stop:
+        if jax.process_count() == 1:      # several processes must agree to stop: they evaluate to the end
+            batches = stop.interruptible(batches, f"the evaluation of {r.workdir} (step {r.step}, {split})")
+        metrics = r.trainer.evaluate(r.state, batches, ten_crop=ten_crop)
+    return dict(metrics, split=split, step=r.step, ten_crop=ten_crop, devices=int(r.trainer.mesh.devices.size))

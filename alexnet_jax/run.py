@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from alexnet_jax import checkpoint as ckpt_lib
@@ -30,7 +31,7 @@ from alexnet_jax import optim, parallel
 from alexnet_jax.config import Config, ConfigError
 from alexnet_jax.errors import AlexnetJaxError
 from alexnet_jax.trainer import SDLM_STREAM, Trainer, abstract_model_of
-from alexnet_jax.workdir import Progress, RunDir, StopFlag, check_resumable
+from alexnet_jax.workdir import Interrupted, Progress, RunDir, StopFlag, WorkdirError, check_config
 
 log = logging.getLogger("alexnet_jax")
 
@@ -136,7 +137,6 @@ def _data_state(loader) -> dict[str, Any]:
     state = json.loads(loader.get_state())
     if jax.process_count() == 1:
         return {"state": state}
-    from jax.experimental import multihost_utils
     rows = multihost_utils.process_allgather(np.array([state["epoch"], state["cursor"], state["step"]]))
     return {"state": state, "per_process": np.asarray(rows).reshape(-1, 3).tolist()}
 
@@ -157,19 +157,23 @@ def _any_process(flag: bool) -> bool:
     """True on every process when `flag` holds on any (a signal reaches one process; all must stop)."""
     if jax.process_count() == 1:
         return flag
-    from jax.experimental import multihost_utils
     return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).max())
 
 
-def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True, mesh: Mesh | None = None,
+def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True, extend: bool = False,
+                       mesh: Mesh | None = None,
                        after_eval: Callable[[dict[str, Any], dict[str, Any] | None], bool] | None = None
                        ) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming from its checkpoints) and return the final metrics.
 
+    A workdir holding a run resumes it only with its own config (workdir.check_config): a changed schedule
+    (num_steps, num_epochs, eval_every_epochs, ten_crop) needs `extend=True`, and never ends before the
+    step the run has reached.
+
     `after_eval(evaluation, train)`, called after each evaluation with its record and the training record
     written just before it (the mean over the steps since the previous log step), may return True to end
     the run there (saved) before its schedule does."""
-    check_resumable(config, workdir)
+    check_config(config, workdir, extend=extend)
     with build_run(config, mesh) as run:
         return _train(run, workdir, progress=progress, after_eval=after_eval)
 
@@ -177,11 +181,11 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True, m
 def _train(run: Run, workdir: str, *, progress: bool, after_eval) -> dict[str, Any]:
     config, trainer, loader, patterns = run.config, run.trainer, run.train_loader, run.patterns
     spe, total_steps, eval_every = run.steps_per_epoch, run.total_steps, run.eval_every
-    primary = jax.process_index() == 0
-    with RunDir(workdir, config, primary=primary) as rundir:
+    primary, single = jax.process_index() == 0, jax.process_count() == 1
+    with StopFlag() as stop, RunDir(workdir, config, primary=primary) as rundir:
         log.info("%s; %d steps of %d (%d per epoch)", trainer.plan.describe(), total_steps, config.batch_size, spe)
         plateau = optim.PlateauController.from_config(config) if config.lr_schedule == "plateau" else None
-        restored = rundir.checkpointer.restore(trainer.abstract_state)
+        restored = rundir.checkpointer.restore(trainer.abstract_state, config=config.to_dict())
         history: list[dict[str, Any]] = []
         if restored is None:
             state, step = trainer.init(), 0
@@ -191,6 +195,9 @@ def _train(run: Run, workdir: str, *, progress: bool, after_eval) -> dict[str, A
             if plateau is not None and saved.get("plateau"):
                 plateau = optim.PlateauController.from_state_dict(saved["plateau"])
             history = saved.get("evals", [])
+            if step > total_steps:
+                raise WorkdirError(f"{rundir.path} is at step {step}, past the {total_steps} steps of this config's "
+                                   f"schedule: --extend continues a run with a longer schedule, never a shorter one")
         rundir.start(step, resumed=restored is not None)
 
         def checkpoint_meta() -> dict[str, Any]:
@@ -198,12 +205,35 @@ def _train(run: Run, workdir: str, *, progress: bool, after_eval) -> dict[str, A
                     "plateau": plateau.state_dict() if plateau else None, "evals": history,
                     "provenance": ckpt_lib.provenance(trainer.mesh)}
 
-        def evaluate(state, step) -> dict[str, Any]:
-            return dict(trainer.evaluate(state, run.eval_loader), epoch=step / spe, step=step)
+        def evaluate(state, step):
+            """The evaluation at `step`, recorded, and the state with the plateau rule's rate.  A signal stops
+            it at the next batch (Interrupted; with several processes it runs to its end)."""
+            what = f"the evaluation at step {step}"
+            batches = stop.interruptible(run.eval_loader, what) if single else run.eval_loader
+            history.append(dict(trainer.evaluate(state, batches), epoch=step / spe, step=step))
+            rundir.metrics.write(step, "eval", history[-1])
+            if plateau is not None and (scale := plateau.update(1.0 - history[-1]["top1"])) is not None:
+                state = trainer.with_lr(state, config.lr * scale)
+                log.info("validation error stopped improving: lr -> %g at step %d", config.lr * scale, step)
+            return state
 
+        def saved_and_stopped(step: int, during: str = "") -> Interrupted:
+            """Step `step` saved (once) and waited for: the Interrupted that says so."""
+            if rundir.checkpointer.latest_step() != step:
+                rundir.checkpointer.save(step, state, checkpoint_meta())
+            rundir.checkpointer.wait()
+            return Interrupted(f"stopped by {stop.name}{during} at step {step}: saved checkpoint step {step} in "
+                               f"{rundir.checkpointer.directory}; `alexnet-jax train --workdir {rundir.path}` resumes "
+                               f"it", stop.signum or signal.SIGTERM)
+
+        # an evaluation due at the restored step that did not run (stopped by a signal) runs first
+        if step and (step % eval_every == 0 or step >= total_steps) and not (history and history[-1]["step"] == step):
+            try:
+                state = evaluate(state, step)
+            except Interrupted as e:
+                raise Interrupted(f"{e}; the workdir resumes from its checkpoint step {step}", e.signum) from None
         if step >= total_steps:
-            if not (history and history[-1].get("step") == step):
-                history.append(evaluate(state, step))
+            rundir.mark_finished(step)
             log.info("%s is finished (step %d of %d): its final evaluation, from the checkpoint (no new "
                      "training, so no timings)", rundir.path, step, total_steps)
             return dict(history[-1], step=step, compile_seconds=None, finished_before=True, workdir=rundir.path)
@@ -214,16 +244,23 @@ def _train(run: Run, workdir: str, *, progress: bool, after_eval) -> dict[str, A
         compile_s = time.perf_counter() - t0
         log.info("compiled the train step in %.1f s", compile_s)
         rundir.metrics.write(step, "compile", {"seconds": compile_s})
+        if single and stop.signum is not None:
+            raise Interrupted(f"stopped by {stop.name} before the first step: nothing was trained; the workdir "
+                              f"resumes from step {step}", stop.signum)
 
         bar = Progress(total_steps, step, enabled=progress and primary)
         window = Window(config.batch_size)
-        with StopFlag() as stop, bar:
+        with bar:
             batches = itertools.chain([first], (trainer.global_batch(b) for b in loader))
+            in_flight = None
             while step < total_steps:
                 if patterns is not None and step % spe == 0:
                     state = trainer.install_curvature(state, patterns, epoch=step // spe)
                     window.restart()
                 state, metrics = compiled(state, next(batches))
+                if in_flight is not None:    # at most two steps dispatched: a signal is answered within a step
+                    jax.block_until_ready(in_flight)
+                in_flight = metrics["loss"]
                 window.add(metrics)
                 step += 1
                 bar.advance(step)
@@ -233,29 +270,25 @@ def _train(run: Run, workdir: str, *, progress: bool, after_eval) -> dict[str, A
                     window.flush(step, rundir, bar)
                 if step % eval_every == 0 or final:
                     window.flush(step, rundir, bar)
-                    history.append(evaluate(state, step))
-                    rundir.metrics.write(step, "eval", history[-1])
-                    if plateau is not None and (scale := plateau.update(1.0 - history[-1]["top1"])) is not None:
-                        state = trainer.with_lr(state, config.lr * scale)
-                        log.info("validation error stopped improving: lr -> %g at step %d", config.lr * scale, step)
+                    try:
+                        state = evaluate(state, step)
+                    except Interrupted:
+                        raise saved_and_stopped(step, " during the evaluation") from None
                     ended = after_eval is not None and bool(after_eval(history[-1], window.last)) and not final
                     window.restart()
                 # a signal stops the run after this step, saved; with several processes, all agree at log steps
-                checks = jax.process_count() == 1 or step % config.log_every_steps == 0
+                checks = single or step % config.log_every_steps == 0
                 stopping = not final and checks and _any_process(stop.signum is not None)
                 if step % config.checkpoint_every_steps == 0 or final or stopping or ended:
                     window.flush(step, rundir, bar)
                     rundir.checkpointer.save(step, state, checkpoint_meta())
                     window.restart()
                 if stopping:
-                    rundir.checkpointer.wait()
-                    log.warning("received signal %s: saved checkpoint at step %d, exiting", stop.signum or "(another "
-                                "process's)", step)
-                    raise SystemExit(128 + (stop.signum or signal.SIGTERM))
+                    raise saved_and_stopped(step)
                 if ended:
                     log.info("stopped at step %d of %d (after_eval)", step, total_steps)
                     break
-        rundir.finish()
+        rundir.finish(step)
     return dict(history[-1], step=step, compile_seconds=compile_s, workdir=rundir.path)
 
 
@@ -279,10 +312,12 @@ class Window:
         fetched = jax.device_get(self.metrics)
         for i, m in enumerate(fetched):
             if not np.isfinite(m["loss"]):
+                saved = rundir.checkpointer.latest_step()
                 raise NonFiniteLossError(
-                    f"loss became {float(m['loss'])} at step {step - len(fetched) + i + 1}; stopping. Nothing after "
-                    f"checkpoint step {rundir.checkpointer.latest_step()} was saved. Lower the learning rate "
-                    f"(--set lr=...) or check the data.")
+                    f"loss became {float(m['loss'])} at step {step - len(fetched) + i + 1}; stopping. "
+                    + ("No checkpoint was saved before it" if saved is None else
+                       f"Nothing after checkpoint step {saved} was saved")
+                    + ". Lower the learning rate (--set lr=...) or check the data.")
         dt = time.perf_counter() - self.t
         mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         mean["images_per_second"] = len(fetched) * self.batch_size / max(dt, 1e-9)

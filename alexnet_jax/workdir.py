@@ -4,7 +4,14 @@ through alexnet_jax/tensorboard.py), its checkpoints, and what the run prints wh
     <workdir>/config.json        the resolved config          provenance.json  where each start ran
     <workdir>/metrics.jsonl      one JSON record per line      tensorboard/     the same, for TensorBoard
     <workdir>/checkpoints/<step> orbax checkpoints             curves.png       drawn at the end
+    <workdir>/finished.json      the steps at which the run finished a schedule (never pruned)
     <workdir>/.lock              held (flock) while a run trains in the workdir
+
+A workdir owns its run: `train --workdir DIR` resumes it with its own config.json, and a config that
+differs is refused (`check_config`) except in the keys that say where and how the run runs
+(RUNTIME_KEYS), and, when the user says so with --extend, the keys that plan the steps still to come
+(EXTEND_KEYS).  Keep-last-K (`keep_checkpoints`) prunes intermediate checkpoints only: the final
+checkpoint of a finished schedule stays, however the run is extended.
 
 One run at a time: a second `train` in a locked workdir exits at once naming the holder; the
 kernel drops the lock when the holder exits in any way (SIGKILL included).  On resume both
@@ -24,7 +31,10 @@ import sys
 import time
 from typing import Any
 
-from alexnet_jax.config import Config
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from alexnet_jax.config import Config, show_value
 from alexnet_jax.errors import AlexnetJaxError
 from alexnet_jax.tensorboard import EventWriter, purge_events
 
@@ -70,23 +80,45 @@ def _migrate_config(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-# Config fields a resumed run may change; any other difference from the workdir's config.json is refused
-# (a resume with another model or dataset would find no checkpoint that fits).
-RESUMABLE_CHANGES = {"num_epochs", "num_steps", "eval_every_epochs", "log_every_steps", "checkpoint_every_steps",
-                     "keep_checkpoints", "data_dir", "mesh_data", "mesh_model", "num_workers", "ten_crop"}
+# Where and how a run runs, not what it computes: a resume may change these freely.
+RUNTIME_KEYS = frozenset({"data_dir", "mesh_data", "mesh_model", "num_workers", "log_every_steps",
+                          "checkpoint_every_steps", "keep_checkpoints"})
+# The plan of the steps still to come (the schedule's length, the evaluations): changed on purpose only,
+# with `extend=True` (`train --extend`); what was trained and saved stays as it is.
+EXTEND_KEYS = frozenset({"num_epochs", "num_steps", "eval_every_epochs", "ten_crop"})
 
 
-def check_resumable(config: Config, workdir: str) -> None:
-    """Refuse to resume `workdir` with a config that differs from its own in more than RESUMABLE_CHANGES."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+def check_config(config: Config, workdir: str, *, extend: bool = False) -> None:
+    """Refuse to train `workdir`'s run with a config other than its own (config.json): any change outside
+    RUNTIME_KEYS is refused, except EXTEND_KEYS with `extend`.  A workdir without config.json is new."""
+    if not os.path.exists(os.path.join(workdir, "config.json")):
         return
     saved = load_config(workdir).to_dict()
-    diff = {k: (saved[k], v) for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved[k] != v}
-    if diff:
-        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
-        raise WorkdirError(f"{workdir} holds a run of another config ({shown}); resume it with the config it was "
-                           f"trained with (see its config.json), or choose another --workdir")
+    diff = {k: (saved[k], v) for k, v in config.to_dict().items() if k not in RUNTIME_KEYS and saved[k] != v}
+    shown = ", ".join(f"{k} {show_value(a)} -> {show_value(b)}" for k, (a, b) in sorted(diff.items()))
+    if set(diff) - EXTEND_KEYS:
+        raise WorkdirError(f"{workdir} holds a run of another config ({shown}); `alexnet-jax train --workdir "
+                           f"{workdir}` without --config resumes it with its own (config.json), or choose another "
+                           f"--workdir")
+    if diff and not extend:
+        raise WorkdirError(f"{workdir} holds a run whose schedule this command changes ({shown}); nothing was "
+                           f"changed: pass --extend to continue it that way (what it trained and saved stays), or "
+                           f"omit --config and --set to resume it as it is")
+
+
+FINISHED = "finished.json"
+
+
+def finished_steps(workdir: str) -> list[int]:
+    """The steps at which `workdir`'s run finished a schedule (their checkpoints are never pruned)."""
+    try:
+        with open(os.path.join(workdir, FINISHED)) as f:
+            return sorted({int(s) for s in json.load(f)["steps"]})
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WorkdirError(f"{os.path.join(workdir, FINISHED)} is unreadable ({e}); it lists the steps of finished "
+                           f"schedules as {{\"steps\": [...]}}: repair or remove it") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,6 +201,8 @@ def _record_step(line: str) -> int:
 # ------------------------------------------------------------------------------------------------
 # The run directory
 # ------------------------------------------------------------------------------------------------
+# Imported lazily below: checkpoint (orbax, ~3 s to import) and plotting (matplotlib, ~1.4 s), measured with
+# `python -X importtime`: every tool imports this module (check_writable) when the CLI builds its parser.
 class RunDir:
     """Opens a workdir for training: lock (process 0), config.json, provenance.json, the metric
     writer and the checkpointer.  Use as a context manager; everything is released on any exit."""
@@ -181,12 +215,13 @@ class RunDir:
         self.checkpointer = None
 
     def __enter__(self) -> RunDir:
-        from alexnet_jax.checkpoint import Checkpointer
+        from alexnet_jax.checkpoint import Checkpointer  # lazy: see the note above the class
 
         if self.primary:
             self.lock.acquire()
         try:
-            self.checkpointer = Checkpointer(os.path.join(self.path, "checkpoints"), keep=self.config.keep_checkpoints)
+            self.checkpointer = Checkpointer(os.path.join(self.path, "checkpoints"), keep=self.config.keep_checkpoints,
+                                             keep_steps=finished_steps(self.path))
         except BaseException:
             self.lock.release()
             raise
@@ -196,7 +231,7 @@ class RunDir:
         """After the restore: write the config and this start's provenance, cut the record back."""
         if not self.primary:
             return
-        from alexnet_jax.checkpoint import provenance
+        from alexnet_jax.checkpoint import provenance  # lazy: see the note above the class
         with open(os.path.join(self.path, "config.json"), "w") as f:
             f.write(self.config.to_json())
         prov_path = os.path.join(self.path, "provenance.json")
@@ -216,13 +251,26 @@ class RunDir:
         else:
             log.info("no checkpoint in %s: starting from scratch", self.checkpointer.directory)
 
-    def finish(self) -> None:
-        """The run completed: draw curves.png (never fails the run)."""
+    def mark_finished(self, step: int) -> None:
+        """`step` ended a schedule: its checkpoint (saved, waited for) is kept from now on."""
+        if not self.primary:
+            return
+        steps = sorted(set(finished_steps(self.path)) | {int(step)})
+        path = os.path.join(self.path, FINISHED)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"steps": steps}, f)
+        os.replace(path + ".tmp", path)
+
+    def finish(self, step: int) -> None:
+        """The run completed at `step`: its checkpoint is kept (mark_finished); draw curves.png (never fails
+        the run)."""
+        self.checkpointer.wait()
+        self.mark_finished(step)
         if not self.primary:
             return
         self.metrics.close()
         try:
-            from alexnet_jax.plotting import plot_runs
+            from alexnet_jax.plotting import plot_runs  # lazy: see the note above the class
             plot_runs([self.path], os.path.join(self.path, "curves.png"))
         except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
             log.warning("could not draw curves.png: %s", e)
@@ -258,8 +306,6 @@ class Progress:
         self._start = (time.monotonic(), initial)
         self._postfix: dict[str, float] = {}
         if self.tty:
-            from tqdm import tqdm
-            from tqdm.contrib.logging import logging_redirect_tqdm
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr,
                             mininterval=0.5)
             self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger()], tqdm_class=type(self.bar))
@@ -296,12 +342,33 @@ class Progress:
             self.bar.close()
 
 
+class Interrupted(AlexnetJaxError):
+    """Stopped by a signal at a step or batch boundary; the message says what was saved.  The command
+    exits 128 + the signal's number (130 for Ctrl-C)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum
+
+
 class StopFlag:
-    """SIGTERM / SIGINT: finish the current step, save a checkpoint, exit (128 + signal)."""
+    """SIGTERM / SIGINT, while held: the signal is noted (`signum`), and the holder stops at its next step or
+    batch boundary (`interruptible`) saying what it saved."""
 
     def __init__(self):
         self.signum = None
         self._old = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "a signal"
+
+    def interruptible(self, batches, what: str):
+        """`batches`, until a signal arrives: then Interrupted naming `what` was stopped (nothing is saved)."""
+        for batch in batches:
+            if self.signum is not None:
+                raise Interrupted(f"stopped by {self.name} during {what}: nothing was written", self.signum)
+            yield batch
 
     def __enter__(self) -> StopFlag:
         for s in (signal.SIGTERM, signal.SIGINT):

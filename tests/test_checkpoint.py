@@ -59,7 +59,7 @@ def test_format1_workdir_resumes(old_workdir, tmp_path):
     from alexnet_jax.workdir import load_config
 
     config = load_config(str(old_workdir)).replace(num_steps=9, data_dir=str(tmp_path / "tfds"))
-    train_and_evaluate(config, str(old_workdir), progress=False)
+    train_and_evaluate(config, str(old_workdir), progress=False, extend=True)
     steps = sorted(int(p.name) for p in (old_workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == 9
     lines = [json.loads(x) for x in (old_workdir / "metrics.jsonl").read_text().splitlines() if x.strip()]

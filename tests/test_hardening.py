@@ -39,9 +39,9 @@ def _config(tfds_dir, **kw) -> Config:
     return Config(**dict(FAST, data_dir=str(tfds_dir), **kw))
 
 
-def _train(config, workdir):
+def _train(config, workdir, *, extend: bool = False):
     from alexnet_jax.run import train_and_evaluate
-    return train_and_evaluate(config, str(workdir), progress=False)
+    return train_and_evaluate(config, str(workdir), progress=False, extend=extend)
 
 
 def read_events(tb_dir) -> list:
@@ -90,7 +90,7 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_the_run_goes_on(tfds_dir, 
     _train(_config(tfds_dir), wd)
     _damage(wd / "checkpoints" / "10")
     for resume_to in (15, 20):          # twice: the second resume must not meet the damaged step again
-        res = _train(_config(tfds_dir, num_steps=resume_to), wd)
+        res = _train(_config(tfds_dir, num_steps=resume_to), wd, extend=True)
         assert res["step"] == resume_to
     moved = [p.name for p in (wd / "checkpoints").iterdir() if ".corrupt-" in p.name]
     assert len(moved) == 1 and moved[0].startswith("10.corrupt-"), moved      # kept, never deleted
@@ -481,7 +481,7 @@ def test_inspect_lists_the_checkpoint_steps(tfds_dir, tmp_path, capsys):
     wd = tmp_path / "w"
     _train(_config(tfds_dir), wd)
     _damage(wd / "checkpoints" / "10")
-    _train(_config(tfds_dir, num_steps=15), wd)
+    _train(_config(tfds_dir, num_steps=15), wd, extend=True)
     capsys.readouterr()
     assert cli.main(["inspect", "--workdir", str(wd)]) == 0
     s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -181,6 +181,6 @@ def test_prepare_train_resume_for_every_store(tmp_path, store):
                  checkpoint_every_steps=3, log_every_steps=1, eval_every_epochs=100)
     train_and_evaluate(cfg, str(tmp_path / "straight"), progress=False)
     train_and_evaluate(cfg.replace(num_steps=3), str(tmp_path / "resumed"), progress=False)
-    train_and_evaluate(cfg, str(tmp_path / "resumed"), progress=False)
+    train_and_evaluate(cfg, str(tmp_path / "resumed"), progress=False, extend=True)
     # (the 3-step run also evaluated at its end, so only the training records are compared)
     _assert_same_run(tmp_path / "straight", tmp_path / "resumed", kinds=("train",))
