@@ -147,3 +147,59 @@ def test_ctrl_c_during_evaluations_saves_and_the_next_command_resumes_bitwise(tf
                 (w / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
 
     assert evals(wd) == evals(tmp_path / "ref") and [r["step"] for r in evals(wd)] == [6, 12]
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_training_process_saves_and_train_resumes_it(tfds_dir, tmp_path):
+    """A real SIGINT to `alexnet-jax train`: exit 130 and one line naming the saved step; `train --workdir`
+    then continues the run (here --extend'ed to 50 steps past the saved one), bitwise as an uninterrupted run."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    cmd = [sys.executable, "-m", "alexnet_jax.cli", "train", "--data-dir", str(tfds_dir), "--no-progress"]
+    args = ["--set", "batch_size=16", "--set", "eval_every_epochs=1000", "--set", "checkpoint_every_steps=100000"]
+    wd = tmp_path / "cut"
+    p = subprocess.Popen([*cmd, "--workdir", str(wd), *args, "--set", "num_steps=100000"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while time.time() - t0 < 600 and p.poll() is None and not (wd / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    time.sleep(2.0)                                  # the compile record is written: training is under way
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err[-3000:]
+    lines = [x for x in err.splitlines() if x.startswith("stopped by")]
+    assert len(lines) == 1, err[-3000:]
+    saved = int(re.match(r"stopped by SIGINT at step (\d+): saved checkpoint step \1 in ", lines[0]).group(1))
+    assert 0 < saved < 100000 and _steps(wd) == [saved]
+    end = f"num_steps={saved + 50}"
+    r = subprocess.run([*cmd, "--workdir", str(wd), "--set", end, "--extend"], env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == saved + 50
+    ref = subprocess.run([*cmd, "--workdir", str(tmp_path / "ref"), *args, "--set", end], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    for a, b in zip(_params(tmp_path / "ref", saved + 50), _params(wd, saved + 50), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_extending_a_finished_run_to_the_recipes_schedule_keeps_its_final_checkpoint(tfds_dir, tmp_path, capsys):
+    """The issue's sequence to the end: a 6-step run of the quick start's recipe, then the recipe itself with
+    --extend (1,320 steps), keeping one intermediate checkpoint: step 6 stays, bitwise."""
+    wd = tmp_path / "short"
+    common = ["--config", "lenet5_digits", "--workdir", str(wd), "--data-dir", str(tfds_dir)]
+    assert _train(capsys, *common, *FIRST)[0] == 0
+    kept = _params(wd, 6)
+    rc, errors, res = _train(capsys, *common, "--set", "keep_checkpoints=1", "--extend")
+    assert rc == 0 and not errors and res["step"] == 1320
+    assert _steps(wd) == [6, 1320]
+    for a, b in zip(kept, _params(wd, 6), strict=True):
+        np.testing.assert_array_equal(a, b)
