@@ -112,29 +112,10 @@ def test_train_help_lists_the_recipes_values():
     assert "eval_split = 'validation'" in cifar
 
 
-def test_ctrl_c_during_eval_stops_at_the_next_batch(trained, capsys, monkeypatch):
-    import os
-    import signal
-
-    from alexnet_jax.trainer import Trainer
-
-    real = Trainer.evaluate
-    seen = []
-
-    def evaluate_with_ctrl_c(self, state, batches, ten_crop=None):
-        def ctrl_c_after_the_first_batch():
-            for i, b in enumerate(batches):
-                seen.append(i)
-                if i == 0:
-                    os.kill(os.getpid(), signal.SIGINT)
-                yield b
-
-        return real(self, state, ctrl_c_after_the_first_batch(), ten_crop)
-
-    monkeypatch.setattr(Trainer, "evaluate", evaluate_with_ctrl_c)
+def test_ctrl_c_during_eval_stops_at_the_next_batch(trained, capsys, ctrl_c_in_evaluations):
     wd = trained / "wd"
     assert cli.main(["eval", "--workdir", str(wd), "--data-dir", str(trained / "tfds")]) == 130
     out, err = capsys.readouterr()
     assert err.strip().splitlines() == [f"stopped by SIGINT during the evaluation of {wd} (step 4, test): nothing "
                                         f"was written"] and out == ""
-    assert seen == [0]                                   # the second batch never reached the model
+    assert ctrl_c_in_evaluations == [(4, 0)]             # the second batch never reached the model

@@ -93,41 +93,18 @@ def test_another_model_in_a_workdir_is_refused_naming_the_change(tfds_dir, tmp_p
     assert rc == 0 and res["finished_before"] is True
 
 
-def test_ctrl_c_during_evaluations_saves_and_the_next_command_resumes_bitwise(tfds_dir, tmp_path, monkeypatch):
+def test_ctrl_c_during_evaluations_saves_and_the_next_command_resumes_bitwise(tfds_dir, tmp_path,
+                                                                            ctrl_c_in_evaluations):
     """SIGINT in the middle of the evaluation at step 6, and again in the final one at step 12: each stops at
     the next batch, saves that step and exits 130; the next command runs the evaluation that was cut short
     first.  The result equals an uninterrupted run's, parameters and evaluations."""
-    import os
-    import signal
-
     from alexnet_jax.config import Config
     from alexnet_jax.run import train_and_evaluate
-    from alexnet_jax.trainer import Trainer
     from alexnet_jax.workdir import Interrupted
 
     steps_per_epoch = 1437 // 16                     # the digits training split in batches of 16
     config = Config(data_dir=str(tfds_dir), batch_size=16, num_steps=12, eval_every_epochs=6 / steps_per_epoch,
                     checkpoint_every_steps=100, log_every_steps=3)
-    ref = train_and_evaluate(config, str(tmp_path / "ref"), progress=False)
-
-    real = Trainer.evaluate
-    cut = set()
-
-    def evaluate_with_ctrl_c(self, state, batches, ten_crop=None):
-        step = int(state.step)
-        if step in cut:
-            return real(self, state, batches, ten_crop)
-        cut.add(step)
-
-        def ctrl_c_after_the_first_batch():
-            for i, b in enumerate(batches):
-                if i == 1:
-                    os.kill(os.getpid(), signal.SIGINT)
-                yield b
-
-        return real(self, state, ctrl_c_after_the_first_batch(), ten_crop)
-
-    monkeypatch.setattr(Trainer, "evaluate", evaluate_with_ctrl_c)
     wd = tmp_path / "cut"
     for at in (6, 12):
         with pytest.raises(Interrupted) as e:
@@ -138,6 +115,7 @@ def test_ctrl_c_during_evaluations_saves_and_the_next_command_resumes_bitwise(tf
         assert at not in [json.loads(x)["step"] for x in (wd / "metrics.jsonl").read_text().splitlines()
                           if json.loads(x)["kind"] == "eval"]
     res = train_and_evaluate(config, str(wd), progress=False)
+    ref = train_and_evaluate(config, str(tmp_path / "ref"), progress=False)     # its evaluations: cut before
     assert res["finished_before"] is True and res["step"] == 12 and res["top1"] == ref["top1"]
     for a, b in zip(_params(tmp_path / "ref", 12), _params(wd, 12), strict=True):
         np.testing.assert_array_equal(a, b)
