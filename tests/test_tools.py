@@ -262,8 +262,9 @@ def test_layers_in_network_order():
 def test_init_stats_rows_in_network_order():
     from alexnet_jax import parallel
     from alexnet_jax.config import Config
+    from alexnet_jax.restore import _augment_or_stand_in
     from alexnet_jax.tools import init_stats
-    from alexnet_jax.train import Trainer, _augment_or_stand_in
+    from alexnet_jax.trainer import Trainer
 
     cfg = Config(batch_size=4, mesh_data=1, mesh_model=1, data_dir="/nonexistent")   # LeNet-5
     augment = _augment_or_stand_in(cfg)
