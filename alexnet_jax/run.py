@@ -170,9 +170,9 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True, e
     (num_steps, num_epochs, eval_every_epochs, ten_crop) needs `extend=True`, and never ends before the
     step the run has reached.
 
-    `after_eval(evaluation, train)`, called after each evaluation with its record and the training record
-    written just before it (the mean over the steps since the previous log step), may return True to end
-    the run there (saved) before its schedule does."""
+    `after_eval(evaluation, train)`, called after each evaluation that follows a step trained by this call,
+    with its record and the training record written just before it (the mean over the steps since the
+    previous log step), may return True to end the run there (saved) before its schedule does."""
     check_config(config, workdir, extend=extend)
     with build_run(config, mesh) as run:
         return _train(run, workdir, progress=progress, after_eval=after_eval)
