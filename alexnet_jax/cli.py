@@ -1,6 +1,6 @@
 """The `alexnet-jax` command: parses arguments, then calls the importable functions.
 
-    alexnet-jax train   [--config NAME] [--workdir DIR] [--set key=value ...] [--data-dir DIR]
+    alexnet-jax train   [--config NAME] [--workdir DIR] [--set key=value ...] [--extend] [--data-dir DIR]
     alexnet-jax eval    --workdir DIR [--split NAME] [--ten-crop] [--data-dir DIR]
     alexnet-jax prepare DATASET [--source PATH] [--data-dir DIR]
     alexnet-jax summary MODEL [--input-size N] [--num-classes K] [--width W]
@@ -22,6 +22,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 
 TOOLS = ("bench", "inspect", "filters", "neighbours", "predict", "plot", "activations", "init_stats")
@@ -72,18 +73,22 @@ def _data_dir(config, args):
 
 def cmd_train(args) -> int:
     from alexnet_jax.config import apply_overrides
-    from alexnet_jax.configs import get_config
-    from alexnet_jax.train import train_and_evaluate
+    from alexnet_jax.configs import DEFAULT, get_config
+    from alexnet_jax.run import train_and_evaluate
+    from alexnet_jax.workdir import load_config
 
-    config = _data_dir(apply_overrides(get_config(args.config), args.set or []), args)
-    workdir = args.workdir or os.path.join("runs", args.config)
-    result = train_and_evaluate(config, workdir, progress=not args.no_progress)
+    workdir = args.workdir or os.path.join("runs", args.config or DEFAULT)
+    # a workdir owns its run: without --config, the run in it resumes with its own config
+    own = args.config is None and os.path.exists(os.path.join(workdir, "config.json"))
+    base = load_config(workdir) if own else get_config(args.config or DEFAULT)
+    config = _data_dir(apply_overrides(base, args.set or []), args)
+    result = train_and_evaluate(config, workdir, progress=not args.no_progress, extend=args.extend)
     print(json.dumps(result))
     return 0
 
 
 def cmd_eval(args) -> int:
-    from alexnet_jax.train import evaluate_workdir
+    from alexnet_jax.restore import evaluate_workdir
 
     res = evaluate_workdir(args.workdir, split=args.split, ten_crop=True if args.ten_crop else None,
                            data_dir=args.data_dir)
@@ -100,11 +105,11 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from alexnet_jax.summary import format_table, summarize
+    from alexnet_jax.summary import summarize, summary_table
 
     extra = {"head": args.head} if args.model == "lenet5" and args.head else {}
     s = summarize(args.model, input_size=args.input_size, num_classes=args.num_classes, width=args.width, **extra)
-    print(format_table(s))
+    print(summary_table(s))
     print(json.dumps({"model": s["model"], "input_size": s["input_size"], "num_classes": s["num_classes"],
                       "params": s["params"], "macs": s["macs"]}))
     return 0
@@ -136,19 +141,43 @@ def cmd_export(args) -> int:
 DATA_DIR_HELP = "TFDS data dir (default $TFDS_DATA_DIR, else ~/tensorflow_datasets)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from alexnet_jax.config import describe_keys
+def _recipe_named(argv: list[str]) -> str:
+    """The recipe `--config NAME` names on a command line (for `train --help`), else the default one."""
     from alexnet_jax.configs import CONFIGS, DEFAULT
+
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            name = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(argv):
+            name = argv[i + 1]
+        else:
+            continue
+        if name in CONFIGS:
+            return name
+    return DEFAULT
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; `argv` only chooses whose values `train --help` lists (its --config's)."""
+    from alexnet_jax.config import describe_keys
+    from alexnet_jax.configs import CONFIGS, DEFAULT, get_config
 
     p = argparse.ArgumentParser(prog="alexnet-jax", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
+    recipe = _recipe_named(sys.argv[1:] if argv is None else argv)
     t = sub.add_parser("train", help="train a config in a workdir (resumes automatically)",
-                       epilog="config keys (--set key=value):\n" + describe_keys(),
+                       epilog=f"config keys (--set key=value) with the values of --config {recipe} "
+                              f"(alexnet_jax/configs/{recipe}.py; another --config lists its own; a workdir holding a "
+                              f"run starts from its config.json):\n" + describe_keys(get_config(recipe)),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--config", default=DEFAULT, help=f"one of: {', '.join(CONFIGS)} (default {DEFAULT})")
-    t.add_argument("--workdir", help="output directory (default runs/CONFIG)")
+    t.add_argument("--config", help=f"one of: {', '.join(CONFIGS)} (default: the workdir's own config.json when "
+                                    f"it holds a run, else {DEFAULT})")
+    t.add_argument("--workdir", help="output directory (default runs/CONFIG); a run in it is resumed")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    t.add_argument("--extend", action="store_true",
+                   help="continue a run in --workdir with a changed schedule: num_steps, num_epochs, "
+                        "eval_every_epochs, ten_crop (refused without it; what the run saved stays)")
     t.add_argument("--data-dir", help=DATA_DIR_HELP)
     t.add_argument("--no-progress", action="store_true", help="no progress output")
     add_device_args(t, multihost=True)
@@ -219,13 +248,20 @@ def setup_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         force_host_devices(getattr(args, "force_host_devices", None))
         _distributed(args)
         return args.fn(args) or 0
+    except KeyboardInterrupt:             # Ctrl-C where no step or batch boundary listens for it
+        print("stopped by SIGINT (Ctrl-C)", file=sys.stderr)
+        return 128 + signal.SIGINT
     except Exception as e:
         from alexnet_jax.errors import AlexnetJaxError
+        from alexnet_jax.workdir import Interrupted
+        if isinstance(e, Interrupted):    # stopped at a step or batch boundary: what was saved, and the exit code
+            print(e, file=sys.stderr)
+            return e.exit_code
         if isinstance(e, AlexnetJaxError) and os.environ.get("ALEXNET_JAX_TRACEBACK") != "1":
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -200,8 +200,10 @@ def settings(args) -> dict:
 
 def run_one(config, workdir: Path) -> dict:
     """Train one (net, seed) on train, then evaluate its checkpoint once on the report split (test)."""
+    from alexnet_jax.restore import evaluate_workdir
+    from alexnet_jax.restore import restore_workdir as restore
+    from alexnet_jax.run import train_and_evaluate
     from alexnet_jax.tools.filters import analyse
-    from alexnet_jax.train import evaluate_workdir, restore, train_and_evaluate
 
     t0 = time.time()
     val = train_and_evaluate(config, str(workdir), progress=False)
@@ -360,7 +362,8 @@ def init_scores(workdir: Path):
     the trainer's init; None when the workdir has no config."""
     from alexnet_jax import parallel
     from alexnet_jax.tools.filters import analyse
-    from alexnet_jax.train import Trainer, load_config
+    from alexnet_jax.trainer import Trainer
+    from alexnet_jax.workdir import load_config
 
     if not (workdir / "config.json").exists():
         return None
@@ -541,8 +544,8 @@ def report(args) -> int:
     b = res["claim_B"]
     if "per_seed" in b:   # the filters picture (Figure 3) of the clearest seed, and the validation curves
         from alexnet_jax.plotting import plot_runs
+        from alexnet_jax.restore import restore_workdir as restore
         from alexnet_jax.tools.filters import analyse, draw
-        from alexnet_jax.train import restore
 
         best = min(b["per_seed"], key=lambda q: q["p"])
         wd = next(out / _workdir(r) for r in rows if r["model"] == "alexnet" and r["seed"] == best["seed"])

@@ -63,8 +63,9 @@ def rel_l2(a, b) -> float:
 def run_workdir(workdir: str, images: list[str], lrn: str | None = None):
     """(logits, {layer: columns joined, NCHW / NC}) of a workdir on image files through the tools' path;
     `lrn` rebuilds the 2012 net with another LRN (the same parameters)."""
+    from alexnet_jax.restore import restore_workdir as restore
     from alexnet_jax.tools import _cli, _images
-    from alexnet_jax.train import Trainer, restore
+    from alexnet_jax.trainer import Trainer
 
     r = restore(workdir)
     if lrn is not None and lrn != r.config.lrn:
@@ -170,7 +171,7 @@ def check_caffe(out: Path, zr) -> dict:
 def _caffe_layers(workdir: str, x_bgr) -> dict[str, np.ndarray]:
     import jax
 
-    from alexnet_jax.train import restore
+    from alexnet_jax.restore import restore_workdir as restore
 
     r = restore(workdir)
     x = np.ascontiguousarray(x_bgr[:, ::-1].transpose(0, 2, 3, 1), np.float32)

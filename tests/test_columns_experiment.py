@@ -198,7 +198,7 @@ def test_initial_net_is_the_seed_matched_trainer_init(cols, tmp_path):
     """The init baseline rebuilds a run's net from its config.json: the same kernels as the model its seed
     draws (scored here by the independent formula).  Slow: two compilations of the whole net's init."""
     from alexnet_jax.configs import get_config
-    from alexnet_jax.train import build_model
+    from alexnet_jax.trainer import build_model
 
     cfg = get_config("alexnet_cifar10").replace(width=0.25, seed=5, mesh_model=1)
     (tmp_path / "config.json").write_text(cfg.to_json())

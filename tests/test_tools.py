@@ -36,7 +36,7 @@ _TRAIN = """
 import json, sys
 from alexnet_jax.config import Config
 from alexnet_jax.data import prepare
-from alexnet_jax.train import train_and_evaluate
+from alexnet_jax.run import train_and_evaluate
 spec = json.loads(sys.argv[1])
 prepare("imagenet2012", spec["source"], spec["data_dir"])
 print(json.dumps(train_and_evaluate(Config.from_dict(spec["config"]), spec["workdir"], progress=False)))
@@ -262,8 +262,9 @@ def test_layers_in_network_order():
 def test_init_stats_rows_in_network_order():
     from alexnet_jax import parallel
     from alexnet_jax.config import Config
+    from alexnet_jax.restore import _augment_or_stand_in
     from alexnet_jax.tools import init_stats
-    from alexnet_jax.train import Trainer, _augment_or_stand_in
+    from alexnet_jax.trainer import Trainer
 
     cfg = Config(batch_size=4, mesh_data=1, mesh_model=1, data_dir="/nonexistent")   # LeNet-5
     augment = _augment_or_stand_in(cfg)
@@ -484,8 +485,8 @@ def test_filters_lenet_c1_grid_without_colour_score(tmp_path):
 
 def test_class_names_and_mean_without_the_dataset(tmp_path):
     from alexnet_jax.config import Config
+    from alexnet_jax.restore import _augment_or_stand_in
     from alexnet_jax.tools import _images
-    from alexnet_jax.train import _augment_or_stand_in
 
     cfg = Config(model="alexnet", num_classes=1000, input_size=64, dataset="imagenet2012", augment="alexnet",
                  data_dir=str(tmp_path / "empty"))
@@ -503,8 +504,9 @@ def test_image_inputs_from_folders_and_tars(tmp_path):
     from PIL import Image
 
     from alexnet_jax.config import Config
+    from alexnet_jax.restore import Restored, _augment_or_stand_in
     from alexnet_jax.tools import _images
-    from alexnet_jax.train import Restored, Trainer, _augment_or_stand_in
+    from alexnet_jax.trainer import Trainer
 
     photos = tmp_path / "photos" / "sub"
     photos.mkdir(parents=True)

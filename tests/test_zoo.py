@@ -77,8 +77,8 @@ def photos(folder: Path, sizes=((300, 400), (500, 333), (256, 256), (231, 640), 
 def run_ours(workdir, images) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """(logits, {layer: every column's output joined, NCHW / NC}, model inputs) of a workdir on image files,
     through the tools' own path (restore, the recorded preprocessing, the model's taps)."""
+    from alexnet_jax.restore import restore_workdir as restore
     from alexnet_jax.tools import _cli, _images
-    from alexnet_jax.train import restore
 
     r = restore(str(workdir))
     inputs = _images.load_inputs(r, images=[str(p) for p in images])
@@ -260,7 +260,7 @@ def caffe_layers_of_ours(workdir, x_bgr_NCHW) -> tuple[dict[str, np.ndarray], di
     shapes of its pooled maps."""
     import jax
 
-    from alexnet_jax.train import restore
+    from alexnet_jax.restore import restore_workdir as restore
 
     r = restore(str(workdir))
     x = np.ascontiguousarray(np.asarray(x_bgr_NCHW)[:, ::-1].transpose(0, 2, 3, 1), np.float32)   # RGB NHWC
@@ -326,8 +326,8 @@ def test_bvlc_mean_image_and_bgr_through_the_tools(tmp_path, capsys):
     (BGR, 3 x 256 x 256) subtracted at the crop, the centre 227 crop at offset 14, as Caffe's test-time data
     layer; the model input is its RGB version (conv1's channels were reversed for it)."""
     from alexnet_jax.data import decode_images
+    from alexnet_jax.restore import restore_workdir as restore
     from alexnet_jax.tools import _images
-    from alexnet_jax.train import restore
 
     mean_bgr = np.random.default_rng(3).uniform(60, 160, (3, 256, 256)).astype(np.float32)
     files = write_bvlc(tmp_path, zr.bvlc_blobs(SMALL_W, 1000), mean=mean_bgr)
@@ -414,7 +414,7 @@ def test_filters_per_column_on_imported_bvlc(tmp_path, capsys):
     assert [col["kernels"] for col in res["columns"]] == [c, c]
     assert res["column_scores"][0] == pytest.approx(0.0, abs=1e-9)
     assert res["column_scores"][1] == pytest.approx(2 / 3, abs=1e-6)   # a zero-mean single-channel kernel
-    from alexnet_jax.train import restore
+    from alexnet_jax.restore import restore_workdir as restore
 
     k = np.asarray(restore(str(tmp_path / "wd")).model.conv1.kernel[...])   # (columns, kh, kw, RGB, out)
     red = w1[c:, 2].transpose(1, 2, 0)                                        # (kh, kw, out)
@@ -554,7 +554,7 @@ def _owt_workdir(tmp_path, init: str, width: float = 0.25, num_classes: int = 10
     from flax import nnx
 
     from alexnet_jax.config import Config
-    from alexnet_jax.train import abstract_model_of
+    from alexnet_jax.trainer import abstract_model_of
     from alexnet_jax.zoo import write_workdir
 
     config = Config(model="alexnet_owt", num_classes=num_classes, input_size=224, width=width, init=init,
@@ -583,8 +583,8 @@ def test_export_torchvision_gives_the_same_logits(tmp_path, capsys, init):
     ref.load_state_dict(torch.load(tmp_path / "out.pth", weights_only=True))
     pics = photos(tmp_path / "photos", sizes=((300, 400), (480, 320)))
     ref_logits, _ = reference_on(ref, pics)
+    from alexnet_jax.restore import restore_workdir as restore
     from alexnet_jax.tools import _cli
-    from alexnet_jax.train import restore
 
     r = restore(str(wd))
     x = np.stack([zr.torchvision_input(p.read_bytes()) for p in pics]).transpose(0, 2, 3, 1)
@@ -598,7 +598,7 @@ def test_round_trip_is_bitwise(tmp_path, capsys):
     """import -> export -> the same state_dict bit for bit; importing that gives the same checkpoint arrays."""
     import torch
 
-    from alexnet_jax.train import restore
+    from alexnet_jax.restore import restore_workdir as restore
 
     net = torchvision_net(0.25, num_classes=17)
     src = save_pth(net, tmp_path / "src.pth")

@@ -67,7 +67,7 @@ CIFAR_CHANNEL_MEAN = (125.3, 123.0, 113.9)
 IMAGENET_RGB_MEAN = (123.68, 116.78, 103.94)
 # torchvision's ImageNet Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) in 0..255 units: the
 # mean of config.preprocess=torchvision (its std, 255 * (0.229, 0.224, 0.225), is alexnet_owt's input scale,
-# models/alexnet.py IMAGENET_STD)
+# models/init.py IMAGENET_STD)
 TORCHVISION_MEAN = (123.675, 116.28, 103.53)
 # config.preprocess=caffe: the imported net's mean image, float32 (H, W, 3) RGB in 0..255, in the workdir
 CAFFE_MEAN_FILE = "input_mean.npy"

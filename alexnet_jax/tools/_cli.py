@@ -68,11 +68,11 @@ def emit(summary: dict[str, Any]) -> None:
     print(json.dumps(summary, default=_jsonable), flush=True)
 
 
-def restore(args):
-    """The checkpoint of `--workdir` (`--step`), restored onto every device present (train.restore)."""
-    from alexnet_jax.train import restore
+def restore_from_args(args):
+    """The checkpoint of `--workdir` (`--step`), restored onto every device present (restore_workdir)."""
+    from alexnet_jax.restore import restore_workdir
 
-    return restore(args.workdir, step=getattr(args, "step", None), data_dir=getattr(args, "data_dir", None))
+    return restore_workdir(args.workdir, step=getattr(args, "step", None), data_dir=getattr(args, "data_dir", None))
 
 
 def run_model(restored, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:

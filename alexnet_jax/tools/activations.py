@@ -63,7 +63,7 @@ def layer_report(layers: dict[str, list[np.ndarray]], kinds: dict[str, str], col
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
+def activation_table(rows: list[dict]) -> str:
     head = (f"{'layer':<7} {'col':>5} {'kind':<7} {'shape':<16} {'mean':>9} {'std':>9} {'max':>9} "
             f"{'dead frac':>9} {'dead units':>10}")
     lines = [head, "-" * len(head)]
@@ -75,7 +75,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(args) -> int:
-    r = _cli.restore(args)
+    r = _cli.restore_from_args(args)
     if args.synthetic:
         x, mean = synthetic_inputs(r.config, args.limit, args.seed), None
         source, pick = f"synthetic, seed {args.seed}", f"{args.limit} Gaussian images"
@@ -86,7 +86,7 @@ def run(args) -> int:
     _, layers = _cli.run_model(r, x, args.batch_size)
     rows = layer_report(layers, r.model.layer_kinds, r.model.columns)
     print(f"{len(x)} inputs from {source}: {pick}")
-    print(format_table(rows))
+    print(activation_table(rows))
     out = _cli.out_path(args, r.workdir, "activations.json")
     keys = ("layer", "column", "kind", "dead_fraction", "dead_units")
     summary = {"tool": "activations", "workdir": r.workdir, "step": r.step, "inputs": int(len(x)),

@@ -133,7 +133,7 @@ def analyse(model) -> dict:
 
 
 def run(args) -> int:
-    r = _cli.restore(args)
+    r = _cli.restore_from_args(args)
     a = analyse(r.model)
     out = _cli.out_path(args, r.workdir, "filters.png")
     draw(a["blocks"], a["per_column"], a["layer"], out, args.scale,

@@ -50,7 +50,7 @@ def layer_stats(trainer, state, batch) -> dict:
     import jax.numpy as jnp
     from flax import nnx
 
-    from alexnet_jax.train import AUGMENT_STREAM, cross_entropy
+    from alexnet_jax.trainer import AUGMENT_STREAM, cross_entropy
 
     c = trainer.config
     key = jax.random.fold_in(jax.random.key(c.seed), AUGMENT_STREAM)
@@ -110,30 +110,28 @@ def measure(config, *, batch: int, steps: int) -> dict:
 
     import jax
 
-    from alexnet_jax import data as data_lib
     from alexnet_jax import parallel
-    from alexnet_jax.train import Trainer
+    from alexnet_jax.run import build_run
 
     config = config.replace(batch_size=batch, mesh_data=1, mesh_model=1)
-    loader = data_lib.make_train_loader(config, batch_size=batch, prefetch=0)
-    trainer = Trainer.build(config, parallel.make_mesh(1, 1), steps_per_epoch=loader.steps_per_epoch,
-                            augment=data_lib.make_augment(config))
-    state = trainer.init()
-    probe_batch = next(loader)
-    out = {"width": config.width, "init": config.init, "input_size": config.input_size,
-           "model": config.model, "at_init": layer_stats(trainer, state, probe_batch)}
-    if steps:
-        losses = []
-        for b in itertools.islice(loader, steps):
-            state, m = trainer.train_step(state, trainer.global_batch(b))
-            losses.append(float(jax.device_get(m["loss"])))
-        out["train_losses"] = losses
-        out["after_steps"] = dict(layer_stats(trainer, state, probe_batch), steps=steps)
-    loader.close()
+    with build_run(config, parallel.make_mesh(1, 1), evaluation=False, prefetch=0) as run:
+        trainer, loader = run.trainer, run.train_loader
+        state = trainer.init()
+        probe_batch = next(loader)
+        out = {"width": config.width, "init": config.init, "input_size": config.input_size,
+               "model": config.model, "at_init": layer_stats(trainer, state, probe_batch)}
+        if steps:
+            # not the run loop: the state after N steps is what is measured (no workdir, evaluation or checkpoint)
+            losses = []
+            for b in itertools.islice(loader, steps):
+                state, m = trainer.train_step(state, trainer.global_batch(b))
+                losses.append(float(jax.device_get(m["loss"])))
+            out["train_losses"] = losses
+            out["after_steps"] = dict(layer_stats(trainer, state, probe_batch), steps=steps)
     return out
 
 
-def format_table(variant: dict, when: str) -> str:
+def layer_stats_table(variant: dict, when: str) -> str:
     s = variant[when]
     head = (f"{variant['model']} width {variant['width']:g} init {variant['init']} input {variant['input_size']}"
             f" ({'at init' if when == 'at_init' else 'after ' + str(s['steps']) + ' steps'}): loss "
@@ -210,11 +208,11 @@ def run(args) -> int:
     variants = []
     for init in inits:
         for width in widths:
-            v = measure(base.replace(width=width, init=init).validate(), batch=args.batch, steps=args.steps)
+            v = measure(base.replace(width=width, init=init), batch=args.batch, steps=args.steps)
             variants.append(v)
-            print(format_table(v, "at_init"))
+            print(layer_stats_table(v, "at_init"))
             if "after_steps" in v:
-                print(format_table(v, "after_steps"))
+                print(layer_stats_table(v, "after_steps"))
             print()
     out = args.out or os.path.join("runs", "init_stats", f"{args.config}.png")
     check_writable(os.path.dirname(os.path.abspath(out)), "output folder")

@@ -136,7 +136,7 @@ def captions(restored, args, inputs) -> list[str | None]:
 
 
 def run(args) -> int:
-    r = _cli.restore(args)
+    r = _cli.restore_from_args(args)
     inputs = _images.load_inputs(r, images=args.images, dataset=args.dataset, split=args.split,
                                  limit=args.limit, data_dir=args.data_dir, seed=args.seed)
     _, taps = _cli.run_model(r, inputs.x, args.batch_size)

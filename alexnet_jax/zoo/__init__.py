@@ -63,7 +63,7 @@ def write_workdir(workdir: str, config, params: dict[str, np.ndarray], imported:
 
     from alexnet_jax import checkpoint as ckpt_lib
     from alexnet_jax import parallel
-    from alexnet_jax.train import Trainer, TrainState
+    from alexnet_jax.trainer import Trainer, TrainState
     from alexnet_jax.workdir import check_writable
 
     config.validate()

@@ -17,7 +17,7 @@ times one factor (ours `width`) is read too; num_classes is fc8's row count.
 Inputs: torchvision feeds Normalize((x/255 - mean) / std) of a Resize(256) + CenterCrop(224) photo;
 the imported workdir records `preprocess=torchvision` (data/augment.py: the same mean in 0..255 units;
 tools/_images.py: the same resize and crop arithmetic), and alexnet_owt divides by 255 * std itself
-(models/alexnet.py IMAGENET_STD), so no weight is rescaled.
+(models/init.py IMAGENET_STD), so no weight is rescaled.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def check_state_dict(sd: dict[str, np.ndarray], path: str):
     """(config, our parameters) of a torchvision alexnet state_dict, or a ZooError naming what is wrong."""
     from flax import nnx
 
-    from alexnet_jax.train import abstract_model_of
+    from alexnet_jax.trainer import abstract_model_of
 
     want = state_dict_keys()
     missing, extra = [k for k in want if k not in sd], sorted(set(sd) - set(want))
@@ -160,7 +160,7 @@ def export_params(restored) -> tuple[collections.OrderedDict, list[str]]:
     import jax
     from flax import nnx
 
-    from alexnet_jax.models.alexnet import IMAGENET_STD
+    from alexnet_jax.models.init import IMAGENET_STD
 
     config, model = restored.config, restored.model
     if config.model != "alexnet_owt":
@@ -192,7 +192,7 @@ def export_torchvision(workdir: str, path: str, step: int | None = None) -> dict
     except ImportError:
         raise ZooError("export writes the file with torch.save: install torch (pip install 'alexnet-jax[peer]', "
                        "or a CPU build of torch)") from None
-    from alexnet_jax.train import restore
+    from alexnet_jax.restore import restore_workdir as restore
     from alexnet_jax.workdir import check_writable
 
     r = restore(workdir, step=step)
