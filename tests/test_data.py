@@ -32,7 +32,11 @@ from alexnet_jax.config import Config
 A = importlib.import_module("alexnet_jax.data.augment")
 F = importlib.import_module("alexnet_jax.data.files")
 L = importlib.import_module("alexnet_jax.data.loader")
+C = importlib.import_module("alexnet_jax.data.cache")
+DS = importlib.import_module("alexnet_jax.data.datasets")
+LS = importlib.import_module("alexnet_jax.data.listing")
 PR = importlib.import_module("alexnet_jax.data.preparation")
+R = importlib.import_module("alexnet_jax.data.records")
 S = importlib.import_module("alexnet_jax.data.sources")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -117,7 +121,7 @@ def mnist_dir(tmp_path_factory):
     """A tiny MNIST prepared from IDX .gz files: returns (data_dir, arrays)."""
     src = tmp_path_factory.mktemp("mnist_src")
     arrays = tiny_mnist_arrays()
-    for split, (im_f, lb_f) in PR.MNIST_FILES.items():
+    for split, (im_f, lb_f) in LS.MNIST_FILES.items():
         write_idx_gz(src / im_f, arrays[split][0])
         write_idx_gz(src / lb_f, arrays[split][1])
     dd = tmp_path_factory.mktemp("tfds_mnist")
@@ -151,7 +155,7 @@ def cifar_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar_tree")
     rng = np.random.default_rng(1)
     files = {}
-    for c in PR.CIFAR10_CLASSES:
+    for c in LS.CIFAR10_CLASSES:
         for i in range(10):
             files[f"train/{c}/{i:04d}.jpg"] = jpeg_bytes(smooth_image(rng, 32, 32))
     files["train/cat/9999.jpg"] = truncated_jpeg(rng)
@@ -194,9 +198,9 @@ PIPELINES = ("memory", "stream")
 def pipeline(request, monkeypatch):
     """Runs a test on the in-memory path (the default for the tiny datasets) and on the streaming path."""
     if request.param == "stream":
-        monkeypatch.setenv(S.IN_MEMORY_ENV, "0")
+        monkeypatch.setenv(C.IN_MEMORY_ENV, "0")
     else:
-        monkeypatch.delenv(S.IN_MEMORY_ENV, raising=False)
+        monkeypatch.delenv(C.IN_MEMORY_ENV, raising=False)
     return request.param
 
 
@@ -313,7 +317,7 @@ def test_parse_example_matches_tfds(mnist_dir, inet_dir):
         parser = tfds.builder_from_directory(str(path)).info.features._example_parser_np
         for i in range(min(5, len(src))):
             rec = src.read(i)
-            ours, theirs = S.parse_example(rec), parser.parse_example(rec)
+            ours, theirs = R.parse_example(rec), parser.parse_example(rec)
             assert int(ours["label"][0]) == int(theirs["label"])
             assert bytes(ours["image"][0]) == bytes(np.asarray(theirs["image"]).tobytes() if not isinstance(
                 theirs["image"], bytes) else theirs["image"])
@@ -360,14 +364,14 @@ def test_digits_split_stratified(digits_dir):
     assert np.all(np.abs(np.bincount(labels, minlength=10) - full * 360 / 1797) <= 1)
     ex = src[0]
     assert ex["image"].shape == (28, 28, 1) and ex["image"].dtype == np.uint8 and ex["image"].max() > 200
-    imgs = np.stack([PR.digits_to_28(im) for im in load_digits().images])
+    imgs = np.stack([LS.digits_to_28(im) for im in load_digits().images])
     assert (np.abs(imgs.astype(int) - ex["image"].astype(int)).reshape(len(imgs), -1).max(1) == 0).any()
 
 
 def _split_ids(dd, name, split):
     import tensorflow_datasets as tfds
 
-    return [S._to_str(ex["id"]) for ex in tfds.data_source(name, split=split, data_dir=str(dd))]
+    return [R.to_str(ex["id"]) for ex in tfds.data_source(name, split=split, data_dir=str(dd))]
 
 
 def test_cifar_tree_prepare_validation_and_corrupt(cifar_tree, cifar_dir, tmp_path):
@@ -379,7 +383,7 @@ def test_cifar_tree_prepare_validation_and_corrupt(cifar_tree, cifar_dir, tmp_pa
     by_class = {}
     for k in files:
         by_class.setdefault(k.split("/")[1], []).append(k)
-    expected_val = PR.stratified_holdout(by_class) - {"train/cat/9999.jpg"}
+    expected_val = LS.stratified_holdout(by_class) - {"train/cat/9999.jpg"}
     assert set(val) == expected_val and len(val) >= 9
     test = _split_ids(cifar_dir, "cifar10", "test")        # no test/ folder: carved from train as well
     assert not set(train) & set(val) and not (set(train) | set(val)) & set(test)
@@ -395,10 +399,10 @@ def test_cifar_tree_prepare_validation_and_corrupt(cifar_tree, cifar_dir, tmp_pa
 
     src = tfds.data_source("cifar10", split="validation", data_dir=str(dd2))
     ex = src[0]
-    want = np.asarray(Image.open(io.BytesIO(files[S._to_str(ex["id"])])).convert("RGB"))
+    want = np.asarray(Image.open(io.BytesIO(files[R.to_str(ex["id"])])).convert("RGB"))
     np.testing.assert_array_equal(ex["image"], want)
     info = D.dataset_info(Config(dataset="cifar10", data_dir=str(dd2), input_size=32))
-    assert info.class_names == PR.CIFAR10_CLASSES
+    assert info.class_names == LS.CIFAR10_CLASSES
     assert info.splits == {"train": len(train), "validation": len(val), "test": len(test)}
 
 
@@ -418,7 +422,7 @@ def test_cifar_python_pickles(tmp_path):
 
     src = tfds.data_source("cifar10", split="test", data_dir=str(tmp_path / "tfds"))
     for ex in src:
-        i = int(S._to_str(ex["id"]).split("_")[1])
+        i = int(R.to_str(ex["id"]).split("_")[1])
         np.testing.assert_array_equal(ex["image"], xte[i].reshape(3, 32, 32).transpose(1, 2, 0))
         assert ex["label"] == yte[i]
     info = D.dataset_info(Config(dataset="cifar10", data_dir=str(tmp_path / "tfds")))
@@ -434,7 +438,7 @@ def test_imagenet_stores_prepare_and_read(inet_tree, inet_dir):
     import tensorflow_datasets as tfds
 
     _, files = inet_tree
-    synsets = PR.imagenet_synsets()
+    synsets = DS.imagenet_synsets()
     got = {}
     for name in ("imagenet2012", "imagenet2012/jpeg256", "imagenet2012/raw256"):
         path = D.dataset_dir(name, str(inet_dir))
@@ -489,15 +493,15 @@ def test_imagenet_ilsvrc_tars(tmp_path, caplog):
     assert json.loads((path / PR.REPORT_FILE).read_text())["num_skipped"] == 1
     import tensorflow_datasets as tfds
 
-    synsets = PR.imagenet_synsets()
+    synsets = DS.imagenet_synsets()
     labels_txt = Path(os.fspath(tfds.core.tfds_path("datasets/imagenet2012/validation_labels.txt")))
     val_wnids = labels_txt.read_text().split()[:4]
     dd = str(tmp_path / "tfds")
-    val = {S._to_str(ex["file_name"]): synsets[ex["label"]]
+    val = {R.to_str(ex["file_name"]): synsets[ex["label"]]
            for ex in tfds.data_source("imagenet2012", split="validation", data_dir=dd)}
     assert val == {f"ILSVRC2012_val_{i:08d}.JPEG": val_wnids[i - 1] for i in (1, 2, 3, 4)}
     src = tfds.data_source("imagenet2012", split="train", data_dir=dd)
-    train = {S._to_str(ex["file_name"]): synsets[ex["label"]] for ex in src}
+    train = {R.to_str(ex["file_name"]): synsets[ex["label"]] for ex in src}
     assert train == {f"{w}_{i}.JPEG": w for w in ("n01440764", "n01443537") for i in (0, 1)} | {
         "n01484850_0.JPEG": "n01484850"}
     raw = tfds.builder_from_directory(str(path)).as_data_source(
@@ -695,7 +699,7 @@ def test_memory_and_stream_identical(mnist_dir, monkeypatch):
     cfg = mnist_cfg(dd)
     out = {}
     for p in PIPELINES:
-        monkeypatch.setenv(S.IN_MEMORY_ENV, "0" if p == "stream" else str(2**30))
+        monkeypatch.setenv(C.IN_MEMORY_ENV, "0" if p == "stream" else str(2**30))
         it = D.make_train_loader(cfg, batch_size=8, process_index=1, process_count=2)
         ev = D.make_eval_loader(cfg, "test", batch_size=3, process_index=1, process_count=2)
         assert it.pipeline == ev.pipeline == p
@@ -712,8 +716,8 @@ def test_bad_image_reported_and_skipped(mnist_dir, pipeline, monkeypatch, caplog
     cfg = mnist_cfg(dd)
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(S, "DISK_CACHE", False)                     # decode afresh (no cached split)
-    monkeypatch.setattr(S, "_ARRAY_SPLITS", collections.OrderedDict())
+    monkeypatch.setattr(C, "DISK_CACHE", False)                     # decode afresh (no cached split)
+    monkeypatch.setattr(C, "_ARRAY_SPLITS", collections.OrderedDict())
     bad_id = {split: int(tfds.data_source("mnist", split=split, data_dir=str(dd))[7]["image"][0, 0, 0])
               for split in ("train", "test")}
     orig = S.RecordSource.record
@@ -761,7 +765,7 @@ def test_eval_loader_every_example_once(mnist_dir, pipeline, process_count, batc
 def test_array_split_disk_cache(mnist_dir, monkeypatch):
     dd, arrays = mnist_dir
     path = D.dataset_dir("mnist", str(dd))
-    monkeypatch.setattr(S, "_ARRAY_SPLITS", collections.OrderedDict())
+    monkeypatch.setattr(C, "_ARRAY_SPLITS", collections.OrderedDict())
     a = D.load_array_split(path, "test")
     cached = path / "cache" / "test_28x28x1.npz"
     assert cached.is_file() and not list((path / "cache").glob("*.tmp"))
@@ -774,22 +778,22 @@ def test_array_split_disk_cache(mnist_dir, monkeypatch):
     def no_decode(*args, **kw):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(S, "_ARRAY_SPLITS", collections.OrderedDict())
-    monkeypatch.setattr(S, "decode_split", no_decode)
+    monkeypatch.setattr(C, "_ARRAY_SPLITS", collections.OrderedDict())
+    monkeypatch.setattr(C, "decode_split", no_decode)
     b = D.load_array_split(path, "test")                               # from the .npz
     np.testing.assert_array_equal(b.images, a.images)
-    monkeypatch.setattr(S, "_ARRAY_SPLITS", collections.OrderedDict())
-    monkeypatch.setattr(S, "fingerprint", lambda p: "changed dataset")
+    monkeypatch.setattr(C, "_ARRAY_SPLITS", collections.OrderedDict())
+    monkeypatch.setattr(C, "dataset_fingerprint", lambda p: "changed dataset")
     with pytest.raises(AssertionError, match="decoded again"):        # stale cache: decoded afresh
         D.load_array_split(path, "test")
-    monkeypatch.setenv(S.IN_MEMORY_ENV, str(N_TEST * 28 * 28 - 1))     # one byte too many: streaming
+    monkeypatch.setenv(C.IN_MEMORY_ENV, str(N_TEST * 28 * 28 - 1))     # one byte too many: streaming
     assert D.load_array_split(path, "test") is None
 
 
 def test_stream_loader_threads_and_stores(inet_dir, monkeypatch):
     """ImageNet stores stream (forced): the same uint8 batches from every store's loader for the same
     seed (raw256 = originals exactly; jpeg256 close), with 1 or 3 reader threads."""
-    monkeypatch.setenv(S.IN_MEMORY_ENV, "0")
+    monkeypatch.setenv(C.IN_MEMORY_ENV, "0")
     out = {}
     for name in ("imagenet2012", "imagenet2012/jpeg256", "imagenet2012/raw256"):
         for threads in (1, 3):

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .records import stored_shape_for_augment
+
 try:  # optional fast JPEG decoder (same pixels as Pillow, see the module docstring)
     import simplejpeg
 except ImportError:  # pragma: no cover - depends on the install
@@ -40,8 +42,6 @@ except ImportError:  # pragma: no cover - depends on the install
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".webp", ".tif", ".tiff")
 JPEG_MAGIC = b"\xff\xd8"
-LENET_STORED = 28
-CIFAR_STORED = 32
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -182,48 +182,22 @@ def decode_fit(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def fit_pad_or_crop(arr: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W, C) -> (size, size, C): zero-padded (centred) where smaller, centre-cropped where larger."""
-    h, w, c = arr.shape
-    out = np.zeros((size, size, c), np.uint8)
-    sh, sw = min(h, size), min(w, size)
-    st, sl = (h - sh) // 2, (w - sw) // 2
-    dt, dl = (size - sh) // 2, (size - sw) // 2
-    out[dt:dt + sh, dl:dl + sw] = arr[st:st + sh, sl:sl + sw]
-    return out
-
-
-def default_stored_shape(kind: str, input_size: int | None = None, channels: int | None = None):
-    """The stored shape loaders deliver for ``kind`` (an augment name) when no dataset says otherwise."""
-    if kind == "alexnet":
-        return (256, 256, channels or 3)
-    if kind == "cifar":
-        return (CIFAR_STORED, CIFAR_STORED, channels or 3)
-    if kind in ("lenet", "lenet_affine"):
-        return (LENET_STORED, LENET_STORED, channels or 1)
-    if kind == "none":
-        if not input_size:
-            raise ValueError("augment 'none' needs input_size to know the stored shape")
-        return (int(input_size), int(input_size), channels or 3)
-    raise ValueError(f"unknown augment {kind!r}")
-
-
 def _spec_shape(spec, input_size=None, channels=None) -> tuple[int, int, int]:
     shape = getattr(spec, "stored_shape", None)            # an Augment
     if shape is not None:
         return tuple(int(v) for v in shape)
     if isinstance(spec, str):
-        return default_stored_shape(spec, input_size, channels)
+        return stored_shape_for_augment(spec, input_size, channels)
     model = str(getattr(spec, "model", ""))                 # a Config
     c = channels or (1 if model.startswith("lenet") else 3)
-    return default_stored_shape(spec.augment, input_size or spec.input_size, c)
+    return stored_shape_for_augment(spec.augment, input_size or spec.input_size, c)
 
 
 def decode_images(spec, images: Iterable[bytes], *, input_size: int | None = None,
                   channels: int | None = None) -> np.ndarray:
     """Encoded images (e.g. arbitrary photos) -> uint8 (N, H, W, C) in the stored shape of ``spec``: an
     ``Augment`` (its ``stored_shape``), a Config (its augment; 1 channel for LeNet models) or an augment
-    name (see ``default_stored_shape``).  Each image is fitted by resizing its shorter side and keeping
+    name (``records.stored_shape_for_augment``).  Each image is fitted by resizing its shorter side and keeping
     the centre, so a non-square photo is cropped, never squashed.  Raises ValueError naming the image
     (by position) that cannot be decoded."""
     shape = _spec_shape(spec, input_size, channels)

@@ -17,7 +17,7 @@ the per-process batch and ``index`` holds each row's position in the global trai
 
 Two ways to read, chosen per split (same batches, same states, same API):
 
-in-memory  splits whose images have one static shape and fit in ``sources.in_memory_max_bytes()``
+in-memory  splits whose images have one static shape and fit in ``cache.in_memory_max_bytes()``
            (digits, mnist, cifar10): decoded once to uint8 (cached on disk as .npz) and gathered with
            ``np.take``; undecodable images are left out of the permutation up front.
 streaming  everything else (ImageNet and its stores): records read with one array_record reader per shard
@@ -25,6 +25,9 @@ streaming  everything else (ImageNet and its stores): records read with one arra
            reads, simplejpeg/Pillow decoding and the copies all release the GIL; measured faster than
            worker processes, which must copy each image back through shared memory - see
            ``alexnet_jax/bench/inputs.py``).
+
+Both read through ``RecordSource.read_into`` (the one bad-image rule) and take the ``Dataset`` of
+``locate(config)`` as ``dataset=`` (located here when not given).
 
 Evaluation (``make_eval_loader`` -> ``EvalLoader``): one pass per ``iter()`` of
 ``{"image": uint8, "label": int32, "mask": bool}`` batches of B; process p reads the contiguous p-th
@@ -48,9 +51,12 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax.config import ConfigError
+from alexnet_jax.errors import ConfigError
 
-from .sources import RecordSource, ensure_prepared, load_array_split, report_bad
+from .cache import load_array_split
+from .datasets import Dataset, prepare_command
+from .preparation import locate
+from .sources import RecordSource
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +81,6 @@ class _Reader:
     def __init__(self, source: RecordSource, arrays, num_threads: int):
         self.source, self.arrays = source, arrays
         self.num_threads = max(1, int(num_threads))
-        self.reported: set = set()
         self._pool: cf.ThreadPoolExecutor | None = None
 
     @property
@@ -94,16 +99,7 @@ class _Reader:
         ok = np.zeros(len(idx), bool)
 
         def work(lo: int, hi: int) -> None:
-            for j in range(lo, hi):
-                i = int(idx[j])
-                rec = self.source.record(i)
-                labels[j] = rec["label"]
-                try:
-                    images[j] = self.source.decode(rec)
-                    ok[j] = True
-                except Exception as e:  # noqa: BLE001 - any decoder failure: report once, skip / mask
-                    report_bad(rec["name"], e, self.reported)
-                    images[j] = 0
+            ok[lo:hi] = self.source.read_into(idx[lo:hi], images[lo:hi], labels[lo:hi])
 
         n = len(idx)
         chunks = min(self.num_threads, n)
@@ -190,9 +186,9 @@ class TrainLoader:
 
     def __init__(self, config, *, batch_size: int, process_index: int = 0, process_count: int = 1,
                  seed: int | None = None, prefetch: int = PREFETCH, num_threads: int | None = None,
-                 arrays: Any = "auto"):
+                 arrays: Any = "auto", dataset: Dataset | None = None):
         _check_process(process_index, process_count)
-        path = ensure_prepared(config)
+        ds = dataset or locate(config)
         self.config = config
         self.split = config.train_split
         self.batch_size = int(batch_size)
@@ -200,17 +196,21 @@ class TrainLoader:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
         self.seed = int(config.seed if seed is None else seed)
         self.process_index, self.process_count = int(process_index), int(process_count)
-        source = RecordSource(path, self.split)
+        source = RecordSource(ds, self.split)
         if isinstance(arrays, str) and arrays == "auto":
-            arrays = load_array_split(path, self.split)
+            arrays = load_array_split(ds, self.split)
         self._reader = _Reader(source, arrays, default_threads(config) if num_threads is None else num_threads)
         self.stored_shape = source.shape
         self._pool = np.flatnonzero(arrays.valid) if arrays is not None else np.arange(len(source))
         self.num_examples = len(self._pool) // self.process_count          # this process's share an epoch
         self.steps_per_epoch = self.num_examples // self.batch_size
+        if not len(self._pool):
+            raise ConfigError(f"{ds.name} [{self.split}] at {ds.path} has no usable images ({len(source)} records, "
+                              f"{len(source) - len(self._pool)} undecodable): prepare it again from a good source:\n  "
+                              f"{prepare_command(ds.name, ds.data_dir)} --overwrite")
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"{config.dataset}[{self.split}]: a share of {self.num_examples} examples is smaller "
-                             f"than the per-process batch size {self.batch_size}")
+            raise ConfigError(f"{ds.name} [{self.split}] at {ds.path}: this process's share of {self.num_examples} "
+                              f"usable examples is smaller than its batch of {self.batch_size}: lower batch_size")
         self.prefetch = int(prefetch)
         self._state = (0, 0, 0)                   # (epoch, cursor, step) of the next batch to return
         self._orders: collections.OrderedDict = collections.OrderedDict()
@@ -332,16 +332,17 @@ class EvalLoader:
     """One deterministic pass per ``iter()`` over this process's share of a split (module docstring)."""
 
     def __init__(self, config, split: str, *, batch_size: int, process_index: int = 0, process_count: int = 1,
-                 prefetch: int = PREFETCH, num_threads: int | None = None, arrays: Any = "auto"):
+                 prefetch: int = PREFETCH, num_threads: int | None = None, arrays: Any = "auto",
+                 dataset: Dataset | None = None):
         _check_process(process_index, process_count)
-        path = ensure_prepared(config)
+        ds = dataset or locate(config)
         self.config, self.split = config, split
         self.batch_size = int(batch_size)
         if self.batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
-        source = RecordSource(path, split)
+        source = RecordSource(ds, split)
         if isinstance(arrays, str) and arrays == "auto":
-            arrays = load_array_split(path, split)
+            arrays = load_array_split(ds, split)
         self._reader = _Reader(source, arrays, default_threads(config) if num_threads is None else num_threads)
         self.stored_shape = source.shape
         n = len(source)
@@ -389,7 +390,8 @@ class EvalLoader:
 
 def make_train_loader(config, *, batch_size: int, process_index: int = 0, process_count: int = 1,
                       seed: int | None = None, **kw) -> TrainLoader:
-    """Training batches of ``config.train_split`` for this process (``batch_size`` per process)."""
+    """Training batches of ``config.train_split`` for this process (``batch_size`` per process); pass
+    ``dataset=locate(config)`` where it is already located."""
     return TrainLoader(config, batch_size=batch_size, process_index=process_index, process_count=process_count,
                        seed=seed, **kw)
 
