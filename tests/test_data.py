@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import data as D
-from alexnet_jax.config import Config
+from alexnet_jax.config import Config, ConfigError
 
 A = importlib.import_module("alexnet_jax.data.augment")
 F = importlib.import_module("alexnet_jax.data.files")
@@ -612,6 +612,226 @@ def test_prepare_process_pool_same_records(inet_tree, inet_dir, tmp_path):
     for split in ("train", "validation"):
         assert sorted(_records(path, split)) == sorted(_records(ref, split))
     assert len([f for f in os.listdir(path) if "train.array_record" in f]) == 3
+
+
+# ----------------------------------------------------------------------------------------------------
+# prepare: what it refuses, what it reports, one prepare at a time, no temporary folders left
+# ----------------------------------------------------------------------------------------------------
+def cifar_source(root: Path, *, good: int = 3, bad: int = 0, odd: dict | None = None, seed: int = 7) -> Path:
+    """A CIFAR-10 class tree: ``good`` 32x32 JPEGs and ``bad`` files named .jpg that are not images per
+    class; ``odd``: {relative name: (h, w)} JPEGs of another size."""
+    rng = np.random.default_rng(seed)
+    files = {f"train/{c}/{i:04d}.jpg": jpeg_bytes(smooth_image(rng, 32, 32))
+             for c in LS.CIFAR10_CLASSES for i in range(good)}
+    files |= {f"train/{c}/bad{i}.jpg": b"not an image " + bytes([i]) for c in LS.CIFAR10_CLASSES for i in range(bad)}
+    files |= {k: jpeg_bytes(smooth_image(rng, h, w)) for k, (h, w) in (odd or {}).items()}
+    return _write_tree(root, files)
+
+
+def looks_prepared(dd: Path) -> list[Path]:
+    return sorted(p for p in dd.rglob("*") if p.name == "dataset_info.json" or p.name.endswith(".staging"))
+
+
+def test_prepare_refuses_an_empty_or_mostly_unreadable_dataset(tmp_path, capsys):
+    """30 files that are not images: refused, one error line naming the source and the split, nothing that
+    looks prepared; more than half of a split unreadable: refused; a third: prepared, reported."""
+    from alexnet_jax import cli
+    from alexnet_jax.errors import AlexnetJaxError
+
+    dd = tmp_path / "dd"
+    junk = cifar_source(tmp_path / "junk", good=0, bad=3)
+    assert cli.main(["prepare", "cifar10", "--source", str(junk), "--data-dir", str(dd)]) == 2
+    out = capsys.readouterr().err
+    err = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "Traceback" not in out, out
+    assert err[0].startswith(f"error: cifar10 from {junk} ") and "'train' has no readable image" in err[0]
+    assert not looks_prepared(dd), looks_prepared(dd)
+    with pytest.raises(D.DatasetNotPreparedError):
+        D.dataset_dir("cifar10", dd)
+    mostly = cifar_source(tmp_path / "mostly", good=1, bad=2)             # 2 of 3 unreadable in every split
+    with pytest.raises(AlexnetJaxError, match="unreadable"):
+        D.prepare("cifar10", mostly, dd, workers=0)
+    assert not looks_prepared(dd)
+    third = cifar_source(tmp_path / "third", good=12, bad=6)             # a third unreadable: prepared
+    path = D.prepare("cifar10", third, dd, workers=0)
+    report = json.loads((path / PR.REPORT_FILE).read_text())
+    assert report["num_skipped"] == 60 and sum(report["splits"].values()) == 120
+    assert sum(report["unreadable_by_split"].values()) == 60
+
+
+def test_prepare_reports_resized_images(tmp_path, caplog):
+    """A 40x48 and a 64x40 image in a CIFAR-10 tree are fitted to 32x32 (shorter side, centre: a Pillow
+    reference), counted in the log and listed in the report; TFDS reads every image as 32x32."""
+    import tensorflow_datasets as tfds
+
+    odd = {"train/cat/odd_a.jpg": (40, 48), "train/dog/odd_b.jpg": (64, 40)}
+    src = cifar_source(tmp_path / "src", good=4, odd=odd)
+    with caplog.at_level(logging.WARNING):
+        path = D.prepare("cifar10", src, tmp_path / "dd", workers=0)
+    report = json.loads((path / PR.REPORT_FILE).read_text())
+    assert report["num_resized"] == 2 and sorted(Path(w).name for w in report["resized"]) == ["odd_a.jpg", "odd_b.jpg"]
+    assert "2 image(s) were not 32x32 and were resized" in caplog.text
+    got = {}
+    for split in report["splits"]:
+        for ex in tfds.data_source("cifar10", split=split, data_dir=str(tmp_path / "dd")):
+            assert ex["image"].shape == (32, 32, 3)
+            got[R.to_str(ex["id"])] = ex["image"]
+    for name, (h, w) in odd.items():
+        with Image.open(src / name) as im:                                  # shorter side -> 32, centre 32x32
+            s = 32 / min(h, w)
+            nw, nh = max(32, round(w * s)), max(32, round(h * s))
+            ref = np.asarray(im.convert("RGB").resize((nw, nh), Image.BILINEAR))
+        t, l = (nh - 32) // 2, (nw - 32) // 2
+        np.testing.assert_array_equal(got[name], ref[t:t + 32, l:l + 32])
+
+
+def test_a_dataset_that_failed_the_checks_is_rebuilt_and_named_by_the_loader(tmp_path, monkeypatch):
+    """An empty dataset as earlier versions wrote it (the checks off): training on it names its folder and
+    the fix; a later prepare from a good source rebuilds it instead of saying "already prepared"."""
+    dd = tmp_path / "dd"
+    with monkeypatch.context() as m:
+        m.setattr(PR, "_problems", lambda *a: [], raising=False)
+        empty = D.prepare("cifar10", cifar_source(tmp_path / "junk", good=0, bad=3), dd, workers=0)
+    assert D.dataset_info(Config(dataset="cifar10", data_dir=str(dd))).splits["train"] == 0
+    with pytest.raises(ConfigError) as e:
+        D.make_train_loader(Config(dataset="cifar10", data_dir=str(dd), augment="cifar", input_size=32), batch_size=4)
+    msg = str(e.value)
+    assert str(empty) in msg and "no usable images" in msg
+    assert f"alexnet-jax prepare cifar10 --source PATH --data-dir {dd.resolve()} --overwrite" in msg
+    path = D.prepare("cifar10", cifar_source(tmp_path / "good", good=10), dd, workers=0)
+    assert path == empty and D.dataset_info(Config(dataset="cifar10", data_dir=str(dd))).splits == {
+        "train": 80, "validation": 10, "test": 10}
+
+
+def test_overwrite_rebuilds_a_good_dataset(tmp_path, capsys):
+    from alexnet_jax import cli
+
+    dd = tmp_path / "dd"
+    first, second = cifar_source(tmp_path / "a", good=2, seed=1), cifar_source(tmp_path / "b", good=3, seed=2)
+    base = ["prepare", "cifar10", "--data-dir", str(dd), "--workers", "0", "--source"]
+    assert cli.main([*base, str(first)]) == 0
+    assert cli.main([*base, str(second)]) == 0                          # already prepared: kept
+    assert sum(D.dataset_info(Config(dataset="cifar10", data_dir=str(dd))).splits.values()) == 20
+    assert cli.main([*base, str(second), "--overwrite"]) == 0
+    assert sum(D.dataset_info(Config(dataset="cifar10", data_dir=str(dd))).splits.values()) == 30
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [o["path"] for o in out] == [str(dd.resolve() / "cifar10" / "3.0.2")] * 3
+
+
+def test_second_concurrent_prepare_is_one_error_line_naming_the_holder(tmp_path, monkeypatch, capsys):
+    """While one prepare writes its shards, a second of the same dataset exits 2 with one line naming the
+    holder's pid and the lock; the first then finishes."""
+    import threading
+
+    from alexnet_jax import cli
+
+    src, dd = cifar_source(tmp_path / "src", good=2), tmp_path / "dd"
+    writing, release = threading.Event(), threading.Event()
+    real = PR.write_shard
+
+    def slow(task):
+        writing.set()
+        assert release.wait(60)
+        return real(task)
+
+    monkeypatch.setattr(PR, "write_shard", slow)
+    result = {}
+    first = threading.Thread(target=lambda: result.update(path=D.prepare("cifar10", src, dd, workers=0)))
+    first.start()
+    try:
+        assert writing.wait(60)
+        rc = cli.main(["prepare", "cifar10", "--source", str(src), "--data-dir", str(dd)])
+    finally:
+        release.set()
+        first.join(60)
+    out = capsys.readouterr().err
+    err = [line for line in out.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(err) == 1 and "Traceback" not in out, out
+    staging = dd.resolve() / "cifar10" / ("3.0.2" + PR.STAGING_SUFFIX)
+    assert err[0].startswith("error: another prepare of cifar10 (pid ") and f"pid {os.getpid()} on host" in err[0]
+    assert str(staging / ".lock") in err[0] and "wait for it to finish" in err[0]
+    assert result["path"] == dd.resolve() / "cifar10" / "3.0.2" and not staging.exists()
+
+
+def test_prepare_leaves_no_tmp_tfds_folders(tmp_path, monkeypatch):
+    """TFDS' bucket lookup made one empty tmp*tfds folder per prepare in the temp dir; none now."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    before = sorted((tmp_path / "tmp").glob("tmp*tfds"))
+    D.prepare("cifar10", cifar_source(tmp_path / "src", good=2), tmp_path / "dd", workers=0)
+    D.prepare("imagenet2012/raw256", _write_tree(tmp_path / "inet", {
+        "train/n01440764/a.JPEG": jpeg_bytes(smooth_image(np.random.default_rng(0), 20, 30)),
+        "train/n01440764/b.JPEG": jpeg_bytes(smooth_image(np.random.default_rng(1), 30, 20))}), tmp_path / "dd",
+        workers=0)
+    assert sorted((tmp_path / "tmp").glob("tmp*tfds")) == before == []
+
+
+def test_clear_cache_deletes_the_decoded_arrays(mnist_dir, tmp_path, capsys):
+    from alexnet_jax import cli
+
+    dd, _ = mnist_dir
+    path = D.dataset_dir("mnist", dd)
+    D.load_array_split(path, "test")
+    D.mean_image(path, "test")
+    cached = [p for p in path.rglob("*") if p.is_file() and ("cache" in p.parts or p.name.startswith("mean_"))]
+    assert len(cached) == 2
+    size = sum(p.stat().st_size for p in cached)
+    assert cli.main(["prepare", "mnist", "--clear-cache", "--data-dir", str(dd)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"dataset": "mnist", "path": str(path), "cleared_bytes": size}
+    assert not any(p.exists() for p in cached) and (path / "dataset_info.json").is_file()
+    assert D.load_array_split(path, "test").images.shape == (N_TEST, 28, 28, 1)         # rebuilt on use
+
+
+def test_locate_once_and_pass_it_on(mnist_dir, monkeypatch):
+    """``locate(config)`` finds the dataset once; loaders and make_augment given ``dataset=`` locate nothing
+    and deliver what the config-only calls deliver."""
+    dd, _ = mnist_dir
+    cfg = mnist_cfg(dd)
+    ds = D.locate(cfg)
+    assert (ds.name, ds.path, ds.num_classes, ds.stored_shape, ds.image_shape) == (
+        "mnist", D.dataset_dir("mnist", dd), 10, (28, 28, 1), (28, 28, 1))
+    assert ds.splits == {"train": N_TRAIN, "test": N_TEST}
+    want = (take(D.make_train_loader(cfg, batch_size=8), 3), list(D.make_eval_loader(cfg, "test", batch_size=4)),
+            D.make_augment(cfg))
+
+    def no_locating(*a, **k):
+        raise AssertionError("located again")
+
+    for mod in ("loader", "augment", "preparation"):
+        monkeypatch.setattr(importlib.import_module(f"alexnet_jax.data.{mod}"), "locate", no_locating)
+    got = (take(D.make_train_loader(cfg, batch_size=8, dataset=ds), 3),
+           list(D.make_eval_loader(cfg, "test", batch_size=4, dataset=ds)), D.make_augment(cfg, dataset=ds))
+    for x, y in zip(want[0] + want[1], got[0] + got[1], strict=True):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    assert (got[2].kind, got[2].stored_shape, got[2].mean) == (want[2].kind, want[2].stored_shape, want[2].mean)
+    with pytest.raises(ConfigError, match="num_classes=7 but dataset 'mnist' has 10 classes"):
+        ds.check(cfg.replace(num_classes=7), channels=1)
+    with pytest.raises(ConfigError, match="1-channel images and model=lenet5 reads 3"):
+        ds.check(cfg.replace(model="lenet5", num_classes=10), channels=3)
+
+
+def test_tools_read_a_split_through_the_one_reader(mnist_dir, monkeypatch, caplog):
+    """The tools' dataset inputs skip an undecodable image (reported once by name) instead of failing."""
+    import types
+
+    from alexnet_jax.tools import _images
+
+    dd, arrays = mnist_dir
+    orig = S.RecordSource.record
+    monkeypatch.setattr(S.RecordSource, "record",
+                        lambda self, i: dict(orig(self, i), image=b"not an image") if int(i) == 3 else orig(self, i))
+    restored = types.SimpleNamespace(config=mnist_cfg(dd, eval_split="test"),
+                                     trainer=types.SimpleNamespace(augment=A.Augment("none", 28, (28, 28, 1))))
+    with caplog.at_level(logging.WARNING):
+        inputs = _images.load_inputs(restored, limit=6)
+    assert len(inputs.names) == len(inputs.labels) == len(inputs.x) == 5 and "test#3" not in inputs.names
+    assert caplog.text.count("test#3") == 1
+    ids = [int(d[0, 0, 0]) for d in inputs.display]
+    np.testing.assert_array_equal(np.stack(inputs.display)[..., 0], arrays["test"][0][ids])
+    assert inputs.labels == arrays["test"][1][ids].tolist()
 
 
 # ----------------------------------------------------------------------------------------------------

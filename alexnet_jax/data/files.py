@@ -25,6 +25,7 @@ import gzip
 import io
 import math
 import os
+import re
 import struct
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -115,6 +116,11 @@ def read_image_files(paths, limit: int | None = None) -> list[tuple[str, bytes]]
 # ----------------------------------------------------------------------------------------------------
 # decoding
 # ----------------------------------------------------------------------------------------------------
+def decode_error(e: BaseException) -> str:
+    """A decoder's exception in one line, without Pillow's in-memory file object (``<_io.BytesIO ...>``)."""
+    return f"{type(e).__name__}: {re.sub(r' ?<_io.BytesIO object at 0x[0-9a-f]+>', '', str(e))}"
+
+
 def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) from the header."""
     if simplejpeg is not None and data[:2] == JPEG_MAGIC:

@@ -109,7 +109,8 @@ def stratified_holdout(keys_by_class: dict[Any, list[str]], fraction: float = VA
 def carve(train: list[str], label: Callable[[str], Any], *, validation: bool = True,
           test: bool = False) -> dict[str, list[str]]:
     """{split: sorted keys}: ``train`` with a ``validation`` split (and with ``test`` a ``test`` split,
-    disjoint from it: 10% of the original each) held out (module docstring)."""
+    disjoint from it: 10% of the original each) held out (module docstring); a carved split that would
+    be empty is left out."""
     out = {"train": sorted(train)}
     for split, fraction, seed, wanted in (
             ("validation", VALIDATION_FRACTION, SPLIT_SEED, validation),
@@ -119,8 +120,9 @@ def carve(train: list[str], label: Callable[[str], Any], *, validation: bool = T
             for k in out["train"]:
                 by_class.setdefault(label(k), []).append(k)
             held = stratified_holdout(by_class, fraction, seed)
-            out[split] = sorted(held)
-            out["train"] = [k for k in out["train"] if k not in held]
+            if held:                         # none where every class has a single item
+                out[split] = sorted(held)
+                out["train"] = [k for k in out["train"] if k not in held]
     return out
 
 

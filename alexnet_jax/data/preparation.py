@@ -85,9 +85,10 @@ def _problems(written: dict[str, int], unreadable: dict[str, int]) -> list[str]:
     for split, n in written.items():
         bad = unreadable.get(split, 0)
         if n == 0:
-            out.append(f"split {split!r} has no readable image ({bad} unreadable)")
+            out.append(f"split {split!r} has no readable image ({bad} unreadable)" if bad else
+                       f"split {split!r} is empty")
         elif bad > MAX_UNREADABLE * (n + bad):
-            out.append(f"{bad} of split {split!r}'s {n + bad} images are unreadable")
+            out.append(f"split {split!r} has {bad} unreadable images of {n + bad}")
     return out
 
 

@@ -105,7 +105,7 @@ def encode_item(meta: dict, item: Item) -> tuple[Any, bool] | None:
         arr = files.decode_fit(data, STORED_SHAPES[base])               # the 256 stores: K12 §2 here
         return (arr if store == "raw256" else files.encode_jpeg(arr, meta["quality"])), False
     except Exception as e:  # noqa: BLE001 - any read or decoder failure means a bad file
-        log.warning("skipping unreadable image %s: %s: %s", item.where, type(e).__name__, e)
+        log.warning("skipping unreadable image %s: %s", item.where, files.decode_error(e))
         return None
 
 

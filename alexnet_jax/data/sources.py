@@ -113,7 +113,7 @@ class RecordSource:
                 images[j] = 0
                 if rec["name"] not in self.reported:
                     self.reported.add(rec["name"])
-                    log.warning("skipping undecodable image %s: %s: %s", rec["name"], type(e).__name__, e)
+                    log.warning("skipping undecodable image %s: %s", rec["name"], files.decode_error(e))
         return ok
 
     def fadvise_dontneed(self) -> bool:
