@@ -202,12 +202,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     pr.add_argument("--source", help="the files: MNIST .gz dir, CIFAR tarball/folder tree, ILSVRC tars/tree")
     pr.add_argument("--data-dir", help=DATA_DIR_HELP)
     pr.add_argument("--overwrite", action="store_true", help="prepare it again even where it is already prepared")
-    pr.add_argument("--workers", type=int, metavar="N",
-                    help="processes writing shards (default: all cores; 0: this process)")
-    pr.add_argument("--quality", type=int, default=JPEG256_QUALITY,
-                    help="JPEG quality of the imagenet2012/jpeg256 store (default %(default)s)")
-    pr.add_argument("--clear-cache", action="store_true", help="only delete the decoded arrays and mean images "
-                    "cached beside the prepared dataset (rebuilt on next use)")
+    pr.add_argument("--workers", type=int, metavar="N", help="shard-writing processes (default: all cores)")
+    pr.add_argument("--quality", type=int, default=JPEG256_QUALITY, help="imagenet2012/jpeg256 quality (%(default)s)")
+    pr.add_argument("--clear-cache", action="store_true", help="only delete the arrays cached beside the dataset")
     pr.set_defaults(fn=cmd_prepare)
 
     s = sub.add_parser("summary", help="per-layer table of output shapes, parameters and multiply-adds")

@@ -1,22 +1,15 @@
 """Datasets and input pipelines (TFDS array_record read without TensorFlow; augmentation on the device).
 
-Import-light: ``import alexnet_jax.data`` (and ``alexnet_jax.data.catalog``) imports neither
-tensorflow_datasets nor jax; the names below are loaded on first use.  Modules, each importing only
-those above it:
+Import-light: ``import alexnet_jax.data`` (and ``.catalog``) imports neither tensorflow_datasets nor jax;
+the names below load on first use.  Modules, each importing only those above it:
 
-catalog      DATASETS, AUGMENTS, STORES, dataset_names(): the accepted names (``imagenet2012/raw256``, ...)
-records      what a stored record is: STORED_SHAPES (the one stored-shape table), the TFDS features,
-             the tf.Example parser
-files        source files and photos: read_idx (the one IDX reader), iter_image_files, decode_images
-datasets     where datasets live: data dirs, a dataset's folder and TFDS metadata, ``Dataset``
-sources      RecordSource: the one reader of a prepared split, with the one bad-image rule
-cache        decoded splits (.npz) and mean images cached beside a dataset
-listing      prepare, 1: the source listed per dataset (tar walkers, carved splits)
-shards       prepare, 2: the array_record shards and the TFDS metadata written
-preparation  prepare(name, source, data_dir): staging, lock, checks, resume; locate(config) -> Dataset
-loader       make_train_loader (infinite, resumable, per-process uint8 batches with stream positions),
-             make_eval_loader (one padded, masked pass)
-augment      Augment / make_augment: preprocessing + augmentation in JAX, inside the jitted step
+catalog, records  the accepted names; what a stored record is (STORED_SHAPES, features, tf.Example parser)
+files             source files and photos: read_idx (the one IDX reader), iter_image_files, decode_images
+datasets          where datasets live: data dirs, a dataset's folder and TFDS metadata, ``Dataset``
+sources, cache    RecordSource: the one reader, with the one bad-image rule; decoded splits, mean images
+listing, shards, preparation  prepare(name, source, data_dir): the source listed, the shards and metadata
+                  written, staging, lock, checks, resume; locate(config) -> Dataset
+loader, augment   make_train_loader / make_eval_loader: uint8 batches; make_augment: JAX, in the step
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """Arrays derived from a prepared dataset and cached beside it: whole splits decoded once (the in-memory
 loaders) and the per-pixel mean image (the ``cifar`` / ``alexnet`` augmentations).
 
-Where: in the dataset's version folder where it is writable, else ``~/.cache/alexnet_jax/<name>/<version>``:
-``cache/<split>_<H>x<W>x<C>.npz`` (the decoded uint8 split: N x H x W x C bytes, e.g. CIFAR-10's 40,000
-training images 123 MB and 5,000 validation images 15 MB) and ``mean_<split>_<H>x<W>x<C>.npy``.  Both are
-rebuilt when the dataset's files change; ``alexnet-jax prepare DATASET --clear-cache`` (``clear_disk_cache``)
-deletes them.
+In the dataset's folder where writable, else ``~/.cache/alexnet_jax/<name>/<version>``: ``cache/<split>_
+<H>x<W>x<C>.npz`` (N x H x W x C bytes: CIFAR-10's 40,000 training images 123 MB) and ``mean_*.npy``;
+rebuilt when the dataset's files change, deleted by ``alexnet-jax prepare DATASET --clear-cache``.
 """
 
 from __future__ import annotations
@@ -49,9 +47,6 @@ class ArraySplit:
     valid: np.ndarray                   # bool (N,)
     bad: tuple[str, ...] = ()
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
 
 _ARRAY_SPLITS: collections.OrderedDict = collections.OrderedDict()   # key -> (fingerprint, ArraySplit)
 
@@ -89,13 +84,13 @@ def _home_cache(path: Path) -> Path:
 
 def clear_disk_cache(path: str | os.PathLike) -> int:
     """Delete the cached arrays of the dataset at ``path`` (both places); returns the bytes freed."""
-    path, freed = Path(path), 0
-    for d in {path, _home_cache(path)}:
-        for p in [d / "cache", *d.glob("mean_*.npy")]:
-            if p.exists():
-                files_ = [q for q in p.rglob("*") if q.is_file()] if p.is_dir() else [p]
-                freed += sum(q.stat().st_size for q in files_)
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    dirs = {Path(path), _home_cache(Path(path))}
+    files = [f for d in dirs for f in [*d.glob("cache/*"), *d.glob("mean_*.npy")]]
+    freed = sum(f.stat().st_size for f in files)
+    for f in files:
+        f.unlink()
+    for d in dirs:
+        shutil.rmtree(d / "cache", ignore_errors=True)
     clear_array_cache()
     return freed
 
@@ -186,14 +181,6 @@ def clear_array_cache() -> None:
 # ----------------------------------------------------------------------------------------------------
 # mean image
 # ----------------------------------------------------------------------------------------------------
-def mean_subset(n: int, max_examples: int | None = MEAN_MAX_EXAMPLES, seed: int = MEAN_SEED) -> np.ndarray:
-    """Indices the mean is computed from: all, or a fixed-seed sorted random subset of ``max_examples``."""
-    idx = np.arange(n)
-    if max_examples is not None and n > max_examples:
-        idx = np.sort(np.random.default_rng(seed).choice(n, max_examples, replace=False))
-    return idx
-
-
 def compute_mean_image(dataset: Dataset | str | os.PathLike, split: str,
                        max_examples: int | None = MEAN_MAX_EXAMPLES, seed: int = MEAN_SEED) -> np.ndarray:
     """Per-pixel mean (float32, 0..255 units, stored shape) of the split's images (a fixed-seed random
@@ -201,7 +188,9 @@ def compute_mean_image(dataset: Dataset | str | os.PathLike, split: str,
     exact, so the result does not depend on the order or on the in-memory vs streaming path."""
     ds = dataset if isinstance(dataset, Dataset) else dataset_at(dataset)
     arrays = load_array_split(ds, split)
-    idx = mean_subset(ds.splits[split], max_examples, seed)
+    n = ds.splits[split]
+    idx = np.arange(n) if max_examples is None or n <= max_examples else np.sort(
+        np.random.default_rng(seed).choice(n, max_examples, replace=False))
     total = np.zeros(ds.stored_shape, np.float64)
     count = 0
     if arrays is not None:

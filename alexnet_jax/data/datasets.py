@@ -1,11 +1,7 @@
-"""Where prepared datasets live: the data directory, a dataset's version folder, its TFDS metadata, and
-``Dataset``, everything the loaders, the augmentation and the run's checks read from it, read once.
-
-Layout (TFDS'): ``<data_dir>/<name>[/<store>]/<version>/`` holding ``dataset_info.json``,
-``features.json``, the ``array_record`` shards and, for a dataset prepared here, ``prepare_report.json``;
-derived arrays are cached beside them (``cache/*.npz``, ``mean_*.npy``: see ``cache``).  ``data_dir`` is
-``--data-dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``.
-"""
+"""Where prepared datasets live (TFDS' layout: ``<data_dir>/<name>[/<store>]/<version>/`` with
+``dataset_info.json``, ``features.json``, the shards; ``data_dir``: ``--data-dir``, else ``$TFDS_DATA_DIR``,
+else ``~/tensorflow_datasets``), their TFDS metadata, and ``Dataset``: what the loaders, the augmentation
+and the run's checks read from it, read once."""
 
 from __future__ import annotations
 
@@ -42,10 +38,6 @@ def dataset_root(dataset: str, data_dir: str | os.PathLike | None = None) -> Pat
     return root / store if store else root
 
 
-def _version_key(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in v.split("."))
-
-
 def find_dataset_dir(dataset: str, data_dir: str | os.PathLike | None = None) -> Path | None:
     """The prepared ``<data_dir>/<name>[/<store>]/<version>`` dir (our version preferred, else the newest)."""
     root = dataset_root(dataset, data_dir)
@@ -56,7 +48,7 @@ def find_dataset_dir(dataset: str, data_dir: str | os.PathLike | None = None) ->
     if not versions:
         return None
     ours = VERSIONS.get(split_name(dataset)[0])
-    v = ours if ours in versions else max(versions, key=_version_key)
+    v = ours if ours in versions else max(versions, key=lambda v: tuple(map(int, v.split("."))))
     return root / v
 
 
@@ -123,23 +115,13 @@ class Dataset:
             raise ConfigError(f"{self.name} at {self.path} has no split {split!r}; it has {', '.join(self.shards)}")
         return self.shards[split]
 
-    def check(self, config, channels: int) -> None:
-        """The run's settings against the dataset: its class count and the model's input channels."""
-        if self.num_classes != config.num_classes:
-            raise ConfigError(f"num_classes={config.num_classes} but dataset {self.name!r} has "
-                              f"{self.num_classes} classes; pass --set num_classes={self.num_classes}")
-        if self.stored_shape[-1] != channels:
-            raise ConfigError(f"dataset {self.name!r} has {self.stored_shape[-1]}-channel images and model="
-                              f"{config.model} reads {channels}: choose a {channels}-channel dataset or another "
-                              f"model")
 
 
 _OPENED: dict = {}
 
 
 def dataset_at(path: str | os.PathLike, name: str | None = None) -> Dataset:
-    """The ``Dataset`` in a prepared version folder (its TFDS metadata read once per dataset_info.json
-    mtime).  Raises ValueError where its image feature contradicts the stored-shape table."""
+    """The ``Dataset`` in a version folder (read once per metadata mtime; ValueError against STORED_SHAPES)."""
     path = Path(path)
     f = path / "dataset_info.json"
     key = (str(path.resolve()), name, f.stat().st_mtime_ns if f.exists() else None)

@@ -7,10 +7,7 @@ One reader each, used by ``prepare``, the benchmark and the tools:
                                archives; names are full relative paths (folder-relative, or the tar member
                                name), never base names alone.
 ``decode_images(spec, data)``  encoded images -> uint8 (N, H, W, C) in the stored shape the device
-                               augmentation expects (``Augment.stored_shape``): ``alexnet`` shorter side to
-                               256 + centre 256x256 (K12 §2); ``cifar`` shorter side + centre crop to 32;
-                               ``lenet``/``lenet_affine`` greyscale, fitted to 28x28 (LC98 §III: the
-                               digits are 28x28); ``none`` fitted to input_size.
+                               augmentation expects (shorter side resized, centre kept).
 
 JPEG decoding: simplejpeg (libjpeg-turbo, wheels for x86-64 and aarch64) when it is installed, else
 Pillow (also libjpeg-turbo).  Both give bit-identical pixels, also for DCT-domain reduced decodes, because
@@ -34,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .records import stored_shape_for_augment
+from .records import AUGMENT_STORED, STORED_SHAPES
 
 try:  # optional fast JPEG decoder (same pixels as Pillow, see the module docstring)
     import simplejpeg
@@ -189,21 +186,25 @@ def decode_fit(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def _spec_shape(spec, input_size=None, channels=None) -> tuple[int, int, int]:
-    shape = getattr(spec, "stored_shape", None)            # an Augment
-    if shape is not None:
-        return tuple(int(v) for v in shape)
-    if isinstance(spec, str):
-        return stored_shape_for_augment(spec, input_size, channels)
-    model = str(getattr(spec, "model", ""))                 # a Config
-    c = channels or (1 if model.startswith("lenet") else 3)
-    return stored_shape_for_augment(spec.augment, input_size or spec.input_size, c)
+    """The stored shape of an Augment, an augment name (``records.AUGMENT_STORED``) or a Config."""
+    if getattr(spec, "stored_shape", None) is not None:
+        return tuple(int(v) for v in spec.stored_shape)
+    kind = spec if isinstance(spec, str) else spec.augment
+    if not isinstance(spec, str):
+        input_size, channels = input_size or spec.input_size, channels or (1 if spec.model.startswith("lenet") else 3)
+    if kind == "none" and not input_size:
+        raise ValueError("augment 'none' needs input_size to know the stored shape")
+    if kind != "none" and kind not in AUGMENT_STORED:
+        raise ValueError(f"unknown augment {kind!r}")
+    h, w, c = (input_size, input_size, 3) if kind == "none" else STORED_SHAPES[AUGMENT_STORED[kind]]
+    return (int(h), int(w), channels or c)
 
 
 def decode_images(spec, images: Iterable[bytes], *, input_size: int | None = None,
                   channels: int | None = None) -> np.ndarray:
     """Encoded images (e.g. arbitrary photos) -> uint8 (N, H, W, C) in the stored shape of ``spec``: an
     ``Augment`` (its ``stored_shape``), a Config (its augment; 1 channel for LeNet models) or an augment
-    name (``records.stored_shape_for_augment``).  Each image is fitted by resizing its shorter side and keeping
+    name (``records.AUGMENT_STORED``).  Each image is fitted by resizing its shorter side and keeping
     the centre, so a non-square photo is cropped, never squashed.  Raises ValueError naming the image
     (by position) that cannot be decoded."""
     shape = _spec_shape(spec, input_size, channels)

@@ -12,18 +12,15 @@ Sources
                 directory or a tar.  Uncompressed tars are read in place (members by offset).
   digits        ignored (``sklearn.datasets.load_digits``; test split: sklearn's stratified split).
 
-Splits carved out of a training set (``carve``; cifar10, and a source without its own validation) are
-stratified: per class, the last ``round(0.1 * n_class)`` items of a fixed-seed permutation of the sorted
-keys (500 per class for CIFAR-10; at least one and not all when a class has 2+ items).  A CIFAR-10 folder
-tree without a test split (the shared JPEG copy) also gets a ``test`` split carved the same way from what
-is left (another seed; 500 per class, disjoint from validation), to be touched only by a final report:
-train 40,000 / validation 5,000 / test 5,000.
+Splits carved from a training set (``carve``: cifar10, a source without validation) are stratified: per
+class, the last ``round(0.1 * n_class)`` items of a fixed-seed permutation of the sorted keys (at least one,
+not all, of a class of 2+).  A CIFAR-10 folder tree without a test split (the shared JPEG copy) also gets a
+``test`` split carved from what is left (another seed), for a final report only: 40,000 / 5,000 / 5,000.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import pickle
 import re
 import tarfile
@@ -300,16 +297,6 @@ def _list_cifar10(source, store) -> Listing:
     return Listing("cifar10", store, names, splits, str(src))
 
 
-def _ilsvrc_tars(src: Path) -> dict[str, Path]:
-    if not src.is_dir():
-        return {}
-    out = {}
-    for split, fname in (("train", "ILSVRC2012_img_train.tar"), ("validation", "ILSVRC2012_img_val.tar")):
-        if (src / fname).is_file():
-            out[split] = src / fname
-    return out
-
-
 def _list_ilsvrc_train(tar_path: Path, index: dict[str, int]) -> list[Item]:
     items = []
     with tarfile.open(tar_path, "r:") as outer:
@@ -319,7 +306,7 @@ def _list_ilsvrc_train(tar_path: Path, index: dict[str, int]) -> list[Item]:
             wnid = Path(m.name).name[:-4]
             if wnid not in index:
                 raise SourceError(f"imagenet2012: {tar_path} holds {m.name}, not an ILSVRC-2012 class (<wnid>.tar)")
-            with tarfile.open(fileobj=TarMemberFile(outer.fileobj, m.offset_data, m.size), mode="r:") as inner:
+            with tarfile.open(fileobj=outer.extractfile(m), mode="r:") as inner:     # read in place (seekable)
                 for im in inner.getmembers():
                     if im.isfile():
                         fname = Path(im.name).name
@@ -332,7 +319,8 @@ def _list_imagenet(source, store) -> Listing:
     src = _need_source("imagenet2012", source)
     synsets = imagenet_synsets()
     index = {w: i for i, w in enumerate(synsets)}
-    tars = _ilsvrc_tars(src)
+    tars = {split: src / f for split, f in (("train", "ILSVRC2012_img_train.tar"),
+                                            ("validation", "ILSVRC2012_img_val.tar")) if (src / f).is_file()}
     if tars:
         splits = {"train": _list_ilsvrc_train(tars["train"], index)} if "train" in tars else {}
         if "validation" in tars:
@@ -353,34 +341,6 @@ def _list_imagenet(source, store) -> Listing:
     names = synsets if all(_WNID_RE.match(f) for f in folders) else folders
     return Listing("imagenet2012", store, names, _tree_splits("imagenet2012", src, tree, ("train", "validation"),
                                                               names), str(src))
-
-
-class TarMemberFile(io.RawIOBase):
-    """A read-only window [offset, offset + size) of a seekable file (a tar member read in place)."""
-
-    def __init__(self, f, offset: int, size: int):
-        self.f, self.offset, self.size, self.pos = f, offset, size, 0
-
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def tell(self):
-        return self.pos
-
-    def seek(self, pos, whence=0):
-        self.pos = {0: pos, 1: self.pos + pos, 2: self.size + pos}[whence]
-        return self.pos
-
-    def readinto(self, b):
-        n = max(0, min(len(b), self.size - self.pos))
-        self.f.seek(self.offset + self.pos)
-        data = self.f.read(n)
-        b[:len(data)] = data
-        self.pos += len(data)
-        return len(data)
 
 
 def list_source(dataset: str, source=None) -> Listing:

@@ -11,11 +11,12 @@ the per-process batch and ``index`` holds each row's position in the global trai
   across epoch boundaries; ``steps_per_epoch`` = share // B.
 * State: (epoch, cursor into this process's slice, step).  ``get_state()`` -> JSON bytes of the state
   after the last batch returned; ``set_state`` on a loader built with the same settings resumes exactly.
-* Bad images (undecodable): reported once by file name and skipped - the batch takes the next records
-  of the slice, so the stream of good records (and the state) is still a pure function of the settings.
+* Bad images (``RecordSource.read_into``'s rule): skipped, the batch takes the next records of the slice,
+  so the stream of good records (and the state) is still a pure function of the settings.
 * Prefetch: a background thread builds the next ``prefetch`` batches while the step runs.
 
-Two ways to read, chosen per split (same batches, same states, same API):
+Two ways to read, chosen per split (same batches, same states, same API; ``dataset=locate(config)``, else
+located here):
 
 in-memory  splits whose images have one static shape and fit in ``cache.in_memory_max_bytes()``
            (digits, mnist, cifar10): decoded once to uint8 (cached on disk as .npz) and gathered with
@@ -25,9 +26,6 @@ streaming  everything else (ImageNet and its stores): records read with one arra
            reads, simplejpeg/Pillow decoding and the copies all release the GIL; measured faster than
            worker processes, which must copy each image back through shared memory - see
            ``alexnet_jax/bench/inputs.py``).
-
-Both read through ``RecordSource.read_into`` (the one bad-image rule) and take the ``Dataset`` of
-``locate(config)`` as ``dataset=`` (located here when not given).
 
 Evaluation (``make_eval_loader`` -> ``EvalLoader``): one pass per ``iter()`` of
 ``{"image": uint8, "label": int32, "mask": bool}`` batches of B; process p reads the contiguous p-th
@@ -65,14 +63,18 @@ PREFETCH = 2                      # batches built ahead by the background thread
 _PERM_STREAM = 1                  # first SeedSequence word of the epoch permutations
 
 
-def _check_process(process_index: int, process_count: int) -> None:
+def _open(config, split, batch_size, process_index, process_count, num_threads, arrays, dataset):
+    """(dataset, _Reader, batch size) of a loader of ``split``, its settings checked."""
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-
-
-def default_threads(config) -> int:
+    if int(batch_size) <= 0:
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
+    ds = dataset or locate(config)
+    if isinstance(arrays, str) and arrays == "auto":
+        arrays = load_array_split(ds, split)
     n = int(getattr(config, "num_workers", 0) or 0)
-    return n if n > 0 else max(1, os.cpu_count() or 1)
+    threads = num_threads if num_threads is not None else (n if n > 0 else os.cpu_count() or 1)
+    return ds, _Reader(RecordSource(ds, split), arrays, threads), int(batch_size)
 
 
 class _Reader:
@@ -187,19 +189,12 @@ class TrainLoader:
     def __init__(self, config, *, batch_size: int, process_index: int = 0, process_count: int = 1,
                  seed: int | None = None, prefetch: int = PREFETCH, num_threads: int | None = None,
                  arrays: Any = "auto", dataset: Dataset | None = None):
-        _check_process(process_index, process_count)
-        ds = dataset or locate(config)
-        self.config = config
-        self.split = config.train_split
-        self.batch_size = int(batch_size)
-        if self.batch_size <= 0:
-            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        self.config, self.split = config, config.train_split
+        ds, self._reader, self.batch_size = _open(config, self.split, batch_size, process_index, process_count,
+                                                  num_threads, arrays, dataset)
         self.seed = int(config.seed if seed is None else seed)
         self.process_index, self.process_count = int(process_index), int(process_count)
-        source = RecordSource(ds, self.split)
-        if isinstance(arrays, str) and arrays == "auto":
-            arrays = load_array_split(ds, self.split)
-        self._reader = _Reader(source, arrays, default_threads(config) if num_threads is None else num_threads)
+        source, arrays = self._reader.source, self._reader.arrays
         self.stored_shape = source.shape
         self._pool = np.flatnonzero(arrays.valid) if arrays is not None else np.arange(len(source))
         self.num_examples = len(self._pool) // self.process_count          # this process's share an epoch
@@ -334,18 +329,11 @@ class EvalLoader:
     def __init__(self, config, split: str, *, batch_size: int, process_index: int = 0, process_count: int = 1,
                  prefetch: int = PREFETCH, num_threads: int | None = None, arrays: Any = "auto",
                  dataset: Dataset | None = None):
-        _check_process(process_index, process_count)
-        ds = dataset or locate(config)
         self.config, self.split = config, split
-        self.batch_size = int(batch_size)
-        if self.batch_size <= 0:
-            raise ConfigError(f"batch_size must be positive, got {batch_size}")
-        source = RecordSource(ds, split)
-        if isinstance(arrays, str) and arrays == "auto":
-            arrays = load_array_split(ds, split)
-        self._reader = _Reader(source, arrays, default_threads(config) if num_threads is None else num_threads)
-        self.stored_shape = source.shape
-        n = len(source)
+        _, self._reader, self.batch_size = _open(config, split, batch_size, process_index, process_count,
+                                                 num_threads, arrays, dataset)
+        self.stored_shape = self._reader.source.shape
+        n = len(self._reader.source)
         self.total_examples = n
         self.start = process_index * n // process_count
         self.stop = (process_index + 1) * n // process_count
@@ -390,8 +378,7 @@ class EvalLoader:
 
 def make_train_loader(config, *, batch_size: int, process_index: int = 0, process_count: int = 1,
                       seed: int | None = None, **kw) -> TrainLoader:
-    """Training batches of ``config.train_split`` for this process (``batch_size`` per process); pass
-    ``dataset=locate(config)`` where it is already located."""
+    """Training batches of ``config.train_split`` for this process (``batch_size`` per process)."""
     return TrainLoader(config, batch_size=batch_size, process_index=process_index, process_count=process_count,
                        seed=seed, **kw)
 

@@ -1,34 +1,23 @@
 """Preparing a dataset offline as a TFDS ``array_record`` dataset (no TensorFlow, no network), and
-``locate(config)``: the prepared dataset of a run, found once (``digits`` prepared on first use).
+``locate(config)``: a run's prepared dataset, found once (``digits`` is prepared on first use).
 
-``prepare(name, source, data_dir)`` converts local source files (``listing``) into ``<data_dir>/<dataset>
-[/<store>]/<version>/`` (``shards``), which ``tfds.builder_from_directory`` reads (and, for the stock
-layouts, ``tfds.data_source``).  The datasets keep the TFDS catalog names, versions and features
-(``mnist`` 3.0.1, ``cifar10`` 3.0.2, ``imagenet2012`` 5.1.0), so a data_dir filled by ``tfds build NAME
---file_format=array_record`` (with TF and internet) is read the same way.  ``digits`` (scikit-learn's 8x8
-digits, upscaled to 28x28) is ours.  Stores of ImageNet (``imagenet2012/jpeg256``, ``imagenet2012/raw256``:
-see ``catalog``) are TFDS builder configs of ``imagenet2012``, prepared from the same sources.
-
-How it runs
-  * The source is listed first (per split, the examples in key order, cut into shards of ``shard_size``
-    records); nothing is written before the listing has succeeded.
-  * Shards are written by a pool of processes (all cores by default: the decoding and re-encoding of the
-    stores is the costly part) into a staging folder ``<final>.staging`` beside the final folder; each
-    finished shard is renamed into place and marked done (``done/<split>-<shard>.json``).  One prepare of
-    a dataset at a time: ``<staging>/.lock`` holds the writer's pid and host, and a second prepare is
-    refused naming them.  Progress is printed every few seconds.
-  * Checks: every split must hold at least one readable image, and at most ``MAX_UNREADABLE`` (half) of a
-    split's images may be unreadable; otherwise the prepare is refused (``PreparationError`` naming the
-    source and the splits) and the staging folder removed: nothing is left that looks prepared.
-  * Then the TFDS metadata and ``prepare_report.json`` (unreadable and resized files, per split) are
-    written and the staging folder is renamed to the final folder.
-  * Resume: an interrupted prepare (Ctrl-C, a killed process, a full disk) keeps its staging folder.  The
-    next ``prepare`` of the same dataset from the same source (same keys, labels, store settings and shard
-    size, recorded in ``plan.json``) keeps every shard marked done and writes only the others; a different
-    source discards the staging folder.  A shard interrupted half-way is rewritten whole.  A staging folder
-    with no finished shard is removed.
-  * A prepared dataset is reused, unless ``overwrite`` or unless it fails the checks above (one written
-    before they existed): then it is rebuilt.
+``prepare(name, source, data_dir)`` lists the source (``listing``) and writes ``<data_dir>/<dataset>[/<store>]
+/<version>/`` (``shards``) with the TFDS catalog's names, versions and features, so ``tfds.builder_from_directory``
+(and ``tfds.data_source`` for the stock layouts) reads it, and a data_dir filled by ``tfds build NAME
+--file_format=array_record`` is read the same way.
+  * Nothing is written before the listing has succeeded.  Shards are written by a pool of processes (all
+    cores by default) into ``<final>.staging``; each finished shard is marked done (``done/*.json``).
+  * One prepare of a dataset at a time: ``<staging>/.lock`` holds the writer's pid and host; a second
+    prepare is refused naming them.
+  * Checks: every split needs a readable image, and at most ``MAX_UNREADABLE`` (half) of a split's images
+    may be unreadable; else the prepare is refused (``PreparationError`` naming the source and the splits)
+    and the staging folder removed: nothing is left that looks prepared.  Then the TFDS metadata and
+    ``prepare_report.json`` (unreadable and resized files) are written and the folder renamed into place.
+  * Resume: an interrupted prepare keeps its staging folder; the next one from the same source and settings
+    (``plan.json``) writes only the shards not done (another source starts afresh); a staging folder with no
+    finished shard is removed.
+  * A prepared dataset is reused unless ``overwrite``, or unless it fails the checks (one written before
+    they existed): then it is rebuilt.
 """
 
 from __future__ import annotations
@@ -49,7 +38,7 @@ from pathlib import Path
 
 from alexnet_jax.errors import ConfigError, PreparationError
 
-from .catalog import JPEG256_QUALITY, VERSIONS, dataset_names, split_name
+from .catalog import JPEG256_QUALITY, VERSIONS, split_name
 from .datasets import Dataset, dataset_at, dataset_dir, dataset_root, find_dataset_dir, resolve_data_dir
 from .listing import Listing, list_source
 from .records import stored_shape_of
@@ -100,16 +89,13 @@ def _existing_problems(path: Path) -> list[str]:
     return _problems(written, report.get("unreadable_by_split", {}))
 
 
-def _remove_empty_parents(path: Path, stop: Path) -> None:
-    path = path.parent
-    while path != stop and path.is_dir() and not any(path.iterdir()):
+def _discard(staging: Path, root: Path) -> None:
+    """Remove the staging folder, and the folders above it up to ``root`` that it leaves empty."""
+    shutil.rmtree(staging, ignore_errors=True)
+    path = staging.parent
+    while path != root and path.is_dir() and not any(path.iterdir()):
         path.rmdir()
         path = path.parent
-
-
-def _discard(staging: Path, root: Path) -> None:
-    shutil.rmtree(staging, ignore_errors=True)
-    _remove_empty_parents(staging, root)
 
 
 def _lock(staging: Path, dataset: str) -> int:
@@ -130,10 +116,9 @@ def _lock(staging: Path, dataset: str) -> int:
 
 
 class _PrepareProgress:
-    def __init__(self, name: str, total: int, done: int, stream=None):
+    def __init__(self, name: str, total: int, done: int):
         self.name, self.total, self.done, self.start_done = name, total, done, done
         self.t0 = self.last = time.perf_counter()
-        self.stream = stream or sys.stderr
 
     def update(self, n: int, force: bool = False) -> None:
         self.done += n
@@ -144,7 +129,7 @@ class _PrepareProgress:
             eta = f"{(self.total - self.done) / rate / 60:.1f} min" if rate > 0 else "?"
             pct = 100 * self.done / max(self.total, 1)
             print(f"prepare {self.name}: {self.done:,}/{self.total:,} images ({pct:.0f}%), {rate:,.0f} img/s, "
-                  f"ETA {eta}", file=self.stream, flush=True)
+                  f"ETA {eta}", file=sys.stderr, flush=True)
 
 
 def prepare(dataset: str, source: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
@@ -154,9 +139,7 @@ def prepare(dataset: str, source: str | os.PathLike | None = None, data_dir: str
     ``data_dir`` (array_record); returns the dataset dir.  An existing prepared dataset is reused unless
     ``overwrite`` or it fails the checks.  ``workers``: processes writing shards (default: all cores; 0: in
     this process).  Module docstring: staging, lock, checks, resume, progress."""
-    base, store = split_name(dataset)          # raises for unknown names, listing the valid ones
-    if store is not None and base != "imagenet2012":
-        raise ValueError(f"stores exist only for imagenet2012; valid dataset names: {', '.join(dataset_names())}")
+    base, store = split_name(dataset)          # raises for unknown names and stores, listing the valid ones
     if not 1 <= int(quality) <= 100:
         raise ConfigError(f"JPEG quality {quality} is not allowed: it must be 1..100")
     root = resolve_data_dir(data_dir)
@@ -253,21 +236,20 @@ def _prepare_locked(dataset, listing: Listing, digest, staging: Path, final: Pat
 
     results = {split: [done[(split, s)] for s in range(num_shards[split])] for split in listing.splits}
     written = {split: sum(r["n"] for r in res) for split, res in results.items()}
-    unreadable = {split: [w for r in res for w in r["skipped"]] for split, res in results.items()}
+    unreadable = {split: sum(len(r["skipped"]) for r in res) for split, res in results.items()}
+    skipped = [w for res in results.values() for r in res for w in r["skipped"]]
     resized = [w for res in results.values() for r in res for w in r.get("resized", [])]
-    problems = _problems(written, {k: len(v) for k, v in unreadable.items()})
+    problems = _problems(written, unreadable)
     if problems:
         _discard(staging, root)
-        examples = [w for ws in unreadable.values() for w in ws][:3]
         raise PreparationError(
             f"{dataset} from {listing.source or 'its bundled source'} was not prepared: {'; '.join(problems)}"
-            + (f" (e.g. {', '.join(examples)})" if examples else "") + f"; every split needs readable images and "
+            + (f" (e.g. {', '.join(skipped[:3])})" if skipped else "") + f"; every split needs readable images and "
             f"at most {MAX_UNREADABLE:.0%} unreadable ones: check the source (nothing was written)")
     write_metadata(dataset, listing.class_names, staging,
                    {split: ([r["n"] for r in res], sum(r["bytes"] for r in res)) for split, res in results.items()})
-    skipped = [w for ws in unreadable.values() for w in ws]
     report = {"dataset": dataset, "source": listing.source, "num_skipped": len(skipped), "skipped": skipped,
-              "unreadable_by_split": {k: len(v) for k, v in unreadable.items()}, "num_resized": len(resized),
+              "unreadable_by_split": unreadable, "num_resized": len(resized),
               "resized": resized, "splits": written, "store": store,
               "jpeg_quality": quality if store == "jpeg256" else None, "seconds": round(time.perf_counter() - t0, 1)}
     (staging / REPORT_FILE).write_text(json.dumps(report, indent=2))
@@ -313,6 +295,4 @@ def ensure_prepared(config, *, auto: bool = True) -> Path:
     return locate(config, auto=auto).path
 
 
-def dataset_info(config) -> Dataset:
-    """``locate(config)`` (the name the run and the tools have used)."""
-    return locate(config)
+dataset_info = locate   # the name the run and the tools have used

@@ -1,16 +1,10 @@
 """What a stored record is: the stored image shape of every dataset, the TFDS features it is written with,
 and a parser of the ``tf.train.Example`` wire format it is read back with.
 
-The stored shape (``STORED_SHAPES``) is the (H, W, C) of the uint8 images the loaders deliver and the
-device augmentation receives: the images' own shape for digits/mnist (28x28x1) and cifar10 (32x32x3);
-256x256x3 for every imagenet2012 store (K12 §2: shorter side 256, centre crop; done at prepare time for
-the 256 stores, by the loader for the original JPEGs).
-
-The parser returns the image bytes as memoryviews into the record, without copying them into Python
-objects (TFDS' own numpy parser costs about as much as the read itself for a 196 KB raw record).
-
-Import-light (no TFDS at import: ``tensorflow_datasets`` takes ~0.3-0.5 s to import and the photo
-decoding of the tools, which reads the shape table, does not need it).
+``STORED_SHAPES``: the (H, W, C) of the uint8 images the loaders deliver: the images' own for digits/mnist
+and cifar10, 256x256x3 for every imagenet2012 store (K12 §2).  The parser returns image bytes as memoryviews
+into the record (TFDS' numpy parser costs about as much as the read of a 196 KB raw record).  No TFDS at
+import (~0.3-0.5 s): the tools' photo decoding reads the shape table without it.
 """
 
 from __future__ import annotations
@@ -32,19 +26,6 @@ ID_FEATURES = {"cifar10": "id", "imagenet2012": "file_name"}     # the text feat
 def stored_shape_of(name: str) -> tuple[int, int, int]:
     """The stored shape of a dataset name (``imagenet2012/raw256`` too), without the prepared dataset."""
     return STORED_SHAPES[split_name(name)[0]]
-
-
-def stored_shape_for_augment(kind: str, input_size: int | None = None,
-                             channels: int | None = None) -> tuple[int, int, int]:
-    """The stored shape the augmentation ``kind`` expects when no dataset says otherwise (photos)."""
-    if kind == "none":
-        if not input_size:
-            raise ValueError("augment 'none' needs input_size to know the stored shape")
-        return (int(input_size), int(input_size), channels or 3)
-    if kind not in AUGMENT_STORED:
-        raise ValueError(f"unknown augment {kind!r}")
-    h, w, c = STORED_SHAPES[AUGMENT_STORED[kind]]
-    return (h, w, channels or c)
 
 
 def features_spec(dataset: str, class_names: list[str]):

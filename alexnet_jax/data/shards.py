@@ -1,15 +1,10 @@
-"""Writing a prepared dataset's files: the ``array_record`` shards (``write_shard``, run by the worker
-processes) and the TFDS metadata (``write_metadata``: ``dataset_info.json``, ``features.json``), which
-``tfds.builder_from_directory`` and the stock catalog builders read.
+"""Writing a prepared dataset's files: the ``array_record`` shards (``write_shard``, in the worker processes)
+and the TFDS metadata (``write_metadata``), built on a bare ``DatasetIdentity``: a TFDS builder made before
+its folder exists asks the TFDS bucket for metadata through a ``mkdtemp("tfds")`` folder it never removes.
 
-The metadata is written from a ``DatasetInfo`` built on a bare ``DatasetIdentity``, not on a builder: a
-builder instantiated before its folder exists asks the TFDS bucket for metadata, through a fresh
-``tempfile.mkdtemp("tfds")`` folder that is never removed (one empty ``/tmp/tmp*tfds`` per prepare).
-
-The prepare-time bad-file rule: an image whose bytes cannot be read or decoded is logged with where it
-came from and left out; the shard's result lists it (``prepare_report.json``).  Where records keep the
-source's encoded image (a CIFAR-10 folder tree), an image of another size than the stored shape is fitted
-to it (shorter side resized, centre kept) and stored as PNG, and listed as resized.
+A file whose image cannot be read or decoded is logged and left out (listed in ``prepare_report.json``).
+Where records keep the source's encoded image (a CIFAR-10 folder tree), an image of another size than the
+stored shape is fitted to it (shorter side resized, centre kept), stored as PNG and listed as resized.
 """
 
 from __future__ import annotations
@@ -39,11 +34,10 @@ DESCRIPTIONS = {
     "cifar10": f"CIFAR-10 (prepared offline). Without a test split in the source, `validation` is carved from the "
                f"training set: {VALIDATION_FRACTION:.0%} per class, fixed seed {SPLIT_SEED}.",
     "imagenet2012": "ILSVRC-2012 (prepared offline), original JPEGs.",
-    "imagenet2012/jpeg256": f"ILSVRC-2012 (prepared offline): shorter side resized to {STORE_SIZE} (antialiased "
-                            f"bilinear), centre {STORE_SIZE}x{STORE_SIZE} kept, re-encoded as JPEG quality "
-                            f"{JPEG256_QUALITY}.",
-    "imagenet2012/raw256": f"ILSVRC-2012 (prepared offline): shorter side resized to {STORE_SIZE} (antialiased "
-                           f"bilinear), centre {STORE_SIZE}x{STORE_SIZE} kept, stored as raw uint8.",
+    **{f"imagenet2012/{store}": f"ILSVRC-2012 (prepared offline): shorter side resized to {STORE_SIZE} "
+                                f"(antialiased bilinear), centre {STORE_SIZE}x{STORE_SIZE} kept, {how}."
+       for store, how in (("jpeg256", f"re-encoded as JPEG quality {JPEG256_QUALITY}"),
+                          ("raw256", "stored as raw uint8"))},
 }
 
 
@@ -52,10 +46,8 @@ def shard_name(dataset: str, split: str, shard: int, num_shards: int) -> str:
     return f"{split_name(dataset)[0]}-{split}.array_record-{shard:05d}-of-{num_shards:05d}"
 
 
-def write_metadata(dataset: str, class_names: list[str], folder: Path,
-                   splits: dict[str, tuple[list[int], int]]) -> None:
-    """``dataset_info.json`` and ``features.json`` of the shards in ``folder``; ``splits``: {split:
-    (records per shard, bytes)}."""
+def write_metadata(dataset: str, class_names: list[str], folder: Path, splits: dict[str, tuple[list, int]]):
+    """``dataset_info.json``, ``features.json`` of the shards in ``folder``; {split: (shard lengths, bytes)}."""
     base, store = split_name(dataset)
     identity = tfds.core.dataset_info.DatasetIdentity(
         name=base, version=tfds.core.Version(VERSIONS[base]), data_dir=os.fspath(folder), module_name=__name__,
@@ -72,10 +64,9 @@ def write_metadata(dataset: str, class_names: list[str], folder: Path,
 
 
 def _keep_encoded(data: bytes, fit: tuple[int, int, int] | None, force_jpeg: bool) -> tuple[bytes, bool]:
-    """The source's encoded bytes, checked by decoding them (JPEGs at reduced DCT scale: the whole
-    entropy-coded stream is still read), or (``fit``) re-encoded as PNG at the stored shape where the
-    image has another size.  ``force_jpeg``: CMYK JPEGs and non-JPEG files re-encoded as RGB JPEG (as the
-    stock imagenet2012 builder does for its CMYK/PNG images).  Returns (bytes, resized)."""
+    """(the source's bytes, checked by a decode (JPEGs at reduced DCT scale), False), or (a PNG at ``fit``,
+    True) for an image of another size; ``force_jpeg``: CMYK JPEGs and other formats re-encoded as RGB JPEG
+    (as the stock imagenet2012 builder does)."""
     with Image.open(io.BytesIO(data)) as im:
         fmt, (w, h) = im.format, im.size
         if fmt == "JPEG":

@@ -1,14 +1,10 @@
 """The one reader of a prepared split, with the one bad-image rule, used by the loaders, the decoded-split
 cache, the mean image and the tools.
 
-``RecordSource(dataset, split)`` reads records straight from the TFDS ``array_record`` shards: one
-``ArrayRecordReader`` per shard and thread, opened for random access.  ``read_into`` decodes records into
-uint8 rows of the stored shape (``records.STORED_SHAPES``; images of another size, the original ImageNet
-JPEGs, are decoded and fitted: shorter side to the stored size, centre kept, K12 §2).
-
-The bad-image rule: an image that cannot be decoded is reported once (by its name: file name or id) and
-skipped: its row is left zeros and marked not ok; the callers leave it out (the training stream takes the
-next record, evaluation masks it, the mean and the tools do not count it).
+``RecordSource(dataset, split)`` reads the TFDS ``array_record`` shards (one reader per shard and thread,
+random access); ``read_into`` decodes records into uint8 rows of the stored shape (the original ImageNet
+JPEGs fitted: shorter side, centre; K12 §2).  The bad-image rule: an image that cannot be decoded is
+reported once by name, its row left zeros and marked not ok, and the callers leave it out.
 """
 
 from __future__ import annotations
