@@ -640,7 +640,7 @@ def test_prepare_refuses_an_empty_or_mostly_unreadable_dataset(tmp_path, capsys)
 
     dd = tmp_path / "dd"
     junk = cifar_source(tmp_path / "junk", good=0, bad=3)
-    assert cli.main(["prepare", "cifar10", "--source", str(junk), "--data-dir", str(dd)]) == 2
+    assert cli.main(["prepare", "cifar10", "--source", str(junk), "--data-dir", str(dd), "--workers", "0"]) == 2
     out = capsys.readouterr().err
     err = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "Traceback" not in out, out
