@@ -23,5 +23,4 @@ class SourceError(AlexnetJaxError, ValueError):
 
 
 class PreparationError(AlexnetJaxError, RuntimeError):
-    """A prepare that was refused (the dataset would be empty or mostly unreadable, or another prepare
-    is writing it); nothing that looks prepared is left behind."""
+    """A prepare refused (an empty or mostly unreadable dataset, or another prepare writing it)."""

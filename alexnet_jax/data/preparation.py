@@ -24,18 +24,19 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
 
 from alexnet_jax.errors import ConfigError, PreparationError
-from alexnet_jax.workdir import WorkdirError, WorkdirLock
 
 from .catalog import JPEG256_QUALITY, VERSIONS, split_name
 from .datasets import Dataset, dataset_at, dataset_dir, dataset_root, find_dataset_dir, resolve_data_dir
@@ -97,18 +98,20 @@ def _discard(staging: Path, root: Path) -> None:
         path = path.parent
 
 
-def _lock(staging: Path, dataset: str) -> WorkdirLock:
-    """The folder lock of a run's workdir on ``<staging>/.lock`` (pid and host; the kernel drops it when the
-    process dies); PreparationError naming the holder when another prepare has it."""
-    lock = WorkdirLock(str(staging))
+def _lock(staging: Path, dataset: str) -> int:
+    """An exclusive ``flock`` on ``<staging>/.lock`` naming its holder (pid, host); PreparationError if held."""
+    fd = os.open(staging / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        lock.acquire()
-    except WorkdirError:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
         holder = (staging / LOCK_FILE).read_text(errors="replace").strip() or "a process"
         raise PreparationError(f"another prepare of {dataset} ({holder}) is writing {staging} (it holds "
                                f"{staging / LOCK_FILE}): wait for it to finish, or stop it and run this command "
                                f"again (it resumes from the shards already written)") from None
-    return lock
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+    return fd
 
 
 class _PrepareProgress:
@@ -154,12 +157,12 @@ def prepare(dataset: str, source: str | os.PathLike | None = None, data_dir: str
     staging = final.parent / (final.name + STAGING_SUFFIX)
     new_staging = not staging.is_dir()
     staging.mkdir(parents=True, exist_ok=True)
-    lock = _lock(staging, dataset)
+    fd = _lock(staging, dataset)
     try:
         return _prepare_locked(dataset, listing, _digest(listing, shard_size, quality), staging, final, root,
                                shard_size, quality, workers, new_staging, t0)
     finally:
-        lock.release()
+        os.close(fd)
 
 
 def _prepare_locked(dataset, listing: Listing, digest, staging: Path, final: Path, root: Path, shard_size: int,
