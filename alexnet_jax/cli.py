@@ -2,7 +2,7 @@
 
     alexnet-jax train   [--config NAME] [--workdir DIR] [--set key=value ...] [--extend] [--data-dir DIR]
     alexnet-jax eval    --workdir DIR [--split NAME] [--ten-crop] [--data-dir DIR]
-    alexnet-jax prepare DATASET [--source PATH] [--data-dir DIR]
+    alexnet-jax prepare DATASET [--source PATH] [--data-dir DIR] [--overwrite] [--clear-cache]
     alexnet-jax summary MODEL [--input-size N] [--num-classes K] [--width W]
     alexnet-jax import torchvision FILE.pth --workdir DIR
     alexnet-jax import caffe FILE.caffemodel --deploy deploy.prototxt --mean MEAN.binaryproto --workdir DIR
@@ -97,9 +97,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from alexnet_jax.data import prepare
+    from alexnet_jax import data
 
-    path = prepare(args.dataset, args.source, args.data_dir)
+    if args.clear_cache:
+        path = data.dataset_dir(args.dataset, args.data_dir)
+        print(json.dumps({"dataset": args.dataset, "path": str(path), "cleared_bytes": data.clear_disk_cache(path)}))
+        return 0
+    path = data.prepare(args.dataset, args.source, args.data_dir, overwrite=args.overwrite, workers=args.workers,
+                        quality=args.quality)
     print(json.dumps({"dataset": args.dataset, "path": str(path)}))
     return 0
 
@@ -191,10 +196,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_device_args(e, multihost=True)
     e.set_defaults(fn=cmd_eval)
 
+    from alexnet_jax.data.catalog import JPEG256_QUALITY
     pr = sub.add_parser("prepare", help="build a TFDS dataset offline from files you have")
     pr.add_argument("dataset", help="digits | mnist | cifar10 | imagenet2012[/jpeg256|/raw256]")
     pr.add_argument("--source", help="the files: MNIST .gz dir, CIFAR tarball/folder tree, ILSVRC tars/tree")
     pr.add_argument("--data-dir", help=DATA_DIR_HELP)
+    pr.add_argument("--overwrite", action="store_true", help="prepare it again even where it is already prepared")
+    pr.add_argument("--workers", type=int, metavar="N", help="shard-writing processes (default: all cores)")
+    pr.add_argument("--quality", type=int, default=JPEG256_QUALITY, help="imagenet2012/jpeg256 quality (%(default)s)")
+    pr.add_argument("--clear-cache", action="store_true", help="only delete the arrays cached beside the dataset")
     pr.set_defaults(fn=cmd_prepare)
 
     s = sub.add_parser("summary", help="per-layer table of output shapes, parameters and multiply-adds")

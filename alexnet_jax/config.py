@@ -14,11 +14,7 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from alexnet_jax.errors import AlexnetJaxError
-
-
-class ConfigError(AlexnetJaxError, ValueError):
-    pass
+from alexnet_jax.errors import ConfigError
 
 
 # ------------------------------------------------------------------------------------------------

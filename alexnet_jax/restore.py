@@ -20,7 +20,7 @@ from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import data as data_lib
 from alexnet_jax import parallel
 from alexnet_jax.config import Config
-from alexnet_jax.data.catalog import stored_shape_of
+from alexnet_jax.data.records import stored_shape_of
 from alexnet_jax.trainer import Trainer, TrainState
 from alexnet_jax.workdir import StopFlag, load_config
 

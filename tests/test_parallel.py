@@ -591,7 +591,7 @@ def task_augmeshes(out: Path, steps: int) -> dict:
 
     from alexnet_jax import data as data_lib
     from alexnet_jax import parallel
-    from alexnet_jax.data.preparation import CIFAR10_CLASSES
+    from alexnet_jax.data.listing import CIFAR10_CLASSES
     from alexnet_jax.run import build_run
     from alexnet_jax.trainer import AUGMENT_STREAM
 

@@ -177,16 +177,15 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
         names, labels, source = [n for n, _ in items], [None] * len(items), ", ".join(map(str, images))
         how = f"{len(items)} image files in the order given (inside folders and tars by name)"
     else:
-        from alexnet_jax.data.sources import RecordSource
-
         cfg = restored.config.replace(dataset=dataset) if dataset else restored.config
         cfg = cfg.replace(data_dir=data_dir) if data_dir else cfg
         split = split or cfg.eval_split
-        src = RecordSource(data_lib.ensure_prepared(cfg), split)
+        src = data_lib.RecordSource(data_lib.locate(cfg), split)
         picked, how = pick_from_split(src, limit, seed)
-        recs = [src.record(int(i)) for i in picked]
-        stored = np.stack([src.decode(r) for r in recs]) if recs else np.zeros((0, *src.shape), np.uint8)
-        names, labels = [r["name"] for r in recs], [r["label"] for r in recs]
+        n = len(picked)
+        stored, labels, names = np.zeros((n, *src.shape), np.uint8), np.zeros(n, int), [""] * n
+        ok = src.read_into(picked, stored, labels, names)    # undecodable images: reported, left out
+        stored, names, labels = stored[ok], [m for m, k in zip(names, ok) if k], labels[ok].tolist()
         source = f"{cfg.dataset}:{split}"
     if not len(stored):
         raise ValueError(f"no images in {source}")
@@ -200,7 +199,7 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
 # ------------------------------------------------------------------------------------------------
 def imagenet_synsets() -> list[str]:
     """The 1000 ILSVRC-2012 wnids in TFDS label order (sorted), from tensorflow_datasets' labels.txt."""
-    from alexnet_jax.data.preparation import imagenet_synsets as synsets
+    from alexnet_jax.data.datasets import imagenet_synsets as synsets
 
     return synsets()
 

@@ -441,7 +441,7 @@ def config_for(width: float, num_classes: int, lrn: str = "caffe"):
 def import_caffe(path: str, deploy: str, mean: str, workdir: str, lrn: str = "caffe") -> dict[str, Any]:
     """Import bvlc_alexnet (.caffemodel + deploy .prototxt + mean image) as an alexnet workdir."""
     from alexnet_jax.data.augment import CAFFE_MEAN_FILE
-    from alexnet_jax.data.catalog import STORE_SIZE
+    from alexnet_jax.data.records import STORE_SIZE
 
     assert CAFFE_MEAN_FILE == MEAN_FILE
     check_target(workdir)
