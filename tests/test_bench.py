@@ -278,6 +278,40 @@ def test_torch_lenet_twin_computes_our_lenet5(subsampling):
             assert np.all(g3[m, j] == 0)
 
 
+_BF16_CONV = """
+import json, alexnet_jax, jax, jax.numpy as jnp
+from alexnet_jax.bench.profile import arithmetic_dtypes
+x = jnp.ones((8, 15, 15, 48), jnp.bfloat16); k = jnp.ones((5, 5, 48, 128), jnp.bfloat16)
+conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((2, 2), (2, 2)),
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+a = jnp.ones((64, 128), jnp.bfloat16); b = jnp.ones((128, 32), jnp.bfloat16)
+out = {"conv": arithmetic_dtypes(jax.jit(conv).lower(x, k).compile().as_text()),
+       "dot_f32_result": arithmetic_dtypes(jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+                                           .lower(a, b).compile().as_text())}
+print(json.dumps(out))
+"""
+
+
+ONEDNN = "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true"
+YNN_CONV = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+
+
+@pytest.mark.parametrize("flags", ["", pytest.param(ONEDNN, marks=pytest.mark.slow),
+                                   pytest.param(YNN_CONV, marks=pytest.mark.slow)])
+def test_xla_cpu_runs_bfloat16_convolutions_in_float32(flags):
+    """What README says of bfloat16 on XLA:CPU (jaxlib 0.10.2): a bfloat16 convolution compiles to a float32
+    one (its operands converted), whatever these flags; a bfloat16 product with a float32 result stays in
+    bfloat16.  If the first assertion fails, a jaxlib computes bfloat16 convolutions natively: rerun
+    experiments/bench_cpu.py and revise README's bfloat16 paragraph."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    p = subprocess.run([sys.executable, "-c", _BF16_CONV], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["conv"] == {"convolution f32 x f32 -> f32": 1}, out
+    assert out["dot_f32_result"] == {"dot bf16 x bf16 -> f32": 1}, out
+
+
 def _write_idx(path: Path, arr: np.ndarray) -> None:
     code = {np.dtype(np.uint8): 0x08}[arr.dtype]
     header = bytes([0, 0, code, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)

@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matmul-peak", action="store_true",
                    help="measure the achievable matmul FLOP/s (jax and torch, float32 and bfloat16) and report "
                         "each step's FLOP/s as a share of it")
+    p.add_argument("--matmul-size", type=int, default=4096,
+                   help="--matmul-peak: the square matmul's size (default 4096)")
     p.add_argument("--threads", type=int,
                    help="threads for the peers (OMP_NUM_THREADS / torch.set_num_threads; default: the CPU "
                         "cores available to this process, which is what XLA:CPU uses)")
@@ -168,7 +170,7 @@ def _peaks(args, threads: int) -> dict | None:
     if not args.matmul_peak:
         return None
     from alexnet_jax.bench import peak
-    return peak.measure_peaks(threads, dtypes=(args.dtype,), torch_too=args.peer)
+    return peak.measure_peaks(threads, size=args.matmul_size, dtypes=(args.dtype,), torch_too=args.peer)
 
 
 def _peak_lines(peaks: dict | None, dtype: str, achieved: list[tuple[str, float]]) -> list[str]:
@@ -176,7 +178,8 @@ def _peak_lines(peaks: dict | None, dtype: str, achieved: list[tuple[str, float]
         return []
     from alexnet_jax.bench.peak import share_of_peak
     e = peaks[dtype]
-    fr = ", ".join(f"{k} {e[k]['flops_per_second'] / 1e9:.0f}" for k in ("jax", "torch") if k in e)
+    fr = ", ".join(f"{k} {e[k]['flops_per_second'] / 1e9:.0f}" for k in ("jax", "jax_float32_result", "torch")
+                   if k in e)
     lines = [f"achievable {dtype} matmul peak: {e['peak_flops_per_second'] / 1e9:.0f} GFLOP/s ({e['source']}; {fr})"]
     for name, fl in achieved:
         lines.append(f"  {name}: {fl / 1e9:.1f} GFLOP/s = {100 * share_of_peak(fl, peaks, dtype):.0f}% of it")
@@ -339,6 +342,8 @@ def run(args) -> int:
                      f"ms/step summed over threads, wall {prof['step_seconds_wall_traced'] * 1e3:.0f} ms/step")
         for o in prof["per_layer"][:12]:
             lines.append(f"  {o['share'] * 100:5.1f}%  {o['ms_per_step']:8.1f} ms  {o['layer']}")
+        lines.append("  convolutions and matrix products as compiled: "
+                     + ", ".join(f"{n} x {k}" for k, n in prof["arithmetic_dtypes"].items()))
     tprof = ((peer_results or {}).get("torch_cifar") or {}).get("profile")
     if tprof:
         lines.append(f"torch.profiler of the twin, {tprof['config']}: self CPU "
