@@ -9,13 +9,13 @@ measurement; torch and ours on the same threads, the cores available to this pro
 
   lenet_float32     one MNIST epoch of our LeNet-5 against its exact torch twin in every configuration
                     (eager / torch.compile x contiguous / channels_last) and the shipped simplified peer,
-                    best of --epochs epochs after one warm-up epoch, and the matmul peak
+                    best of --epochs epochs after one warm-up epoch, and the matmul peak; the twin's
+                    trainable subsampling in the torch idiom measured fastest for each layout first
   lenet_bfloat16    the same in bfloat16, the twin under torch.autocast(cpu, bfloat16)
   cifar_float32     the CIFAR-size two-column AlexNet's train step at batch 128 against its exact twin in
                     every configuration, median of --steps steps after --warmup, both sides profiled
                     (jax.profiler with the compiled program's arithmetic types; torch.profiler)
   cifar_bfloat16    the same in bfloat16 / bf16 autocast
-  subsampling       the LeNet twin's three torch idioms of the trainable subsampling, interleaved
   alexnet_float32   the full-size two-column AlexNet (227) step, ours only
 
 and writes --out/results.json (every part's JSON, command, wall time and load average before and after)
@@ -75,9 +75,6 @@ def parts(args) -> dict[str, list[str]]:
     cifar = [*bench, "--model", "alexnet_cifar", "--batch", "128", "--peer", "--matmul-peak", "--profile",
              "--steps", str(args.steps), "--warmup", str(args.warmup), *common]
     full = [*bench, "--model", "alexnet", "--batch", "128", "--steps", "3", "--warmup", "1"]
-    twins = [sys.executable, "-m", "alexnet_jax.bench.torch_twins", "subsampling", "--rounds", "15"]
-    if args.threads:
-        twins += ["--threads", str(args.threads)]
     if args.smoke:
         args.epochs, args.steps, args.warmup = 1, 1, 1
         lenet = [*bench, "--lenet-epoch", "--peer", "--matmul-peak", "--epochs", "1", *common]
@@ -88,10 +85,9 @@ def parts(args) -> dict[str, list[str]]:
         cifar = [*cifar[:cifar.index("--batch")], *tiny, *cifar[cifar.index("--batch") + 2:], "--peer-no-compile",
                  "--matmul-size", "256"]
         full = [*full[:full.index("--model")], "--model", "alexnet", "--input-size", "67", *tiny, "--steps", "1"]
-        twins = [*twins[:twins.index("--rounds")], "--rounds", "1", "--batch", "8"]
     return {"lenet_float32": lenet, "lenet_bfloat16": [*lenet, "--dtype", "bfloat16"],
             "cifar_float32": cifar, "cifar_bfloat16": [*cifar, "--dtype", "bfloat16"],
-            "subsampling": twins, "alexnet_float32": full}
+            "alexnet_float32": full}
 
 
 def load() -> list[float] | None:
@@ -259,20 +255,23 @@ def profile_section(res: dict) -> str:
 
 
 def subsampling_table(res: dict) -> str:
-    part = res["parts"].get("subsampling")
-    if not part or "error" in part["result"] or "layouts" not in part["result"]:
-        return "(not run)"
-    r = part["result"]
-    lines = ["| layout | " + " | ".join(f"`{s}` ms/step" for s in ("depthwise", "avgpool", "reshape")) + " | fastest |",
-             "|---|---|---|---|---|"]
-    for layout, v in r["layouts"].items():
-        med = v["step_seconds_median"]
-        lines.append(f"| {layout} | " + " | ".join(f"{1e3 * med[s]:.2f}" for s in ("depthwise", "avgpool", "reshape"))
-                     + f" | `{v['fastest']}` |")
-    lines.append(f"\nFastest overall: `{r['fastest']['subsampling']}` ({r['fastest']['layout']}); the twin uses "
-                 f"`{r['default']}` ({r['statistic']}; {r['rounds']} rounds of {r['steps_per_round']} steps, "
-                 f"eager, batch {r['batch']}, {r['threads']} threads, load {part['load_before']}).")
-    return "\n".join(lines)
+    out = []
+    for name in ("lenet_float32", "lenet_bfloat16"):
+        part = res["parts"].get(name)
+        cmp = ((part or {}).get("result", {}).get("twin") or {}).get("subsampling_comparison")
+        if not cmp:
+            continue
+        out += [f"{name} (eager{', bf16 autocast' if cmp.get('amp_bf16') else ''}, batch {cmp['batch']}, "
+                f"{cmp['threads']} threads; {cmp['statistic']}, {cmp['rounds']} rounds of {cmp['steps_per_round']} "
+                f"steps; load before the part {part['load_before']}):", "",
+                "| layout | " + " | ".join(f"`{s}` ms/step" for s in ("depthwise", "avgpool", "reshape"))
+                + " | used by the twin |", "|---|---|---|---|---|"]
+        for layout, v in cmp["layouts"].items():
+            med = v["step_seconds_median"]
+            out.append(f"| {layout} | " + " | ".join(f"{1e3 * med[s]:.2f}" for s in ("depthwise", "avgpool", "reshape"))
+                       + f" | `{v['fastest']}` |")
+        out.append("")
+    return "\n".join(out) or "(not run)"
 
 
 def readme_block(res: dict, published: str) -> str:
@@ -347,13 +346,7 @@ def main(argv=None) -> int:
             todo = {k: v for k, v in todo.items() if k in args.parts.split(",")}
         res = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "machine": machine(),
                "smoke": args.smoke, "parts": {}}
-        import importlib.util
-        has_torch = importlib.util.find_spec("torch") is not None
         for name, cmd in todo.items():
-            if name == "subsampling" and not has_torch:   # the other parts say so in their own JSON
-                res["parts"][name] = {"cmd": " ".join(["python", *cmd[1:]]), "wall_seconds": 0.0, "load_before": load(),
-                                      "load_after": load(), "result": {"skipped": "torch is not installed"}}
-                continue
             res["parts"][name] = run_part(name, cmd, out)
             (out / "results.json").write_text(json.dumps(res, indent=1, default=float))
     published = f"bench_cpu_{res['date']}.json"

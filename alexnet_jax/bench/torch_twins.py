@@ -45,9 +45,11 @@ pooling, plain tanh, torch init).
 
 The trainable subsampling has three faithful torch idioms (`SUBSAMPLING`): a depthwise 2x2 stride-2
 conv whose four taps are the map's coefficient (`depthwise`), `avg_pool2d` x 4 coef + bias (`avgpool`),
-and a reshape of the 2x2 windows summed (`reshape`).  `subsampling` times them against each other,
-interleaved in one process; the twin uses the fastest (`SUBSAMPLING_DEFAULT`, chosen by that
-measurement: experiments/results/ and the module constant's comment say where from).
+and a reshape of the 2x2 windows summed (`reshape`); all three compute our function (tests/test_bench.py).
+Which is fastest depends on the layout and the machine, so by default (`--subsampling fastest`) `lenet`
+first times the three against each other in the whole eager training step, interleaved, for each
+layout (`compare_subsampling`; the `subsampling` command alone), and every configuration of that layout
+uses the fastest; the measurement is in the result.
 
 `cifar`: the CIFAR-size paper AlexNet (`alexnet` at input 32, width 1.0, 10 classes) written in torch,
 mirroring `alexnet_jax.models.alexnet.AlexNet2012` layer for layer:
@@ -130,10 +132,10 @@ C3_TABLE = [
     (0, 1, 2, 3, 4, 5),
 ]
 SUBSAMPLING = ("depthwise", "avgpool", "reshape")
-SUBSAMPLING_DEFAULT = "depthwise"
+FASTEST = "fastest"
 
 
-def lenet5_twin(num_classes: int = 10, subsampling: str = SUBSAMPLING_DEFAULT):
+def lenet5_twin(num_classes: int = 10, subsampling: str = "depthwise"):
     """The torch twin of our `lenet5` (softmax head) at 32x32 inputs (see the module docstring)."""
     torch = _torch()
     nn, F = torch.nn, torch.nn.functional
@@ -249,7 +251,7 @@ def _lenet_step(net, lr: float, amp: bool, compiled: bool):
 
 def time_lenet_epoch(mnist_dir: str, batch: int = 128, epochs: int = 3, lr: float = 0.05, *,
                      compiled: bool = False, layout: str = "contiguous", amp: bool = False,
-                     subsampling: str = SUBSAMPLING_DEFAULT, data=None) -> dict:
+                     subsampling: str = "depthwise", data=None) -> dict:
     """One warm-up epoch, then `epochs` timed epochs of the LeNet-5 twin on MNIST (the remainder batch
     dropped) in one configuration; the best is reported."""
     torch = _torch()
@@ -281,22 +283,30 @@ def time_lenet_epoch(mnist_dir: str, batch: int = 128, epochs: int = 3, lr: floa
 
 
 def run_lenet(mnist_dir: str, batch: int = 128, epochs: int = 3, *, compile_: bool = True, amp: bool = False,
-              subsampling: str = SUBSAMPLING_DEFAULT, lr: float = 0.05) -> dict:
-    """Every configuration of the LeNet-5 twin (eager / compiled x layouts), and the fastest."""
+              subsampling: str = FASTEST, lr: float = 0.05, rounds: int = 10) -> dict:
+    """Every configuration of the LeNet-5 twin (eager / compiled x layouts), and the fastest; with
+    `subsampling="fastest"` each layout uses the idiom `compare_subsampling` finds fastest for it here."""
     torch = _torch()
     data = load_mnist_nchw(mnist_dir)
+    choice = None
+    if subsampling == FASTEST:
+        choice = compare_subsampling(batch, rounds=rounds, amp=amp)
+        idiom = {layout: v["fastest"] for layout, v in choice["layouts"].items()}
+    else:
+        idiom = dict.fromkeys(LAYOUTS, subsampling)
     runs = []
     for compiled, layout in configurations(compile_):
         try:
             r = time_lenet_epoch(mnist_dir, batch, epochs, lr, compiled=compiled, layout=layout, amp=amp,
-                                 subsampling=subsampling, data=data)
+                                 subsampling=idiom[layout], data=data)
         except Exception as e:  # noqa: BLE001 - report and go on with the other configurations
             r = {"config": config_name(compiled, layout, amp), "error": f"{type(e).__name__}: {e}"[:400]}
         runs.append(r)
         if "error" not in r:
             print(f"torch lenet5 twin  {r['config']:34s} {r['epoch_seconds']:8.3f} s/epoch "
                   f"{r['images_per_second']:10.1f} img/s", flush=True)
-    return _summary("torch_lenet5_twin", runs, amp, torch, epoch_protocol(epochs), subsampling=subsampling)
+    return _summary("torch_lenet5_twin", runs, amp, torch, epoch_protocol(epochs), subsampling=idiom,
+                    subsampling_comparison=choice)
 
 
 def _summary(twin: str, runs: list[dict], amp: bool, torch, protocol: dict, **extra) -> dict:
@@ -309,7 +319,7 @@ def _summary(twin: str, runs: list[dict], amp: bool, torch, protocol: dict, **ex
 
 
 def compare_subsampling(batch: int = 128, rounds: int = 15, steps: int = 5, layouts=LAYOUTS,
-                        seed: int = 0) -> dict:
+                        seed: int = 0, amp: bool = False) -> dict:
     """The three subsampling idioms (`SUBSAMPLING`) in the whole LeNet-5 twin's training step (eager),
     interleaved: each round runs `steps` steps of every idiom in turn; per idiom the median over rounds of
     the per-step time.  Synthetic inputs of MNIST's shape; the same initial weights for every idiom."""
@@ -318,6 +328,7 @@ def compare_subsampling(batch: int = 128, rounds: int = 15, steps: int = 5, layo
     x = torch.rand(batch, 1, 32, 32, generator=g)
     y = torch.randint(0, 10, (batch,), generator=g)
     out: dict = {"batch": batch, "rounds": rounds, "steps_per_round": steps, "threads": torch.get_num_threads(),
+                 "amp_bf16": amp,
                  "torch": torch.__version__, "statistic": "median over rounds of the mean step time in a round",
                  "layouts": {}}
     for layout in layouts:
@@ -327,7 +338,7 @@ def compare_subsampling(batch: int = 128, rounds: int = 15, steps: int = 5, layo
         for s in SUBSAMPLING:
             torch.manual_seed(seed)
             net = lenet5_twin(10, s).to(memory_format=fmt)
-            steps_by[s] = _lenet_step(net, 0.05, False, False)
+            steps_by[s] = _lenet_step(net, 0.05, amp, False)
             for _ in range(3):
                 steps_by[s](xl, y)
         times = {s: [] for s in SUBSAMPLING}
@@ -346,7 +357,6 @@ def compare_subsampling(batch: int = 128, rounds: int = 15, steps: int = 5, layo
     overall = min(((lay, s) for lay in out["layouts"] for s in SUBSAMPLING),
                   key=lambda ls: out["layouts"][ls[0]]["step_seconds_median"][ls[1]])
     out["fastest"] = {"layout": overall[0], "subsampling": overall[1]}
-    out["default"] = SUBSAMPLING_DEFAULT
     return out
 
 
@@ -587,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     lp.add_argument("mnist_dir")
     lp.add_argument("--batch", type=int, default=128)
     lp.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up epoch (best reported)")
-    lp.add_argument("--subsampling", choices=SUBSAMPLING, default=SUBSAMPLING_DEFAULT)
+    lp.add_argument("--subsampling", choices=(FASTEST, *SUBSAMPLING), default=FASTEST,
+                    help="the trainable subsampling's torch idiom (default: the fastest per layout, measured first)")
     c = sub.add_parser("cifar")
     c.add_argument("--batch", type=int, default=128)
     c.add_argument("--steps", type=int, default=10)
@@ -611,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--rounds", type=int, default=15)
     s.add_argument("--steps", type=int, default=5, help="steps of each idiom per round")
     s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--amp", action="store_true", help="under bf16 autocast")
     a = sub.add_parser("alexnet")
     a.add_argument("--peer-dir", required=True)
     a.add_argument("--batch", type=int, default=512)
@@ -638,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "matmul":
         res = {"runs": [matmul_rate(args.size, d.strip(), args.reps) for d in args.dtypes.split(",") if d.strip()]}
     elif args.what == "subsampling":
-        res = compare_subsampling(args.batch, args.rounds, args.steps)
+        res = compare_subsampling(args.batch, args.rounds, args.steps, amp=args.amp)
     else:
         res = run_alexnet_peer(args.peer_dir, args.batch, args.steps, args.warmup, args.device,
                                not args.no_compile,
