@@ -207,8 +207,7 @@ def test_torch_cifar_twin_computes_our_alexnet_float64(x64, width):
         _assert_same(net[i].bias.grad.numpy(), _twin_cifar_layout(name, "bias", g[name]["bias"]), f"{name} bias")
 
 
-@pytest.mark.parametrize("subsampling", ["depthwise", "avgpool", "reshape"])
-def test_torch_lenet_twin_computes_our_lenet5(subsampling):
+def test_torch_lenet_twin_computes_our_lenet5():
     """The torch twin of lenet5 (softmax head), given our parameters, gives our logits and our gradients
     (kernel gradients of C3 on Table I's connections only; the twin's masked entries get zero), with each
     of the three torch idioms of the trainable subsampling."""
@@ -223,9 +222,22 @@ def test_torch_lenet_twin_computes_our_lenet5(subsampling):
     from alexnet_jax.trainer import cross_entropy
 
     assert [tuple(t) for t in TWIN_TABLE] == [tuple(t) for t in C3_TABLE]
-    assert subsampling in SUBSAMPLING
     model = LeNet5(head="softmax", rngs=nnx.Rngs(3))
-    net = lenet5_twin(10, subsampling).double()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (4, 32, 32, 1)).astype(np.float32)
+    y = np.array([3, 1, 4, 1], np.int32)
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss_fn = lambda p: cross_entropy(nnx.merge(graphdef, p)(jnp.asarray(x)), jnp.asarray(y)).mean()  # noqa: E731
+    logits = np.asarray(model(jnp.asarray(x)), np.float64)
+    grads = jax.jit(jax.grad(loss_fn))(params)
+    assert SUBSAMPLING == ("depthwise", "avgpool", "reshape")
+    for subsampling in SUBSAMPLING:
+        _check_lenet_twin(torch, lenet5_twin(10, subsampling).double(), model, x, y, logits, grads)
+
+
+def _check_lenet_twin(torch, net, model, x, y, logits, grads):
+    from alexnet_jax.models.lenet import C3_TABLE
+
     hwio = lambda k: torch.from_numpy(np.asarray(k, np.float64).transpose(3, 2, 0, 1).copy())  # noqa: E731
     vec = lambda v: torch.from_numpy(np.asarray(v, np.float64).copy())  # noqa: E731
     c1, s2, c3, s4, c5, f6, out = (net[i] for i in (0, 2, 4, 6, 8, 11, 13))
@@ -242,15 +254,6 @@ def test_torch_lenet_twin_computes_our_lenet5(subsampling):
         for t, ours in ((f6, model.f6), (out, model.out)):
             t.weight.copy_(vec(ours.kernel_IO[...]).T)
             t.bias.copy_(vec(ours.bias_O[...]))
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (4, 32, 32, 1)).astype(np.float32)
-    y = np.array([3, 1, 4, 1], np.int32)
-
-    graphdef, params = nnx.split(model, nnx.Param)
-    loss_fn = lambda p: cross_entropy(nnx.merge(graphdef, p)(jnp.asarray(x)), jnp.asarray(y)).mean()  # noqa: E731
-    logits = np.asarray(model(jnp.asarray(x)), np.float64)
-    grads = jax.grad(loss_fn)(params)
-
     tx = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64))
     t_logits = net(tx)
     torch.nn.functional.cross_entropy(t_logits, torch.from_numpy(y.astype(np.int64))).backward()
