@@ -367,10 +367,16 @@ def _check_same_protocol(ours: dict, twin: dict, timed_key: str, figure_key: str
     assert twin["threads"] == ours["threads"]
 
 
-def test_lenet_epoch_peer_same_protocol(fake_mnist, capsys):
+# torch's OpenMP threads spin while they wait, which on a busy machine (a parallel test run) makes a tiny
+# eager step take seconds; the protocol tests time nothing, so they let the threads sleep instead
+PASSIVE = "PASSIVE"
+
+
+def test_lenet_epoch_peer_same_protocol(fake_mnist, capsys, monkeypatch):
     """--lenet-epoch --peer (eager torch only here; torch.compile: the slow test below): ours and every
     torch configuration follow one protocol, and the ratios are ours / each configuration's figure."""
     pytest.importorskip("torch")
+    monkeypatch.setenv("OMP_WAIT_POLICY", PASSIVE)
     from alexnet_jax.cli import main
     assert main(["bench", "--lenet-epoch", "--peer", "--peer-no-compile", "--mnist-dir", str(fake_mnist),
                  "--batch", "32", "--epochs", "2"]) == 0
@@ -396,10 +402,11 @@ def test_lenet_epoch_peer_same_protocol(fake_mnist, capsys):
     assert any("<- fastest torch" in line for line in lines)
 
 
-def test_cifar_step_peer_same_protocol(capsys):
+def test_cifar_step_peer_same_protocol(capsys, monkeypatch):
     """bench --model alexnet_cifar --peer at width 1/16 (the twin built at the same width), eager torch
     only: the same warm-up, timed steps and median on both sides, ratios against each configuration."""
     pytest.importorskip("torch")
+    monkeypatch.setenv("OMP_WAIT_POLICY", PASSIVE)
     from alexnet_jax.cli import main
     assert main(["bench", "--model", "alexnet_cifar", "--width", "0.0625", "--batch", "8", "--steps", "3",
                  "--warmup", "2", "--peer", "--peer-no-compile"]) == 0
@@ -411,6 +418,7 @@ def test_cifar_step_peer_same_protocol(capsys):
     assert out["step_seconds_median"] == statistics.median(out["step_seconds_all"])
     twin = out["peers"]["torch_cifar"]
     _check_same_protocol(out, twin, "step_seconds_all", "step_seconds_median", statistics.median)
+    assert twin["env"]["OMP_NUM_THREADS"] == str(out["threads"])
     assert twin["width"] == 0.0625 and all(r["batch"] == 8 for r in twin["runs"])
     q = out["ratios"]["alexnet_cifar"]
     for r in twin["runs"]:
@@ -419,10 +427,11 @@ def test_cifar_step_peer_same_protocol(capsys):
 
 
 @pytest.mark.slow
-def test_torch_compile_configurations(fake_mnist):
+def test_torch_compile_configurations(fake_mnist, monkeypatch):
     """torch.compile configurations of both twins run and are timed like the eager ones (slow: inductor
     compiles C++ kernels)."""
     pytest.importorskip("torch")
+    monkeypatch.setenv("OMP_WAIT_POLICY", PASSIVE)
     from alexnet_jax.bench.torch_twins import run_cifar, run_lenet
     c = run_cifar(batch=4, steps=2, warmup=2, width=0.0625)
     le = run_lenet(str(fake_mnist), batch=32, epochs=1)

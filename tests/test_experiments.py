@@ -158,7 +158,7 @@ def test_bench_cpu_smoke(tmp_path):
         with gzip.open(mnist / name, "wb") as f:
             f.write(header + arr.tobytes())
     out = tmp_path / "out"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", OMP_WAIT_POLICY="PASSIVE")   # torch's threads sleep when waiting
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_cpu.py"), "--smoke", "--out", str(out),
                         "--mnist-dir", str(mnist)], env=env, capture_output=True, text=True, timeout=3000)
     res = json.loads((out / "results.json").read_text())

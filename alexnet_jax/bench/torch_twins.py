@@ -313,7 +313,9 @@ def _summary(twin: str, runs: list[dict], amp: bool, torch, protocol: dict, **ex
     ok = [r for r in runs if "error" not in r]
     fastest = max(ok, key=lambda r: r["images_per_second"]) if ok else None
     return {"twin": twin, **extra, "precision": "bfloat16 autocast" if amp else "float32",
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "protocol": protocol, "runs": runs,
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")},
+            "protocol": protocol, "runs": runs,
             "fastest": fastest["config"] if fastest else None,
             "images_per_second": fastest["images_per_second"] if fastest else None}
 

@@ -198,14 +198,15 @@ def _lenet(args, threads: int, peer_dir: str) -> int:
         load_before = _load()
         twin = peers.run_lenet_twin(mnist, threads, batch=args.batch, epochs=args.epochs,
                                     compile_=not args.peer_no_compile, amp=amp)
-        peer = (peers.run_lenet_peer(mnist, peer_dir, threads, runs=args.epochs) if not amp else
-                {"skipped": "the shipped peer trains in float32 only"})
+        peer = ({"skipped": "the shipped peer trains in float32 only"} if amp else
+                {"skipped": f"the shipped peer's batch is 128 (asked {args.batch})"} if args.batch != 128 else
+                peers.run_lenet_peer(mnist, peer_dir, threads, runs=args.epochs))
     ours = lenet.lenet_epoch(mnist, batch=args.batch, chunks=chunks, lr=args.lr or 0.05, dtype=args.dtype,
                              epochs=args.epochs)
     vs = peers.vs_torch(ours["images_per_second"], twin)
     ours.update(peer=peer, twin=twin, vs_torch=vs, ratio_vs_twin=vs["ratio_vs_fastest"] if vs else None,
                 load_average_before=load_before)
-    ok = peer is not None and "images_per_second" in peer and "error" not in peer
+    ok = peer is not None and (peer.get("images_per_second") or 0) > 0 and "error" not in peer
     ours["ratio_vs_peer"] = ours["images_per_second"] / peer["images_per_second"] if ok else None
     peaks = _peaks(args, threads)
     achieved = [("ours", ours["achieved_flops_per_second"])]
