@@ -22,7 +22,8 @@ and writes --out/results.json (every part's JSON, command, wall time and load av
 and --out/report.md (the tables).  --publish copies them to experiments/results/bench_cpu_<date>.json /
 .md and rewrites README's CPU performance table (between the `bench_cpu` markers) from them, so every
 number README states about CPU speed comes from that file.  Expected wall time on the 2-core
-development machine: about 25 minutes (torch.compile compiles for about a minute per configuration).
+development machine: about 30 minutes (torch.compile compiles for about a minute per configuration,
+eight times).
 Run it on a quiet machine: the load average is recorded with every part, and PyTorch's OpenMP threads
 lose most of their speed when other work shares the cores.
 """
