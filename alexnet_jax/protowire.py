@@ -1,7 +1,7 @@
 """The protocol-buffer wire format, read and written without a protobuf library (and without schemas).
 
 One reader for every binary protobuf the project meets: TensorBoard's Event records (workdir.py writes and
-cuts them back), Caffe's NetParameter and BlobProto (zoo/caffe.py reads .caffemodel and .binaryproto).
+cuts them back), Caffe's NetParameter and BlobProto (zoo/caffe_proto.py reads .caffemodel and .binaryproto).
 
 A message is a sequence of fields, each a key varint (field number << 3 | wire type) and a payload:
 

@@ -101,7 +101,8 @@ def test_presets():
 
 def test_torch_cifar_twin_structure():
     torch = pytest.importorskip("torch")
-    from alexnet_jax.bench.torch_twins import cifar_two_column_alexnet, num_params, time_cifar
+    from alexnet_jax.bench.torch_cifar import cifar_two_column_alexnet, time_cifar
+    from alexnet_jax.bench.torch_configs import num_params
     net = cifar_two_column_alexnet(10)
     # the two-column net at 32 px (small stem 5x5/1, pool5 3x3): by the layer formulas
     conv = 2 * (5 * 5 * 3 * 48 + 48) + 2 * (5 * 5 * 48 * 128 + 128) + 2 * (3 * 3 * 256 * 192 + 192) \
@@ -151,7 +152,7 @@ def test_torch_cifar_twin_computes_our_alexnet_float64(x64, width):
     import jax.numpy as jnp
     from flax import nnx
 
-    from alexnet_jax.bench.torch_twins import CIFAR_DROPOUT, CIFAR_LAYERS, cifar_two_column_alexnet
+    from alexnet_jax.bench.torch_cifar import CIFAR_DROPOUT, CIFAR_LAYERS, cifar_two_column_alexnet
     from alexnet_jax.models.alexnet import AlexNet2012
 
     batch = 4
@@ -216,8 +217,8 @@ def test_torch_lenet_twin_computes_our_lenet5():
     import jax.numpy as jnp
     from flax import nnx
 
-    from alexnet_jax.bench.torch_twins import C3_TABLE as TWIN_TABLE
-    from alexnet_jax.bench.torch_twins import SUBSAMPLING, lenet5_twin
+    from alexnet_jax.bench.torch_lenet import C3_TABLE as TWIN_TABLE
+    from alexnet_jax.bench.torch_lenet import SUBSAMPLING, lenet5_twin
     from alexnet_jax.models.lenet import C3_TABLE, LeNet5
     from alexnet_jax.trainer import cross_entropy
 
@@ -432,7 +433,8 @@ def test_torch_compile_configurations(fake_mnist, monkeypatch):
     compiles C++ kernels)."""
     pytest.importorskip("torch")
     monkeypatch.setenv("OMP_WAIT_POLICY", PASSIVE)
-    from alexnet_jax.bench.torch_twins import run_cifar, run_lenet
+    from alexnet_jax.bench.torch_cifar import run_cifar
+    from alexnet_jax.bench.torch_lenet import run_lenet
     c = run_cifar(batch=4, steps=2, warmup=2, width=0.0625)
     le = run_lenet(str(fake_mnist), batch=32, epochs=1)
     for res in (c, le):

@@ -134,7 +134,7 @@ def test_protowire_truncated_message_is_one_error():
 
 
 def test_prototxt_text_format(tmp_path):
-    from alexnet_jax.zoo.caffe import CaffeError, parse_text
+    from alexnet_jax.zoo.caffe_proto import CaffeError, parse_text
 
     text = """# a comment
     name: "net"   layer { name: 'a' type: "Conv" "olution" param < lr_mult: 1 > shape: { dim: [1, 2, 3] } }
@@ -153,7 +153,8 @@ def test_prototxt_text_format(tmp_path):
 
 @pytest.mark.parametrize("v1", [False, True], ids=["V2", "V1"])
 def test_bvlc_deploy_definition_is_read_and_checked(tmp_path, v1):
-    from alexnet_jax.zoo.caffe import check_deploy, read_prototxt
+    from alexnet_jax.zoo.caffe import check_deploy
+    from alexnet_jax.zoo.caffe_proto import read_prototxt
 
     p = tmp_path / "deploy.prototxt"
     p.write_text(zr.bvlc_deploy(1.0, 1000, v1=v1))

@@ -6,8 +6,10 @@
                     the HLO reader of alexnet_jax/comms.py
     peers.py        the PyTorch peers and exact torch twins, each in a subprocess, and ours/torch ratios
                     against the fastest torch configuration and each
-    torch_twins.py  the twins: torch modules computing exactly our functions (CIFAR AlexNet, LeNet-5),
-                    timed eager and torch.compile, contiguous and channels_last, float32 or bf16 autocast
+    torch_twins.py  the torch subprocess's entry: the twins, the matmul rate, the shipped full-size peer
+    torch_lenet.py  the twins: torch modules computing exactly our functions (LeNet-5, CIFAR AlexNet),
+    torch_cifar.py  timed in every configuration of torch_configs.py: eager and torch.compile,
+                    contiguous and channels_last, float32 or bf16 autocast
     protocol.py     the timing protocol both sides follow and record (warm-up, timed repetitions, statistic)
     peak.py         the machine's achievable matmul FLOP/s (jax and torch), the yardstick for a step's FLOP/s
     lenet.py        one MNIST epoch of LeNet-5 against the shipped LeNet peer and our lenet5's twin

@@ -119,7 +119,7 @@ def _torch_cuda() -> bool:
 
 
 def vs_torch(ours_images_per_second: float, twin: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Ours / torch img/s against the fastest configuration of a twin result (torch_twins `_summary`) and
+    """Ours / torch img/s against the fastest configuration of a twin result (torch_configs `summary`) and
     against each configuration; None when the twin did not run."""
     runs = [r for r in (twin or {}).get("runs", []) if "error" not in r]
     if not runs:

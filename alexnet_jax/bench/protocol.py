@@ -1,6 +1,6 @@
 """The timing protocol both sides of a comparison follow, recorded with every result (ours: step.py,
-lenet.py; torch: torch_twins.py), so that a ratio is only ever taken between the same statistic of the
-same kind of measurement.  Imports nothing (torch_twins runs in a light subprocess)."""
+lenet.py; torch: torch_lenet.py, torch_cifar.py), so that a ratio is only ever taken between the same
+statistic of the same kind of measurement.  Imports nothing (the torch twins run in a light subprocess)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ the top level: compile_seconds, step_seconds_median, images_per_second, mfu, pea
 macs_per_image, device).  Several models run one per subprocess (clean memory high-water marks).
 
 --peer times PyTorch in the same invocation, on the same number of threads (the cores XLA:CPU uses):
-for `alexnet_cifar` and `--lenet-epoch` the exact torch twins (alexnet_jax/bench/torch_twins.py) in
+for `alexnet_cifar` and `--lenet-epoch` the exact torch twins (alexnet_jax/bench/torch_*.py) in
 every configuration, eager and torch.compile, contiguous and channels_last, float32, or under bf16
 autocast with --dtype bfloat16; ours and theirs follow the same protocol (alexnet_jax/bench/protocol.py:
 the same warm-up, timed repetitions and statistic, recorded on both sides in the JSON), and the ratios

@@ -15,8 +15,8 @@ assembled in a sibling staging folder and renamed into place, so a bad file leav
 
 pth.py          .pth files (zip and legacy torch.save formats) read without torch
 torchvision.py  torchvision's state_dict <-> alexnet_owt parameters; import and export
-caffe.py        .caffemodel (V2 `layer` and V1 `layers`), .prototxt and .binaryproto read without Caffe;
-                bvlc_alexnet <-> alexnet (two columns, Caffe's LRN)
+caffe_proto.py  .caffemodel (V2 `layer` and V1 `layers`), .prototxt and .binaryproto read without Caffe
+caffe.py        bvlc_alexnet -> alexnet (two columns, Caffe's LRN); import
 """
 
 from __future__ import annotations
