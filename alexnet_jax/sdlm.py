@@ -134,6 +134,7 @@ from alexnet_jax.lr import ScalarOrSchedule, get_lr, is_variable
 __all__ = [
     "LC98_MU",
     "SDLMState",
+    "curvature_summary",
     "effective_learning_rates",
     "gauss_newton_diagonal",
     "get_curvature",
@@ -260,6 +261,22 @@ def effective_learning_rates(opt_state: Any) -> Any:
     lr = get_lr(opt_state)
     mu = _hyperparam(opt_state, "mu")
     return jax.tree.map(lambda h: lr / (mu + h), get_curvature(opt_state))
+
+
+def curvature_summary(opt_state: Any, lr: float) -> dict[str, float]:
+    """The distribution of the installed h over every parameter entry, and of the step sizes
+    lr / (mu + h) at the global rate ``lr`` (LC98 App. C reports 7e-5 .. 0.016 for its first pass):
+    h quantiles 0, 10, 50, 90, 100%, the share of h below mu, and the rates' min, median and max."""
+    import numpy as np
+
+    h = np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in jax.tree.leaves(jax.device_get(
+        get_curvature(opt_state)))])
+    mu = float(jax.device_get(_hyperparam(opt_state, "mu")))
+    quantiles = dict(zip(("h_min", "h_p10", "h_median", "h_p90", "h_max"),
+                         np.quantile(h, [0.0, 0.1, 0.5, 0.9, 1.0]).tolist(), strict=True))
+    rates = lr / (mu + h)
+    return {"lr": float(lr), "mu": mu, **quantiles, "share_h_below_mu": float(np.mean(h < mu)),
+            "rate_min": float(rates.min()), "rate_median": float(np.median(rates)), "rate_max": float(rates.max())}
 
 
 def _hyperparam(opt_state: Any, name: str) -> jax.Array:

@@ -25,7 +25,10 @@ class DatasetNameError(AlexnetJaxError, ValueError):
 
 
 DATASETS = ("digits", "mnist", "cifar10", "imagenet2012")
-AUGMENTS = ("none", "lenet", "lenet_affine", "cifar", "alexnet")
+AUGMENTS = ("none", "lenet", "lenet_affine", "lenet_affine_fixed", "cifar", "alexnet")
+# augmentations keyed by the record a row holds (and its pass), not by its stream position: their training
+# batches carry "record" and "epoch" (loader.TrainLoader)
+RECORD_KEYED_AUGMENTS = ("lenet_affine_fixed",)
 STORES = {"imagenet2012": ("jpeg256", "raw256")}
 VERSIONS = {"digits": "1.0.0", "mnist": "3.0.1", "cifar10": "3.0.2", "imagenet2012": "5.1.0"}
 STORE_SIZE = 256              # K12 §2: images stored at 256x256

@@ -9,7 +9,7 @@ One reader each, used by ``prepare``, the benchmark and the tools:
 ``decode_images(spec, data)``  encoded images -> uint8 (N, H, W, C) in the stored shape the device
                                augmentation expects (``Augment.stored_shape``): ``alexnet`` shorter side to
                                256 + centre 256x256 (K12 §2); ``cifar`` shorter side + centre crop to 32;
-                               ``lenet``/``lenet_affine`` greyscale, fitted to 28x28 (LC98 §III: the
+                               ``lenet``/``lenet_affine[_fixed]`` greyscale, fitted to 28x28 (LC98 §III: the
                                digits are 28x28); ``none`` fitted to input_size.
 
 JPEG decoding: simplejpeg (libjpeg-turbo, wheels for x86-64 and aarch64) when it is installed, else
@@ -199,7 +199,7 @@ def default_stored_shape(kind: str, input_size: int | None = None, channels: int
         return (256, 256, channels or 3)
     if kind == "cifar":
         return (CIFAR_STORED, CIFAR_STORED, channels or 3)
-    if kind in ("lenet", "lenet_affine"):
+    if kind in ("lenet", "lenet_affine", "lenet_affine_fixed"):
         return (LENET_STORED, LENET_STORED, channels or 1)
     if kind == "none":
         if not input_size:
