@@ -22,7 +22,6 @@ from flax import nnx
 from alexnet_jax import parallel
 from alexnet_jax.models import create_model
 from alexnet_jax.models.lenet import digit_codes, lc98_criterion
-from alexnet_jax.sdlm import gauss_newton_diagonal
 from reference import C3_KERNELS, SQUASH_A, SQUASH_S, c3_inputs
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +214,7 @@ def curvature_of(lenet_rbf):
     return run
 
 
-@pytest.mark.parametrize("j", [math.inf, 84.0, 8.0])
+@pytest.mark.parametrize("j", [math.inf, 8.0])
 def test_lc98_curvature_matches_connection_by_connection_reference(curvature_of, j):
     h, taps, logits, refs = curvature_of(j)
     # the graph computes what the model computes
@@ -233,26 +232,144 @@ def test_lc98_curvature_matches_connection_by_connection_reference(curvature_of,
 
 
 def test_lc98_curvature_is_the_exact_diagonal_where_nothing_is_dropped(lenet_rbf):
-    """With the squared distance alone (j = -inf: no competitive term) F6's weights each feed one output
-    unit whose loss is (x - w_label)^2: there are no cross terms to drop and LC98's estimate is the exact
-    Gauss-Newton diagonal of that loss.  One layer down (C5), connections to different F6 units do meet
-    and the two differ."""
+    """With the squared distance alone (j = -inf: no competitive term) the loss's Hessian at F6's outputs is
+    2I, diagonal, and every F6 and C5 weight is used by one connection per pattern (C5's outputs are 1x1):
+    there is no cross term to drop, and LC98's estimate is the exact Gauss-Newton diagonal,
+    mean_n sum_d 2 (dx_d / dw)^2.  Below C5 paths meet again (an S4 unit feeds all 120 C5 units) and the
+    two differ."""
     model, images = lenet_rbf
     x = jnp.asarray(images)
-    labels = jnp.asarray([3, 7, 1])
-    codes = jnp.asarray(digit_codes())
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-    def f6_outputs(p, xb):
-        return parallel.apply(nnx.merge(graphdef, p, rest), xb, taps=True)[1]["F6"][0]
+    def f6_outputs(p):
+        return parallel.apply(nnx.merge(graphdef, p, rest), x, taps=True)[1]["F6"][0]
 
-    def squared_distance(out_D, label):
-        return jnp.sum(jnp.square(out_D - codes[label]))
-
-    exact = nnx.to_pure_dict(gauss_newton_diagonal(f6_outputs, params, x, labels, batch=3, loss_fn=squared_distance))
+    jac = nnx.to_pure_dict(jax.jit(jax.jacrev(f6_outputs))(params))             # (B, 84, *shape) per leaf
+    exact = jax.tree.map(lambda j: 2.0 * np.mean(np.sum(np.square(np.asarray(j, np.float64)), axis=1), axis=0), jac)
     _, taps = parallel.apply(model, x, taps=True)
-    paper = nnx.to_pure_dict(model.lc98_curvature(x, taps, j=-math.inf))
-    for p in ("kernel_IO", "bias_O"):
-        np.testing.assert_allclose(np.asarray(paper["f6"][p]), np.asarray(exact["f6"][p]), rtol=1e-4, atol=1e-9)
-    assert not np.allclose(np.asarray(paper["c5"]["kernel_HWIO"]), np.asarray(exact["c5"]["kernel_HWIO"]),
-                           rtol=1e-2)
+    paper = nnx.to_pure_dict(jax.jit(lambda m, x, t: m.lc98_curvature(x, t, j=-math.inf))(model, x, taps))
+    for layer in ("f6", "c5"):
+        for p in paper[layer]:
+            np.testing.assert_allclose(np.asarray(paper[layer][p]), exact[layer][p], rtol=2e-4,
+                                       atol=1e-6 * exact[layer][p].max(), err_msg=f"{layer}/{p}")
+    assert not np.allclose(np.asarray(paper["s4"]["coef_C"]), exact["s4"]["coef_C"], rtol=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# LC98 §III's fixed distortion set (augment=lenet_affine_fixed)
+# ---------------------------------------------------------------------------------------------
+def test_fixed_distortion_set_shows_each_pattern_once_per_ten_passes():
+    from alexnet_jax.data import augment as A
+
+    aug = A.Augment("lenet_affine_fixed", 32, (28, 28, 1))
+    records = np.arange(300, dtype=np.int32)
+    draw = jax.jit(aug.draw_fixed)
+    per_epoch = [jax.device_get(draw(records, np.full(300, e, np.int32), jax.random.key(7))) for e in range(20)]
+    versions = np.stack([d["version"] for d in per_epoch])                     # (epochs, records)
+    for r in range(300):                                                        # 10 consecutive passes:
+        assert sorted(versions[:10, r]) == list(range(10))                      # each version once
+        np.testing.assert_array_equal(versions[10:, r], versions[:10, r])
+    # every pass mixes the versions (an offset per image), about a tenth of the images in each
+    counts = np.stack([np.bincount(v, minlength=10) for v in versions])
+    assert counts.min() > 10 and counts.max() < 60
+    # a version's parameters are drawn once: the same in every pass that shows it, in the lenet_affine ranges
+    lo, hi = np.array([0.85, 0.85, -0.3, -2, -2]), np.array([1.15, 1.15, 0.3, 2, 2])
+    by_pattern = {}
+    for e in range(20):
+        for r in range(300):
+            key = (r, int(versions[e, r]))
+            p = per_epoch[e]["affine"][r]
+            if key in by_pattern:
+                np.testing.assert_array_equal(by_pattern[key], p)
+            by_pattern[key] = p
+    assert len(by_pattern) == 3000                                              # 300 images x 10 versions
+    distorted = np.array([p for (r, v), p in by_pattern.items() if v > 0])
+    assert (distorted >= lo).all() and (distorted <= hi).all() and len(np.unique(distorted, axis=0)) == 2700
+    # another seed, another set
+    other = jax.device_get(draw(records, np.zeros(300, np.int32), jax.random.key(8)))
+    assert not np.array_equal(other["version"], per_epoch[0]["version"])
+
+
+def test_fixed_distortion_set_images():
+    """Version 0 is the original (the evaluation image); a pattern's image does not depend on the batch it
+    is in; distorted versions are the lenet_affine warp with the pattern's parameters."""
+    from alexnet_jax.data import augment as A
+
+    rng = np.random.default_rng(4)
+    digits = jnp.asarray(rng.integers(0, 256, (12, 28, 28, 1), dtype=np.uint8))
+    fixed = A.Augment("lenet_affine_fixed", 32, (28, 28, 1))
+    records = jnp.arange(100, 112, dtype=jnp.int32)
+    key = jax.random.key(3)
+    epochs = jnp.full((12,), 5, jnp.int32)
+    out = np.asarray(jax.jit(lambda x, r, e: fixed.train(x, jnp.zeros_like(r), key, records=r, epochs=e))(
+        digits, records, epochs))
+    params = jax.device_get(fixed.draw_fixed(records, epochs, key))
+    original = np.asarray(fixed.eval(digits))
+    warped = np.asarray(A.Augment("lenet_affine", 32, (28, 28, 1)).apply(digits, {"affine": params["affine"]}))
+    for i in range(12):
+        np.testing.assert_allclose(out[i], original[i] if params["version"][i] == 0 else warped[i], atol=1e-5)
+    assert (params["version"] > 0).any()
+    # the same rows in another batch composition give the same images
+    order = np.array([5, 0, 11, 3])
+    part = np.asarray(fixed.train(digits[order], jnp.zeros(4, jnp.int32), key, records=records[order],
+                                  epochs=epochs[order]))
+    np.testing.assert_allclose(part, out[order], atol=1e-6)
+    with pytest.raises(ValueError, match="record and epoch"):
+        fixed.train(digits, records, key)
+
+
+def test_train_loader_reports_records_and_epochs(tmp_path):
+    from alexnet_jax import data as D
+    from alexnet_jax.config import Config
+
+    cfg = Config(dataset="digits", data_dir=str(tmp_path), augment="lenet_affine_fixed", seed=3)
+    D.ensure_prepared(cfg)
+    loader = D.make_train_loader(cfg, batch_size=100, prefetch=0)
+    n = loader.num_examples
+    seen = []
+    for _ in range(loader.steps_per_epoch + 2):           # across the end of the first pass
+        b = next(loader)
+        seen.append((b["record"], b["epoch"]))
+    records = np.concatenate([r for r, _ in seen])
+    epochs = np.concatenate([e for _, e in seen])
+    assert len(records) > n                               # the stream crossed into the second pass
+    np.testing.assert_array_equal(records[:n], loader.epoch_indices(0))
+    np.testing.assert_array_equal(epochs[:n], 0)
+    np.testing.assert_array_equal(records[n:], loader.epoch_indices(1)[:len(records) - n])
+    np.testing.assert_array_equal(epochs[n:], 1)
+    plain = D.make_train_loader(cfg.replace(augment="lenet_affine"), batch_size=100, prefetch=0)
+    assert "record" not in next(plain)
+    loader.close()
+    plain.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, message", [
+    (dict(loss="lc98"), "head=rbf"),
+    (dict(loss="lc98", head="rbf", ten_crop=True), "ten_crop"),
+    (dict(optimizer="sdlm", momentum=0.0, weight_decay=0.0, sdlm_curvature="paper"), "head=rbf"),
+    (dict(loss="lc98", head="rbf", lc98_j=0.0), "lc98_j"),
+])
+def test_config_refuses_what_lc98_does_not_define(overrides, message):
+    from alexnet_jax.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        Config(model="lenet5", **overrides).validate()
+
+
+def test_paper_recipes_are_lc98s_setting():
+    """LC98 §III / App. C, item by item."""
+    from alexnet_jax.configs import get_config
+
+    c = get_config("lenet5_mnist_sdlm_paper")
+    schedule = [c.lr] + [c.lr * f for f in c.lr_factors]
+    np.testing.assert_allclose(schedule, [0.0005, 0.0002, 0.0001, 0.00005, 0.00001], rtol=1e-12)
+    assert list(c.lr_boundaries) == [2, 5, 8, 12] and c.num_epochs == 20 and c.lr_schedule == "steps"
+    assert (c.optimizer, c.sdlm_mu, c.sdlm_samples, c.batch_size) == ("sdlm", 0.02, 500, 1)
+    assert (c.loss, c.sdlm_curvature, c.head, c.model, c.dataset) == ("lc98", "paper", "rbf", "lenet5", "mnist")
+    assert get_config("lenet5_mnist_sdlm_paper_affine") == c.replace(augment="lenet_affine_fixed")
+    shipped = get_config("lenet5_mnist_sdlm")
+    assert shipped == c.replace(lr=0.00005)
+    assert get_config("lenet5_mnist_sdlm_affine") == shipped.replace(augment="lenet_affine_fixed")
