@@ -313,7 +313,10 @@ def test_fixed_distortion_set_images():
     order = np.array([5, 0, 11, 3])
     part = np.asarray(fixed.train(digits[order], jnp.zeros(4, jnp.int32), key, records=records[order],
                                   epochs=epochs[order]))
-    np.testing.assert_allclose(part, out[order], atol=1e-6)
+    np.testing.assert_allclose(part, out[order], atol=1e-5)          # XLA may round differently per batch
+    sub = jax.device_get(fixed.draw_fixed(records[order], epochs[order], key))
+    for k in sub:                                                       # the draws themselves: identical
+        np.testing.assert_array_equal(sub[k], params[k][order])
     with pytest.raises(ValueError, match="record and epoch"):
         fixed.train(digits, records, key)
 
