@@ -18,11 +18,11 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from reference import C3_KERNELS, SQUASH_A, SQUASH_S, c3_inputs
 
 from alexnet_jax import parallel
 from alexnet_jax.models import create_model
 from alexnet_jax.models.lenet import digit_codes, lc98_criterion
-from reference import C3_KERNELS, SQUASH_A, SQUASH_S, c3_inputs
 
 # ---------------------------------------------------------------------------------------------
 # LC98 eq. 9
@@ -117,7 +117,7 @@ def lenet5_graph(P) -> list[tuple[str, Layer]]:
     names = np.array([kernel_of[m][0] for m in cn[:, 2]])
     rank = np.array([c3_inputs(m).index(ci) for m, ci in zip(cn[:, 2], cn[:, 5], strict=True)])
     idx = np.empty(len(cn), np.int64)
-    for name, first, last in C3_KERNELS:
+    for name, first, _ in C3_KERNELS:
         sel = names == name
         shape = np.shape(P["c3"][name])
         idx[sel] = np.ravel_multi_index((cn[sel, 3], cn[sel, 4], rank[sel], cn[sel, 2] - first), shape)
