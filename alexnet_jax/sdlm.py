@@ -19,8 +19,8 @@ the first pass.
 ``opt_state.hyperparams["mu"]`` holds mu, and the state holds the current estimate h (one array per
 parameter, same shape and dtype, i.e. float32 for the project's models; zeros after ``init``, which makes
 the first update plain SGD with rate eta / mu until an estimate is installed). The trainer installs a new
-estimate with ``set_curvature(opt_state, gauss_newton_diagonal(...))`` before each pass; nothing in the
-update itself touches h.
+estimate with ``set_curvature(opt_state, h)`` before each pass (h from ``gauss_newton_diagonal`` or the
+model's ``lc98_curvature``); nothing in the update itself touches h.
 
 The curvature estimate
 ----------------------
@@ -66,24 +66,24 @@ Hessian:
    between connections.
 
 Keeping the cross terms of 2 and 3 gives G_kk: the paper's quantity is a diagonal approximation of the
-diagonal computed here, and both are non-negative. The exact diagonal is affordable now (K = 10 outputs),
-so it is the default and only estimator here.
+diagonal computed here, and both are non-negative.
 
-The paper's approximation is not offered, because it is not a property of the function the network
-computes but of how the network is drawn as units and connections: splitting a computation into a
-different but equivalent sequence of operations changes which cross terms step 2 drops. For example the
-RBF output layer here computes ``|x|^2 - 2 x.w + |w|^2`` (one dot product) rather than
-``sum_j (x_j - w_j)^2``; squaring the two branches' derivatives separately gives 4 x^2 + 4 w^2 instead of
-4 (x - w)^2. A model-independent version (a jaxpr interpreter squaring each primitive's partial
-derivatives) would therefore silently give different, model-code-dependent answers; a faithful version
-has to be written per layer type for LeNet-5's layers (convolution, trainable subsampling, sparse C3,
-dense, RBF), which belongs with the model, not here. Where the cut between "network" and "loss" is made
-also matters. Here the outputs are the 10 logits -y_i = -|x - w_i|^2 of the RBF head (x = F6's
-output), so the head's own curvature, the same -2 I for every logit, sits in the dropped term
+The paper's approximation is not a property of the function the network computes but of how the network
+is drawn as units and connections: splitting a computation into a different but equivalent sequence of
+operations changes which cross terms step 2 drops. For example the RBF output layer here computes
+``|x|^2 - 2 x.w + |w|^2`` (one dot product) rather than ``sum_j (x_j - w_j)^2``; squaring the two branches'
+derivatives separately gives 4 x^2 + 4 w^2 instead of 4 (x - w)^2. A model-independent version (a jaxpr
+interpreter squaring each primitive's partial derivatives) would therefore silently give different,
+model-code-dependent answers. So it is written with the model, per layer type, for LeNet-5's units as
+LC98 draws them (``LeNet5.lc98_curvature``: convolution, trainable subsampling, sparse C3, dense, and the
+RBF output under LC98's criterion; derived in experiments/REPRODUCTION.md), and the trainer installs it
+with ``sdlm_curvature=paper``. Where the cut between "network" and "loss" is made also matters. For
+``gauss_newton_diagonal`` on LeNet-5 the outputs are the 10 logits -y_i = -|x - w_i|^2 of the RBF head
+(x = F6's output), so the head's own curvature, the same -2 I for every logit, sits in the dropped term
 sum_i dL/dz_i * d^2 z_i; for softmax cross-entropy sum_i dL/dz_i = sum_i (p_i - [i = label]) = 0 and that
 term vanishes (the |x|^2 common to all logits cancels in the softmax), so cutting at the logits or at F6
-gives the same G. It would not vanish for LC98's own criterion (App. C's MAP loss with its constant
-e^{-j} competitor), where the quadratic RBF units contribute curvature of their own.
+gives the same G. It does not vanish for LC98's own criterion (``loss=lc98``, with its constant e^{-j}
+competitor), where the paper's estimate keeps the squared-distance term's curvature 2 at every F6 unit.
 
 Batches larger than one pattern
 -------------------------------
