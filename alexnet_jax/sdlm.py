@@ -266,17 +266,22 @@ def effective_learning_rates(opt_state: Any) -> Any:
 def curvature_summary(opt_state: Any, lr: float) -> dict[str, float]:
     """The distribution of the installed h over every parameter entry, and of the step sizes
     lr / (mu + h) at the global rate ``lr`` (LC98 App. C reports 7e-5 .. 0.016 for its first pass):
-    h quantiles 0, 10, 50, 90, 100%, the share of h below mu, and the rates' min, median and max."""
+    h quantiles 0, 10, 50, 90, 100%, the share of h below mu, the rates' min, median and max, and the median
+    h of each top-level module (a model's layers)."""
     import numpy as np
 
-    h = np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in jax.tree.leaves(jax.device_get(
-        get_curvature(opt_state)))])
+    by_module: dict[str, list[np.ndarray]] = {}
+    for path, v in jax.tree_util.tree_leaves_with_path(jax.device_get(get_curvature(opt_state))):
+        name = str(getattr(path[0], "key", path[0])) if path else ""
+        by_module.setdefault(name, []).append(np.ravel(np.asarray(v, np.float64)))
+    h = np.concatenate([a for parts in by_module.values() for a in parts])
     mu = float(jax.device_get(_hyperparam(opt_state, "mu")))
     quantiles = dict(zip(("h_min", "h_p10", "h_median", "h_p90", "h_max"),
                          np.quantile(h, [0.0, 0.1, 0.5, 0.9, 1.0]).tolist(), strict=True))
     rates = lr / (mu + h)
     return {"lr": float(lr), "mu": mu, **quantiles, "share_h_below_mu": float(np.mean(h < mu)),
-            "rate_min": float(rates.min()), "rate_median": float(np.median(rates)), "rate_max": float(rates.max())}
+            "rate_min": float(rates.min()), "rate_median": float(np.median(rates)), "rate_max": float(rates.max()),
+            "h_median_by_module": {k: float(np.median(np.concatenate(v))) for k, v in by_module.items()}}
 
 
 def _hyperparam(opt_state: Any, name: str) -> jax.Array:

@@ -376,3 +376,18 @@ def test_paper_recipes_are_lc98s_setting():
     shipped = get_config("lenet5_mnist_sdlm")
     assert shipped == c.replace(lr=0.00005)
     assert get_config("lenet5_mnist_sdlm_affine") == shipped.replace(augment="lenet_affine_fixed")
+
+
+def test_curvature_summary_against_numpy():
+    from alexnet_jax.sdlm import curvature_summary, sdlm, set_curvature
+
+    params = {"a": {"w": jnp.ones(3)}, "b": {"w": jnp.ones(2)}}
+    h = {"a": {"w": jnp.array([1.0, 2.0, 3.0])}, "b": {"w": jnp.array([0.0, 0.5])}}
+    s = curvature_summary(set_curvature(sdlm(1e-3, mu=0.02).init(params), h), 2e-3)
+    flat = np.array([1.0, 2.0, 3.0, 0.0, 0.5])
+    rates = 2e-3 / (np.float32(0.02) + flat)
+    assert s["h_median"] == pytest.approx(np.median(flat)) and s["h_max"] == 3.0 and s["h_min"] == 0.0
+    assert s["share_h_below_mu"] == pytest.approx(0.2)
+    assert (s["rate_min"], s["rate_max"]) == (pytest.approx(rates.min()), pytest.approx(rates.max()))
+    assert s["rate_median"] == pytest.approx(np.median(rates))
+    assert s["h_median_by_module"] == {"a": 2.0, "b": 0.25}
