@@ -245,7 +245,7 @@ def train_errors(workdir: str, data_dir: str | None) -> dict[str, float]:
     out = {}
     try:
         for step in sorted(checkpointer.manager.all_steps()):
-            state, _, _ = r.trainer.restore(checkpointer, step=step)
+            state, _, _ = checkpointer.restore(r.trainer.abstract_state, step=step, config=r.config.to_dict())
             batches = data_lib.make_eval_loader(r.trainer.config, r.config.train_split, batch_size=EVAL_BATCH)
             out[f"{step / spe:g}"] = 100.0 * (1.0 - r.trainer.evaluate(state, batches)["top1"])
     finally:
