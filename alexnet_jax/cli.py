@@ -2,8 +2,11 @@
 
     alexnet-jax train   [--config NAME] [--workdir DIR] [--set key=value ...] [--extend] [--data-dir DIR]
     alexnet-jax eval    --workdir DIR [--split NAME] [--ten-crop] [--data-dir DIR]
-    alexnet-jax prepare DATASET [--source PATH] [--data-dir DIR]
+    alexnet-jax prepare DATASET [--source PATH] [--data-dir DIR] [--overwrite] [--clear-cache]
     alexnet-jax summary MODEL [--input-size N] [--num-classes K] [--width W]
+    alexnet-jax import torchvision FILE.pth --workdir DIR
+    alexnet-jax import caffe FILE.caffemodel --deploy deploy.prototxt --mean MEAN.binaryproto --workdir DIR
+    alexnet-jax export torchvision --workdir DIR FILE.pth
     alexnet-jax bench | inspect | filters | neighbours | predict | plot | activations | init-stats ...
 
 Subcommands that run on devices accept --force-host-devices N (N virtual CPU devices, e.g. to run
@@ -94,9 +97,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from alexnet_jax.data import prepare
+    from alexnet_jax import data
 
-    path = prepare(args.dataset, args.source, args.data_dir)
+    if args.clear_cache:
+        path = data.dataset_dir(args.dataset, args.data_dir)
+        print(json.dumps({"dataset": args.dataset, "path": str(path), "cleared_bytes": data.clear_disk_cache(path)}))
+        return 0
+    path = data.prepare(args.dataset, args.source, args.data_dir, overwrite=args.overwrite, workers=args.workers,
+                        quality=args.quality)
     print(json.dumps({"dataset": args.dataset, "path": str(path)}))
     return 0
 
@@ -109,6 +117,29 @@ def cmd_summary(args) -> int:
     print(summary_table(s))
     print(json.dumps({"model": s["model"], "input_size": s["input_size"], "num_classes": s["num_classes"],
                       "params": s["params"], "macs": s["macs"]}))
+    return 0
+
+
+def cmd_import(args) -> int:
+    if args.source == "torchvision":
+        from alexnet_jax.zoo.torchvision import import_torchvision
+
+        res = import_torchvision(args.file, args.workdir)
+    else:
+        from alexnet_jax.zoo.caffe import import_caffe
+
+        res = import_caffe(args.file, args.deploy, args.mean, args.workdir, lrn=args.lrn)
+    print(json.dumps(res))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from alexnet_jax.zoo.torchvision import export_torchvision
+
+    res = export_torchvision(args.workdir, args.file, step=args.step)
+    for note in res["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(json.dumps(res))
     return 0
 
 
@@ -165,10 +196,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_device_args(e, multihost=True)
     e.set_defaults(fn=cmd_eval)
 
+    from alexnet_jax.data.catalog import JPEG256_QUALITY
     pr = sub.add_parser("prepare", help="build a TFDS dataset offline from files you have")
     pr.add_argument("dataset", help="digits | mnist | cifar10 | imagenet2012[/jpeg256|/raw256]")
     pr.add_argument("--source", help="the files: MNIST .gz dir, CIFAR tarball/folder tree, ILSVRC tars/tree")
     pr.add_argument("--data-dir", help=DATA_DIR_HELP)
+    pr.add_argument("--overwrite", action="store_true", help="prepare it again even where it is already prepared")
+    pr.add_argument("--workers", type=int, metavar="N", help="shard-writing processes (default: all cores)")
+    pr.add_argument("--quality", type=int, default=JPEG256_QUALITY, help="imagenet2012/jpeg256 quality (%(default)s)")
+    pr.add_argument("--clear-cache", action="store_true", help="only delete the arrays cached beside the dataset")
     pr.set_defaults(fn=cmd_prepare)
 
     s = sub.add_parser("summary", help="per-layer table of output shapes, parameters and multiply-adds")
@@ -179,6 +215,29 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--width", type=float, default=1.0)
     s.add_argument("--head", choices=["softmax", "rbf"], help="lenet5 only")
     s.set_defaults(fn=cmd_summary)
+
+    im = sub.add_parser("import", help="a published AlexNet (torchvision .pth, Caffe bvlc_alexnet) as a new workdir")
+    src = im.add_subparsers(dest="source", required=True)
+    it = src.add_parser("torchvision", help="torchvision's alexnet state_dict -> an alexnet_owt workdir")
+    it.add_argument("file", metavar="FILE.pth", help="torch.save(alexnet.state_dict()) file (zip or legacy format)")
+    it.add_argument("--workdir", required=True, help="a new or empty folder")
+    ic = src.add_parser("caffe", help="Caffe's bvlc_alexnet -> a two-column alexnet workdir (Caffe's LRN)")
+    ic.add_argument("file", metavar="FILE.caffemodel", help="trained weights (V2 `layer` or legacy V1 `layers`)")
+    ic.add_argument("--deploy", required=True, metavar="deploy.prototxt", help="the net's deploy definition")
+    ic.add_argument("--mean", required=True, metavar="MEAN.binaryproto",
+                    help="the mean image the net was trained with (ilsvrc_2012_mean.binaryproto, or Caffe's .npy)")
+    ic.add_argument("--workdir", required=True, help="a new or empty folder")
+    ic.add_argument("--lrn", choices=["caffe", "paper"], default="caffe",
+                    help="caffe (default: the net as trained, exact) or the paper's LRN (to compare)")
+    for p_ in (it, ic):
+        p_.set_defaults(fn=cmd_import)
+    ex = sub.add_parser("export", help="a workdir's net as another framework's file")
+    dst = ex.add_subparsers(dest="target", required=True)
+    et = dst.add_parser("torchvision", help="an alexnet_owt workdir -> torchvision's alexnet state_dict (needs torch)")
+    et.add_argument("--workdir", required=True)
+    et.add_argument("--step", type=int, help="checkpoint step (default: the newest usable one)")
+    et.add_argument("file", metavar="FILE.pth", help="where to write the state_dict (torch.save)")
+    et.set_defaults(fn=cmd_export)
 
     for name in TOOLS:   # each tool module registers its own arguments
         mod = importlib.import_module(f"alexnet_jax.tools.{name}")

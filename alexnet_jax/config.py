@@ -14,11 +14,7 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from alexnet_jax.errors import AlexnetJaxError
-
-
-class ConfigError(AlexnetJaxError, ValueError):
-    pass
+from alexnet_jax.errors import ConfigError
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,6 +120,11 @@ def field(default, accepts, doc: str = ""):
 # LC98 eq. 9's constant j (the paper gives no value): experiments/REPRODUCTION.md says why this one
 LC98_J = 84.0
 
+# Config.preprocess: the inputs' centring (and photo fitting) of a run, or of an imported net (alexnet_jax/zoo):
+# "dataset" the run's own (the training split's mean image); "torchvision" torchvision's ImageNet transform
+# (Resize(256), CenterCrop, its per-channel mean; the std is alexnet_owt's own input scale); "caffe" the mean
+# image Caffe's net was trained with, saved in the workdir at import (its BGR order is undone in conv1).
+PREPROCESSING = ("dataset", "torchvision", "caffe")
 POSITIVE = Range(0, None, lo_open=True)
 NON_NEGATIVE = Range(0)
 
@@ -139,12 +140,17 @@ class Config:
     head: str = field("softmax", OneOf(("softmax", "rbf")), "lenet5 only")
     init: str = field("native", OneOf(_init_rules),
                       "AlexNets: native (the net's own), paper (K12 §5), paper_scaled (gain-matched), he")
+    lrn: str = field("paper", OneOf(("paper", "caffe")),
+                     "alexnet: the paper's LRN per column (k=2), or Caffe's across both columns (k=1, alpha/5)")
     # data
     dataset: str = field("digits", OneOf(_datasets), "TFDS name, optionally /store (imagenet2012/raw256)")
     data_dir: str = field("", Text(empty_ok=True), "'' -> $TFDS_DATA_DIR or ~/tensorflow_datasets")
     train_split: str = field("train", Text())
     eval_split: str = field("test", Text())
     augment: str = field("none", OneOf(_augments))
+    preprocess: str = field("dataset", OneOf(PREPROCESSING),
+                            "what inputs are centred with: dataset (the training split's mean), torchvision (its "
+                            "resize, crop and mean/std), caffe (the imported mean image, <workdir>/input_mean.npy)")
     num_workers: int = field(0, Range(0, 256), "loader reader threads (0: every core)")
     # optimisation: the paper's SGD (K12: v <- m v - wd lr w - lr g; w <- w + v), or LeNet-5's stochastic
     # diagonal Levenberg-Marquardt (LC98 App. C: w <- w - lr / (mu + h) g, h re-estimated before each pass)
@@ -233,6 +239,17 @@ class Config:
             raise ConfigError(f"sdlm_curvature=paper is LC98's estimate for LeNet-5's own layers, from its RBF "
                               f"output: needs model=lenet5 and head=rbf (got model={self.model}, head={self.head}); "
                               f"use sdlm_curvature=exact")
+        if self.lrn == "caffe" and self.model != "alexnet":
+            raise ConfigError(f"lrn=caffe is an option of the two-column net (model=alexnet), not model={self.model}")
+        if self.preprocess != "dataset" and self.augment != "alexnet":
+            raise ConfigError(f"preprocess={self.preprocess} is an ImageNet preprocessing: it needs augment=alexnet, "
+                              f"got augment={self.augment}")
+        if self.preprocess == "torchvision" and (self.model != "alexnet_owt" or self.init not in ("native", "he")):
+            raise ConfigError(f"preprocess=torchvision feeds torchvision's normalised inputs, which model=alexnet_owt "
+                              f"reads with init=native or he (got model={self.model}, init={self.init})")
+        if self.preprocess == "caffe" and (self.model != "alexnet" or self.init not in ("native", "paper")):
+            raise ConfigError(f"preprocess=caffe feeds centred raw pixels, which model=alexnet reads with init=native "
+                              f"or paper (got model={self.model}, init={self.init})")
         if self.head == "rbf" and (self.model != "lenet5" or self.num_classes != 10):
             raise ConfigError(f"head=rbf (LeNet-5's 10 fixed digit codes) needs model=lenet5 and num_classes=10, "
                               f"got model={self.model}, num_classes={self.num_classes}")

@@ -20,7 +20,7 @@ from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import data as data_lib
 from alexnet_jax import parallel
 from alexnet_jax.config import Config
-from alexnet_jax.data.catalog import stored_shape_of
+from alexnet_jax.data.records import stored_shape_of
 from alexnet_jax.trainer import Trainer, TrainState
 from alexnet_jax.workdir import StopFlag, load_config
 
@@ -61,7 +61,7 @@ def restore_workdir(workdir: str, *, mesh: Mesh | None = None, step: int | None 
         batch_size = -(-config.batch_size // n) * n
     here = config.replace(mesh_data=mesh.shape["data"], mesh_model=mesh.shape["model"],
                           **({"data_dir": data_dir} if data_dir else {}))
-    trainer = Trainer.build(here, mesh, batch_size=batch_size, augment=_augment_or_stand_in(here))
+    trainer = Trainer.build(here, mesh, batch_size=batch_size, augment=_augment_or_stand_in(here, workdir))
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     try:
         restored = checkpointer.restore(trainer.abstract_state, step=step, config=config.to_dict())
@@ -80,6 +80,8 @@ def _steps_per_epoch(meta: dict[str, Any], config: Config) -> int:
     dataset's training examples // batch (the loader's rule on one process) when it is prepared here."""
     if meta.get("steps_per_epoch"):
         return int(meta["steps_per_epoch"])
+    if "imported" in meta:   # a published net brought in by alexnet_jax.zoo: no schedule of its own ran here
+        return 1
     try:
         return max(1, data_lib.dataset_info(config).splits[config.train_split] // config.batch_size)
     except data_lib.DatasetNotPreparedError:
@@ -88,11 +90,12 @@ def _steps_per_epoch(meta: dict[str, Any], config: Config) -> int:
         return 1
 
 
-def _augment_or_stand_in(config: Config):
+def _augment_or_stand_in(config: Config, workdir: str | None = None):
     """The run's device augmentation; where its dataset is not prepared here, a per-channel mean stands in
-    for the training mean image (the tools' photos), with a warning."""
+    for the training mean image (the tools' photos), with a warning.  An imported net's preprocessing
+    (config.preprocess) needs no dataset (its mean image, for caffe, is in `workdir`)."""
     try:
-        return data_lib.make_augment(config)
+        return data_lib.make_augment(config, workdir=workdir)
     except data_lib.DatasetNotPreparedError:
         if config.augment in ("alexnet", "cifar"):
             log.warning("%s is not prepared here: subtracting a per-channel mean instead of the training mean "

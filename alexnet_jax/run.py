@@ -101,14 +101,15 @@ def curvature_patterns(config: Config):
                                       prefetch=0)
 
 
-def build_run(config: Config, mesh: Mesh | None = None, *, evaluation: bool = True,
+def build_run(config: Config, mesh: Mesh | None = None, *, workdir: str | None = None, evaluation: bool = True,
               prefetch: int | None = None) -> Run:
     """Everything a training run of `config` needs on `mesh` (default: the config's mesh_data x mesh_model).
 
     The config is validated once; the model x mesh x batch plan is made before any data is read (a mesh
     or batch that does not fit is refused first); then the dataset is checked against the model, and the
     loaders, the device augmentation and the Trainer are built.  `evaluation=False`: no eval loader;
-    `prefetch`: the training loader's read-ahead in batches (None: the loader's default)."""
+    `prefetch`: the training loader's read-ahead in batches (None: the loader's default); `workdir`: where an
+    imported net keeps its preprocessing files (config.preprocess, alexnet_jax/zoo)."""
     config.validate()
     mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh_data, config.mesh_model)
     abstract_model = abstract_model_of(config)
@@ -121,7 +122,7 @@ def build_run(config: Config, mesh: Mesh | None = None, *, evaluation: bool = Tr
         on_error.callback(train_loader.close)
         optim.check_schedule(config, train_loader.steps_per_epoch)
         trainer = Trainer.assemble(config, abstract_model, plan, steps_per_epoch=train_loader.steps_per_epoch,
-                                   augment=data_lib.make_augment(config))
+                                   augment=data_lib.make_augment(config, workdir=workdir))
         eval_loader = (data_lib.make_eval_loader(config, config.eval_split, batch_size=plan.per_process_batch, **feed)
                        if evaluation else None)
         patterns = curvature_patterns(config) if config.optimizer == "sdlm" else None
@@ -174,7 +175,7 @@ def train_and_evaluate(config: Config, workdir: str, *, progress: bool = True, e
     with its record and the training record written just before it (the mean over the steps since the
     previous log step), may return True to end the run there (saved) before its schedule does."""
     check_config(config, workdir, extend=extend)
-    with build_run(config, mesh) as run:
+    with build_run(config, mesh, workdir=workdir) as run:
         return _train(run, workdir, progress=progress, after_eval=after_eval)
 
 
@@ -191,7 +192,8 @@ def _train(run: Run, workdir: str, *, progress: bool, after_eval) -> dict[str, A
             state, step = trainer.init(), 0
         else:
             state, saved, step = restored
-            _restore_data_state(loader, saved["data_state"])
+            if "data_state" in saved:   # an imported net (alexnet_jax/zoo) has none: its data start at the beginning
+                _restore_data_state(loader, saved["data_state"])
             if plateau is not None and saved.get("plateau"):
                 plateau = optim.PlateauController.from_state_dict(saved["plateau"])
             history = saved.get("evals", [])

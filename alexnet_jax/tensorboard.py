@@ -13,6 +13,8 @@ import socket
 import struct
 import time
 
+from alexnet_jax import protowire
+
 
 def _crc32c_table() -> list[int]:
     table = []
@@ -62,61 +64,20 @@ def _frame(data: bytes) -> bytes:
     return head + struct.pack("<I", _masked_crc(head)) + data + struct.pack("<I", _masked_crc(data))
 
 
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    v &= (1 << 64) - 1
-    while True:
-        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
-        v >>= 7
-        if not v:
-            return bytes(out)
-
-
-def _field(number: int, wire: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | wire) + payload
-
-
-def _bytes_field(number: int, data: bytes) -> bytes:
-    return _field(number, 2, _varint(len(data)) + data)
-
-
 def scalar_event(step: int, tag: str, value: float, wall_time: float) -> bytes:
     """An Event holding one scalar summary value."""
-    val = _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", value))
-    return (_field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step))
-            + _bytes_field(5, _bytes_field(1, val)))
+    pw = protowire
+    val = pw.bytes_field(1, tag.encode()) + pw.field(2, pw.FIXED32, struct.pack("<f", value))
+    return (pw.field(1, pw.FIXED64, struct.pack("<d", wall_time)) + pw.field(2, pw.VARINT, pw.varint(step))
+            + pw.bytes_field(5, pw.bytes_field(1, val)))
 
 
 def _event_step(record: bytes) -> int:
     """The step field of an Event (0 when absent: the file_version event)."""
-    i = 0
-    while i < len(record):
-        key, i = _read_varint(record, i)
-        number, wire = key >> 3, key & 7
-        if number == 2 and wire == 0:
-            step, _ = _read_varint(record, i)
-            return step - (1 << 64) if step >= 1 << 63 else step
-        if wire == 0:
-            _, i = _read_varint(record, i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        else:
-            n, i = _read_varint(record, i)
-            i += n
+    for number, wire, value in protowire.fields(record):
+        if number == 2 and wire == protowire.VARINT:
+            return protowire.signed64(value)
     return 0
-
-
-def _read_varint(b: bytes, i: int) -> tuple[int, int]:
-    out, shift = 0, 0
-    while True:
-        byte = b[i]
-        out |= (byte & 0x7F) << shift
-        i += 1
-        if byte < 0x80:
-            return out, i
-        shift += 7
 
 
 def purge_events(tb_dir: str, step: int) -> int:
@@ -143,7 +104,8 @@ class EventWriter:
     def __init__(self, tb_dir: str):
         os.makedirs(tb_dir, exist_ok=True)
         self.path = os.path.join(tb_dir, f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}")
-        version = _field(1, 1, struct.pack("<d", time.time())) + _bytes_field(3, b"brain.Event:2")
+        version = (protowire.field(1, protowire.FIXED64, struct.pack("<d", time.time()))
+                   + protowire.bytes_field(3, b"brain.Event:2"))
         self.f = open(self.path, "ab")
         self.f.write(_frame(version))
 

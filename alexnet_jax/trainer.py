@@ -46,6 +46,8 @@ def build_model(config: Config) -> nnx.Module:
     extra = {"head": config.head} if config.model == "lenet5" else {}
     if config.model.startswith("alexnet"):
         extra["init"] = config.init
+    if config.model == "alexnet":
+        extra["lrn"] = config.lrn
     return create_model(config.model, num_classes=config.num_classes, input_size=config.input_size,
                         width=config.width, dtype=config.dtype, seed=config.seed, **extra)
 

@@ -199,7 +199,8 @@ def test_signal_during_final_evaluation_and_rerun_of_a_finished_workdir(tfds_dir
 # ------------------------------------------------------------------------------------------------
 BAD = {  # one value each field must refuse (written here, not read from the code)
     "model": "vgg", "num_classes": 1, "input_size": 4, "width": 0.0, "dtype": "float16", "head": "sigmoid",
-    "init": "xavier", "dataset": "svhn", "data_dir": 3, "train_split": "", "eval_split": " ",
+    "init": "xavier", "lrn": "cuda-convnet", "preprocess": "keras", "dataset": "svhn", "data_dir": 3,
+    "train_split": "", "eval_split": " ",
     "augment": "mixup", "num_workers": -1, "optimizer": "adam", "sdlm_mu": 0.0, "sdlm_samples": 0,
     "sdlm_curvature": "hessian", "loss": "mse", "lc98_j": 0.0,
     "batch_size": 0, "num_epochs": 0.0, "num_steps": -5, "lr": -1.0,

@@ -142,6 +142,18 @@ def test_meshes_train_identically_with_device_augmentation(tmp_path):
         assert res["param_max_diff"][name] <= 1e-5, name
 
 
+def test_caffe_lrn_on_the_column_split(tmp_path):
+    """lrn=caffe (bvlc_alexnet's LRN, across both columns' maps): the 1x2 column split trains as one device
+    does, and its forward pass gathers the columns' maps at lrn1 and lrn2 besides the paper's four exchanges."""
+    res = run_task("caffe_lrn", tmp_path / "caffe_lrn", steps=4)
+    ref, got = np.asarray(res["losses"]["1x1"]), np.asarray(res["losses"]["1x2"])
+    assert len(ref) == 4 and np.max(np.abs(got - ref) / np.abs(ref)) <= 1e-5, (got, ref)
+    assert res["param_max_diff"] <= 1e-5
+    cs = [c for c in res["forward"]["collectives"] if c["group_size"] > 1]
+    assert {c["op"] for c in cs} == {"all-gather"} and {c["axis"] for c in cs} == {"model"}
+    assert sorted(c["layer"] for c in cs) == sorted((*EXCHANGES, "lrn1", "lrn2"))
+
+
 # ================================================================================================
 # 2. Communication
 # ================================================================================================
@@ -408,6 +420,26 @@ def _sharding_report(state, tx, ref: dict) -> dict:
     return {"params": params, "momentum": {str(k): v for k, v in momentum.items()}}
 
 
+def task_caffe_lrn(out: Path, steps: int) -> dict:
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from alexnet_jax import comms, parallel
+    config = _small_config(lrn="caffe")
+    batches = _synthetic(config)
+    res, params = {"losses": {}}, {}
+    for d, m in ((1, 1), (1, 2)):
+        mesh = parallel.make_mesh(d, m)
+        state, losses, _, trainer = _train(config, mesh, batches, steps)
+        res["losses"][f"{d}x{m}"] = losses
+        params[m] = _flat(state.params)
+    res["param_max_diff"] = max(float(np.max(np.abs(params[2][k] - params[1][k]))) for k in params[1])
+    x = jax.device_put(batches[0]["image"], NamedSharding(mesh, P("data")))
+    res["forward"] = comms.analyze(_forward(trainer).lower(state.params, state.extra, x).compile(), mesh).to_dict()
+    return res
+
+
 def task_fullsize(out: Path) -> dict:
     import jax
     import jax.numpy as jnp
@@ -559,7 +591,7 @@ def task_augmeshes(out: Path, steps: int) -> dict:
 
     from alexnet_jax import data as data_lib
     from alexnet_jax import parallel
-    from alexnet_jax.data.preparation import CIFAR10_CLASSES
+    from alexnet_jax.data.listing import CIFAR10_CLASSES
     from alexnet_jax.run import build_run
     from alexnet_jax.trainer import AUGMENT_STREAM
 
@@ -596,7 +628,7 @@ def task_augmeshes(out: Path, steps: int) -> dict:
 
 
 TASKS = {"meshes": task_meshes, "augmeshes": task_augmeshes, "fullsize": task_fullsize, "checkpoint": task_checkpoint,
-         "onecolumn": task_onecolumn, "errors": task_errors}
+         "onecolumn": task_onecolumn, "errors": task_errors, "caffe_lrn": task_caffe_lrn}
 
 if __name__ == "__main__":
     task, out = sys.argv[1], Path(sys.argv[2])

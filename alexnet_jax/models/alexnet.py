@@ -26,6 +26,7 @@ from flax import nnx
 
 from alexnet_jax.models.init import Init
 from alexnet_jax.models.layers import (
+    CAFFE_LRN,
     COLUMN_AXIS,
     Tap,
     channels_last,
@@ -114,6 +115,7 @@ def concat_columns(hs: Sequence[jax.Array], layer: str = "") -> jax.Array:
 
 # exchange(per-column maps, name of the layer that reads them) -> all columns' maps side by side
 Exchange = Callable[[Sequence[jax.Array], str], jax.Array]
+LRN_KINDS = ("paper", "caffe")   # AlexNet2012(lrn=): the paper's LRN per column, or Caffe's across columns
 
 
 class AlexNet2012(nnx.Module):
@@ -131,6 +133,9 @@ class AlexNet2012(nnx.Module):
     * LRN k=2, n=5, alpha=1e-4, beta=0.75 (K12 §3.3) after the ReLU of conv1 and conv2, each column
       normalising only its own 48 / 128 maps, as the two GPUs did (cuda-convnet2 rnorm1a/b with
       channels=48; cuda-convnet2's config).  alpha is applied per element as printed (see layers.lrn).
+      `lrn="caffe"` is Caffe's LRN instead, as bvlc_alexnet was trained with it: k=1, alpha/5 per element,
+      over all 96 / 256 maps of the layer, across the column boundary (layers.CAFFE_LRN); the columns'
+      maps are exchanged for it at lrn1 and lrn2 (two all-gathers more on a column split).
     * Dropout 0.5 on the outputs of fc6 and fc7 — "the first two fully-connected layers" (K12 §4.2),
       i.e. on the inputs of fc7 and fc8, which is where cuda-convnet2 puts dropout1/dropout2
       (fc1000 inputs=dropout2a,dropout2b; cuda-convnet2's config).  torchvision instead drops *before* fc6/fc7.
@@ -144,8 +149,12 @@ class AlexNet2012(nnx.Module):
     """
 
     def __init__(self, *, num_classes: int = 1000, input_size: int = 227, width: float = 1.0,
-                 dtype=jnp.float32, dropout_rate: float = 0.5, init: str = "native", rngs: nnx.Rngs):
+                 dtype=jnp.float32, dropout_rate: float = 0.5, init: str = "native", lrn: str = "paper",
+                 rngs: nnx.Rngs):
         self.num_classes, self.input_size, self.dtype, self.dropout_rate = num_classes, input_size, dtype, dropout_rate
+        if lrn not in LRN_KINDS:
+            raise ValueError(f"unknown lrn {lrn!r}; valid: {', '.join(LRN_KINDS)}")
+        self.lrn_kind = lrn
         c1, c2, c3, c4, c5, f = (_w(n, width) for n in (48, 128, 192, 192, 128, 2048))
         k, s, pad = stem(input_size)
         self.conv1_padding = pad
@@ -185,16 +194,32 @@ class AlexNet2012(nnx.Module):
     feature_layer = "fc7"       # what the classifier reads (both columns' fc7, joined)
 
     # --- the per-column halves of the network (one GPU's work between two exchanges) -----------
-    def column_conv12(self, c: int, x_BHWC: jax.Array, tap: Tap = no_tap) -> jax.Array:
-        """conv1 -> ReLU -> LRN -> pool -> conv2 -> ReLU -> LRN -> pool, column c only."""
+    def column_conv1(self, c: int, x_BHWC: jax.Array, tap: Tap = no_tap) -> jax.Array:
         with jax.named_scope("conv1"):
-            h = tap("conv1", c, jax.nn.relu(self.conv1(c, x_BHWC)))
+            return tap("conv1", c, jax.nn.relu(self.conv1(c, x_BHWC)))
+
+    def column_conv2(self, c: int, pool1_BHWC: jax.Array, tap: Tap = no_tap) -> jax.Array:
+        with jax.named_scope("conv2"):
+            return tap("conv2", c, jax.nn.relu(self.conv2(c, pool1_BHWC)))
+
+    def column_conv12(self, c: int, x_BHWC: jax.Array, tap: Tap = no_tap) -> jax.Array:
+        """conv1 -> ReLU -> LRN -> pool -> conv2 -> ReLU -> LRN -> pool, column c only (the paper's LRN)."""
+        h = self.column_conv1(c, x_BHWC, tap)
         with jax.named_scope("lrn1"):
             h = max_pool(lrn(h))
-        with jax.named_scope("conv2"):
-            h = tap("conv2", c, jax.nn.relu(self.conv2(c, h)))
+        h = self.column_conv2(c, h, tap)
         with jax.named_scope("lrn2"):
             return max_pool(lrn(h))
+
+    def lrn_across_columns(self, hs: Sequence[jax.Array], layer: str, exchange: Exchange,
+                           first_column) -> list[jax.Array]:
+        """Caffe's LRN over every column's maps of one layer, then pooled: each present column's share.
+        `first_column`: the index, among all columns, of the first one present (parallel.apply passes it)."""
+        with jax.named_scope(layer):
+            every = lrn(exchange(hs, layer), **CAFFE_LRN)
+            n = hs[0].shape[-1]
+            return [max_pool(jax.lax.dynamic_slice_in_dim(every, (first_column + c) * n, n, axis=-1))
+                    for c in range(len(hs))]
 
     def column_conv345(self, c: int, pool2_all_BHWC: jax.Array, tap: Tap = no_tap) -> jax.Array:
         """conv3 (reads all columns) -> conv4 -> conv5 (own column) -> pool5, column c."""
@@ -225,12 +250,13 @@ class AlexNet2012(nnx.Module):
 
     def __call__(self, x_BHWC: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None,
                  dropout_masks: tuple[jax.Array, jax.Array] | None = None,
-                 exchange: Exchange = concat_columns, tap: Tap = no_tap) -> jax.Array:
+                 exchange: Exchange = concat_columns, tap: Tap = no_tap, first_column=0) -> jax.Array:
         """Forward pass.  `exchange` joins the columns' maps (an all-gather on a mesh); `tap` sees
         every layer's output after its activation (see layers.Tap).
 
         The loop runs over the columns whose parameters are present: both on one device, one per
-        device under `alexnet_jax.parallel` (which passes that device's dropout masks).
+        device under `alexnet_jax.parallel` (which passes that device's dropout masks and, for Caffe's
+        LRN, the index of its first column, `first_column`).
         """
         local = self.conv1.kernel.shape[0]
         keep6 = keep7 = None
@@ -244,7 +270,12 @@ class AlexNet2012(nnx.Module):
         x = x_BHWC.astype(self.dtype)
         if self.input_std is not None:  # unit-scale inputs (see Init.input_std)
             x = x / channels_last(jnp.asarray(self.input_std, self.dtype), x.ndim)
-        h = [self.column_conv12(c, x, tap) for c in cols]          # GPU-local
+        if self.lrn_kind == "paper":
+            h = [self.column_conv12(c, x, tap) for c in cols]      # GPU-local
+        else:                                                      # Caffe's LRN reads every column's maps
+            h = self.lrn_across_columns([self.column_conv1(c, x, tap) for c in cols], "lrn1", exchange, first_column)
+            h = [self.column_conv2(c, v, tap) for c, v in zip(cols, h, strict=True)]
+            h = self.lrn_across_columns(h, "lrn2", exchange, first_column)
         h = exchange(h, "conv3")                                   # conv3 sees both columns
         h = [self.column_conv345(c, h, tap) for c in cols]         # GPU-local
         h = exchange(h, "fc6").reshape(x.shape[0], -1)             # fc6 sees both columns

@@ -35,6 +35,27 @@ def sample_label(name: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2).replace("_", " ")) if m else None
 
 
+def torchvision_fit(data: bytes, size: int) -> np.ndarray:
+    """An encoded photo as torchvision's ImageNet transform sees it before its centre crop: decoded whole,
+    Resize(size) (shorter side to `size`, the longer to int(size * long / short), Pillow bilinear with its
+    antialiasing, as torchvision's resize of a PIL image), then the centre size x size kept with
+    torchvision's CenterCrop offsets (round((h - size) / 2)).  The device's centre crop of this
+    (Augment.eval: offset (size - s) // 2, an even difference for s = 224) is then exactly CenterCrop(s)."""
+    from PIL import Image
+
+    from alexnet_jax.data.files import decode
+
+    arr = decode(data, 3)
+    h, w, _ = arr.shape
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    nw, nh = (size, new_long) if w <= h else (new_long, size)
+    if (nw, nh) != (w, h):
+        arr = np.asarray(Image.fromarray(arr).resize((nw, nh), Image.BILINEAR), np.uint8)
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    return np.ascontiguousarray(arr[top:top + size, left:left + size])
+
+
 def display_crop(img: np.ndarray, size: int) -> np.ndarray:
     """The centre `size` crop of a stored image (what the model sees, before mean subtraction)."""
     h, w = img.shape[:2]
@@ -42,6 +63,13 @@ def display_crop(img: np.ndarray, size: int) -> np.ndarray:
         return img
     t, l = max(0, (h - size) // 2), max(0, (w - size) // 2)
     return img[t:t + size, l:l + size]
+
+
+def _decoded(i: int, fit, data: bytes, size: int) -> np.ndarray:
+    try:
+        return fit(data, size)
+    except Exception as e:  # noqa: BLE001 - any decoder error: say which image (as data.decode_images)
+        raise ValueError(f"image {i} cannot be decoded: {type(e).__name__}: {e}") from e
 
 
 @dataclasses.dataclass
@@ -117,19 +145,23 @@ def pick_from_split(source, n: int | None, seed: int = PICK_SEED) -> tuple[np.nd
     return picked, how
 
 
-def describe_mean(augment) -> str:
+def describe_mean(augment, preprocess: str = "dataset") -> str:
     m = augment.mean
     if m is None:
         return "none"
+    if preprocess != "dataset":
+        what = "mean image" if np.ndim(m) == 3 else f"per-channel mean {np.round(np.float64(m), 3).tolist()}"
+        return f"the imported net's ({preprocess}) {what}"
     return "training-split mean image" if np.ndim(m) == 3 else f"per-channel mean {np.round(m, 2).tolist()}"
 
 
 def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, data_dir=None,
                 seed: int = PICK_SEED) -> Inputs:
     """Model inputs from image files (`images`: each photo's shorter side resized and its centre kept,
-    to the run's stored shape; the first `limit`) or from a prepared dataset split (default: the
-    checkpoint's dataset and eval split; `limit` examples picked by `pick_from_split` with `seed`), then
-    the run's own evaluation preprocessing on the device (Trainer.augment.eval)."""
+    to the run's stored shape, with torchvision's own arithmetic for `preprocess=torchvision`,
+    `torchvision_fit`; the first `limit`) or from a prepared dataset split (default: the checkpoint's dataset
+    and eval split; `limit` examples picked by `pick_from_split` with `seed`), then the run's own evaluation
+    preprocessing on the device (Trainer.augment.eval)."""
     import jax
 
     from alexnet_jax import data as data_lib
@@ -137,26 +169,29 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
     augment = restored.trainer.augment
     if images:
         items = read_image_files(images, limit)
-        stored = data_lib.decode_images(augment, [b for _, b in items])
+        if restored.config.preprocess == "torchvision":
+            size = augment.stored_shape[0]
+            stored = np.stack([_decoded(i, torchvision_fit, b, size) for i, (_, b) in enumerate(items)])
+        else:
+            stored = data_lib.decode_images(augment, [b for _, b in items])
         names, labels, source = [n for n, _ in items], [None] * len(items), ", ".join(map(str, images))
         how = f"{len(items)} image files in the order given (inside folders and tars by name)"
     else:
-        from alexnet_jax.data.sources import RecordSource
-
         cfg = restored.config.replace(dataset=dataset) if dataset else restored.config
         cfg = cfg.replace(data_dir=data_dir) if data_dir else cfg
         split = split or cfg.eval_split
-        src = RecordSource(data_lib.ensure_prepared(cfg), split)
+        src = data_lib.RecordSource(data_lib.locate(cfg), split)
         picked, how = pick_from_split(src, limit, seed)
-        recs = [src.record(int(i)) for i in picked]
-        stored = np.stack([src.decode(r) for r in recs]) if recs else np.zeros((0, *src.shape), np.uint8)
-        names, labels = [r["name"] for r in recs], [r["label"] for r in recs]
+        n = len(picked)
+        stored, labels, names = np.zeros((n, *src.shape), np.uint8), np.zeros(n, int), [""] * n
+        ok = src.read_into(picked, stored, labels, names)    # undecodable images: reported, left out
+        stored, names, labels = stored[ok], [m for m, k in zip(names, ok) if k], labels[ok].tolist()
         source = f"{cfg.dataset}:{split}"
     if not len(stored):
         raise ValueError(f"no images in {source}")
     x = np.asarray(jax.jit(augment.eval)(stored))
     return Inputs(x=x, display=[display_crop(d, augment.input_size) for d in stored], names=names,
-                  labels=labels, source=source, mean=describe_mean(augment), pick=how)
+                  labels=labels, source=source, mean=describe_mean(augment, restored.config.preprocess), pick=how)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,7 +199,7 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
 # ------------------------------------------------------------------------------------------------
 def imagenet_synsets() -> list[str]:
     """The 1000 ILSVRC-2012 wnids in TFDS label order (sorted), from tensorflow_datasets' labels.txt."""
-    from alexnet_jax.data.preparation import imagenet_synsets as synsets
+    from alexnet_jax.data.datasets import imagenet_synsets as synsets
 
     return synsets()
 
