@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["lenet5_mnist.py", "alexnet_columns_cifar10.py", "alexnet_imagenet.py", "compare_splits.py"]
+SCRIPTS = ["lenet5_mnist.py", "alexnet_columns_cifar10.py", "alexnet_imagenet.py", "compare_splits.py", "bench_cpu.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -100,3 +100,74 @@ def test_gpu_script_smoke_on_cpu(tmp_path):
     assert report["claim_A"]["verdict"] and report["claim_B"]["verdict"]
     for name in ("step_bf16_peers", "e2e_alexnet", "e2e_alexnet_owt"):
         assert json.loads((out / f"{name}.json").read_text().strip().splitlines()[-1])
+
+
+def _bench_cpu():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_cpu", ROOT / "experiments" / "bench_cpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_cpu_tables_and_readme_block(tmp_path):
+    """The tables are written from the results: the fastest torch configuration in bold, the ratio against
+    it, both sides' statistic, the load; README's block between the markers is replaced, nothing else."""
+    bench_cpu = _bench_cpu()
+    proto = {"unit": "epoch", "warmup": 1, "timed": 5, "statistic": "best of the timed epochs", "untimed": "x"}
+    runs = [{"config": c, "images_per_second": v, "share_of_peak": v / 1000}
+            for c, v in (("eager contiguous", 100.0), ("eager channels_last", 80.0),
+                         ("compiled contiguous", 50.0), ("compiled channels_last", 40.0))]
+    lenet = {"mode": "lenet_epoch", "dtype": "float32", "batch": 128, "images_per_second": 200.0, "threads": 2,
+             "protocol": proto, "achieved_flops_per_second": 5e8, "share_of_peak": 0.25,
+             "peaks": {"float32": {"jax": {"flops_per_second": 1e9, "size": 4096},
+                                   "torch": {"flops_per_second": 2e9, "size": 4096},
+                                   "peak_flops_per_second": 2e9, "source": "torch 4096x4096 matmul"}},
+             "twin": {"threads": 2, "runs": runs, "fastest": "eager contiguous", "protocol": proto},
+             "vs_torch": {"fastest_torch": "eager contiguous", "ratio_vs_fastest": 2.0}}
+    res = {"date": "2030-01-02", "machine": {"cores": 2, "cpu": "a CPU", "torch": "2.13", "jax": "0.10.2"},
+           "parts": {"lenet_float32": {"cmd": "python -m alexnet_jax.cli bench --lenet-epoch --peer",
+                                       "wall_seconds": 60.0, "load_before": [0.3, 0.2, 0.1],
+                                       "load_after": [0.9, 0.4, 0.2], "result": lenet}}}
+    table = bench_cpu.comparison_table(bench_cpu.comparison_rows(res))
+    row = table.splitlines()[2]
+    assert row.startswith("| LeNet-5 MNIST epoch, batch 128 | float32 | 200 | **100** | 80 | 50 | 40 | **2.00x** |")
+    assert "best of the timed epochs (5 after 1 warm-up epoch)" in row and row.endswith("| 2 / 2 | 0.3, 0.9 |")
+    peak_row = bench_cpu.peak_table(bench_cpu.comparison_rows(res)).splitlines()[2]
+    assert "| 0 (25%) | 0 (10%) | 2 (torch 4096x4096 matmul) |" in peak_row
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{bench_cpu.BEGIN}\nold table\n{bench_cpu.END}\nafter\n")
+    block = bench_cpu.readme_block(res, "bench_cpu_2030-01-02.md")
+    assert bench_cpu.rewrite_readme(block, readme)
+    text = readme.read_text()
+    assert text.startswith("before\n" + bench_cpu.BEGIN) and text.endswith(bench_cpu.END + "\nafter\n")
+    assert "old table" not in text and "**2.00x**" in text and "bench_cpu_2030-01-02.md" in text
+
+
+@pytest.mark.slow
+def test_bench_cpu_smoke(tmp_path):
+    """Every part of experiments/bench_cpu.py runs (tiny nets, fake MNIST, eager torch when installed);
+    a smoke run is refused for publishing."""
+    import gzip
+    rng = np.random.default_rng(0)
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    for name, arr in (("train-images-idx3-ubyte.gz", rng.integers(0, 256, (96, 28, 28), dtype=np.uint8)),
+                      ("train-labels-idx1-ubyte.gz", rng.integers(0, 10, 96, dtype=np.uint8))):
+        header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        with gzip.open(mnist / name, "wb") as f:
+            f.write(header + arr.tobytes())
+    out = tmp_path / "out"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", OMP_WAIT_POLICY="PASSIVE")   # torch's threads sleep when waiting
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_cpu.py"), "--smoke", "--out", str(out),
+                        "--mnist-dir", str(mnist)], env=env, capture_output=True, text=True, timeout=3000)
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["parts"]) == {"lenet_float32", "lenet_bfloat16", "cifar_float32", "cifar_bfloat16",
+                                 "alexnet_float32"}
+    for name, part in res["parts"].items():
+        assert "error" not in part["result"], (name, part["result"]["error"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "## Ours against every torch configuration" in (out / "report.md").read_text()
+    p = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_cpu.py"), "--report",
+                        str(out / "results.json"), "--publish"], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "not published" in p.stderr

@@ -33,7 +33,7 @@ MAX_UNROLL = 16
 
 
 def lenet_epoch(mnist_dir: str | os.PathLike, *, batch: int = 128, chunks: list[int] | None = None,
-                lr: float = 0.05, dtype: str = "float32", epochs: int = 2,
+                lr: float = 0.05, dtype: str = "float32", epochs: int = 3,
                 max_unroll: int = MAX_UNROLL) -> dict[str, Any]:
     """Time epochs of our `lenet5` (softmax head, paper SGD, momentum 0.9, no weight decay like the peer)
     with K steps per dispatch for each K in `chunks` (default [1]).
@@ -45,11 +45,13 @@ def lenet_epoch(mnist_dir: str | os.PathLike, *, batch: int = 128, chunks: list[
     ~0.1 ms dispatch is noise, so K = 1 is as fast as any K here.
 
     The epoch (n // batch steps, the remainder dropped as the peer does) is put on the device once, as
-    one array per dispatch.  The first epoch is the warm-up; the reported time is the best of the
-    following `epochs - 1` (at least one).  Training continues across the runs of different K."""
+    one array per dispatch.  After compiling, one untimed warm-up epoch, then `epochs` timed epochs; the
+    best is reported (alexnet_jax.bench.protocol, as the torch twin does).  Training continues across
+    the runs of different K."""
     import jax
 
-    from alexnet_jax.bench.step import bench_config, device_info
+    from alexnet_jax.bench.protocol import epoch_protocol
+    from alexnet_jax.bench.step import bench_config, device_info, macs_per_image
     from alexnet_jax.trainer import Trainer
 
     x, y = load_mnist_train(mnist_dir)
@@ -99,7 +101,7 @@ def lenet_epoch(mnist_dir: str | os.PathLike, *, batch: int = 128, chunks: list[
                     exes[px.shape] = multi(len(px)).lower(state, px, py).compile()
         compile_s = time.perf_counter() - t0
         epoch_times, losses = [], None
-        for _ in range(max(epochs, 2)):
+        for _ in range(1 + max(1, epochs)):             # the first epoch is the warm-up
             t = time.perf_counter()
             for px, py in parts:
                 state, losses = exes[px.shape](state, px, py)
@@ -109,15 +111,18 @@ def lenet_epoch(mnist_dir: str | os.PathLike, *, batch: int = 128, chunks: list[
         last = float(jax.device_get(losses).reshape(-1)[-1])
         results.append({"steps_per_dispatch": k, "dispatches": len(parts), "how": how,
                         "compile_seconds": round(compile_s, 3),
-                        "first_epoch_seconds": epoch_times[0], "epoch_seconds": timed,
-                        "epoch_seconds_all": epoch_times, "images_per_second": n / timed,
+                        "warmup_epoch_seconds": epoch_times[0], "epoch_seconds": timed,
+                        "epoch_seconds_all": epoch_times[1:], "images_per_second": n / timed,
                         "final_loss": last, "loss_finite": bool(math.isfinite(last))})
         del parts
     best = min(results, key=lambda r: r["epoch_seconds"])
     info = device_info()
+    macs = macs_per_image(config)
     return {"mode": "lenet_epoch", "model": "lenet5", "head": "softmax",
             "optimizer": "paper_sgd momentum 0.9, no weight decay",
             "lr": lr, "batch": batch, "images": n, "steps": n_steps, "dtype": dtype, "device": info["device"],
-            "platform": info["platform"], "threads": info["cpu_cores"], "runs": results,
+            "platform": info["platform"], "threads": info["cpu_cores"], "xla_flags": info["xla_flags"],
+            "protocol": epoch_protocol(epochs), "runs": results,
             "epoch_seconds": best["epoch_seconds"], "images_per_second": best["images_per_second"],
-            "steps_per_dispatch": best["steps_per_dispatch"]}
+            "steps_per_dispatch": best["steps_per_dispatch"], "macs_per_image": macs,
+            "model_flops_per_image": 6 * macs, "achieved_flops_per_second": 6 * macs * best["images_per_second"]}

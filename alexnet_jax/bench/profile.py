@@ -1,5 +1,6 @@
 """Per-op device time of the training step from a jax.profiler trace, each op named by its layer and
-direction from the compiled HLO (read with alexnet_jax.comms, the same reader that finds collectives)."""
+direction from the compiled HLO (read with alexnet_jax.comms, the same reader that finds collectives),
+and the element types the compiled step's convolutions and matrix products run in."""
 
 from __future__ import annotations
 
@@ -49,6 +50,24 @@ def describe_ops(hlo_text: str) -> dict[str, str]:
     return out
 
 
+_DEF = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[")
+_MATH = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = (\w+)\[[^=]*?\s(convolution|dot)\(%([\w.\-]+), %([\w.\-]+)\)")
+
+
+def arithmetic_dtypes(hlo_text: str) -> dict[str, int]:
+    """{"convolution f32 x f32 -> f32": count, "dot bf16 x bf16 -> f32": count, ...} over a compiled
+    module: the element types the backend actually computes each convolution and matrix product in
+    (XLA:CPU, for one, converts bfloat16 convolutions to float32 before running them)."""
+    dtype = {m.group(1): m.group(2) for m in map(_DEF.match, hlo_text.splitlines()) if m}
+    out: collections.Counter = collections.Counter()
+    for line in hlo_text.splitlines():
+        m = _MATH.match(line)
+        if m:
+            res, op, a, b = m.groups()
+            out[f"{op} {dtype.get(a, '?')} x {dtype.get(b, '?')} -> {res}"] += 1
+    return dict(sorted(out.items()))
+
+
 def profile_step(config, *, steps: int = 3, top: int = 15, trace_dir: str | None = None,
                  name: str | None = None) -> dict[str, Any]:
     """The `top` ops of the train step by time per step (summed over XLA:CPU's worker threads), their
@@ -77,7 +96,8 @@ def profile_step(config, *, steps: int = 3, top: int = 15, trace_dir: str | None
         return {"error": f"no perfetto trace under {d}"}
     events = json.load(gzip.open(files[-1]))
     events = events["traceEvents"] if isinstance(events, dict) else events
-    desc = describe_ops(compiled.as_text())
+    hlo = compiled.as_text()
+    desc = describe_ops(hlo)
     # un-annotated weight-gradient convolutions: name them by the kernel whose dimensions they have
     kernels = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]:
@@ -106,4 +126,5 @@ def profile_step(config, *, steps: int = 3, top: int = 15, trace_dir: str | None
             "top_ops": [{"op": n, "what": desc[n], "ms_per_step": ms, "share": ms / total}
                         for n, ms in per_op.most_common(top)],
             "per_layer": [{"layer": k, "ms_per_step": v, "share": v / total} for k, v in per_layer.most_common()],
+            "arithmetic_dtypes": arithmetic_dtypes(hlo),
             "trace_dir": d}

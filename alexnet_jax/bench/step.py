@@ -3,7 +3,9 @@ donated) on synthetic data already on the device, under a (data, model) mesh.
 
 Reported: compile time, the median of per-step times (each step synchronised) after warm-up, img/s
 (batch / median) and img/s pipelined (N steps back to back, one sync at the end: the method of the
-torch_alexnet peer), model FLOPs utilisation, peak memory and forward MACs per image.
+torch_alexnet peer), model FLOPs utilisation, peak memory and forward MACs per image.  `protocol`
+records the warm-up, the timed steps and the statistic (alexnet_jax.bench.protocol; the torch twins
+record theirs the same way).  `achieved_flops_per_second` is the model FLOPs below over the median step.
 
 MFU = 3 x forward MACs x 2 FLOP/MAC x batch / step time / (peak FLOP/s per device x devices).  The 3
 is forward + backward (input and weight gradients); LRN, pooling, activations and the update are not
@@ -124,6 +126,7 @@ def bench_step(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float |
     """Compile and time the train step of `config` (see the module docstring for each number)."""
     import jax
 
+    from alexnet_jax.bench.protocol import step_protocol
     from alexnet_jax.trainer import Trainer
 
     info = device_info()
@@ -172,11 +175,14 @@ def bench_step(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float |
         "width": config.width, "num_classes": config.num_classes, "batch": batch, "dtype": config.dtype,
         "mesh": {k: int(v) for k, v in trainer.mesh.shape.items()}, "plan": trainer.plan.describe(),
         "device": info["device"], "platform": info["platform"], "devices_used": int(devices),
+        "threads": info["cpu_cores"],
         "xla_flags": info["xla_flags"],
         "compile_seconds": round(compile_s, 3), "steps": steps, "warmup": max(warmup, 1),
+        "protocol": step_protocol(warmup, steps), "step_seconds_all": times,
         "step_seconds_median": med, "step_seconds_min": min(times), "step_seconds_max": max(times),
         "images_per_second": batch / med, "images_per_second_pipelined": batch / pipelined,
         "macs_per_image": macs, "model_flops_per_step": model_flops,
+        "achieved_flops_per_second": model_flops / med,
         "mfu": model_flops / med / (peak * devices) if peak else None,
         "peak_flops_per_device": peak, "peak_flops_source": peak_src,
         "peak_memory_bytes": peak_mem, "peak_memory_source": mem_src, "compiled_memory": mem,

@@ -1,8 +1,9 @@
 """Benchmark the real training step (and the LeNet MNIST epoch, the input pipeline) against PyTorch peers.
 
     alexnet-jax bench [--model M ...] [--batch B] [--dtype float32|bfloat16] [--mesh data=..,model=..]
-                      [--steps N] [--peer] [--force-host-devices N]
-    alexnet-jax bench --lenet-epoch [--mnist-dir ../shared/data/mnist] [--chunks 1,12,468]
+                      [--steps N] [--warmup W] [--peer] [--matmul-peak] [--profile] [--force-host-devices N]
+    alexnet-jax bench --lenet-epoch [--peer] [--epochs N] [--dtype ...] [--mnist-dir ../shared/data/mnist]
+                      [--chunks 1,12,468]
     alexnet-jax bench --input-pipeline [--store raw256|jpeg256|jpeg] [--threads N] [--records N]
                       [--images ../shared/data/imagenet_samples/imagenet_samples_100.tar]
 
@@ -11,6 +12,14 @@ Models: presets alexnet (227), alexnet_owt (224), lenet5 (32), alexnet_cifar (al
 then ONE JSON object as the last line (keys: alexnet_jax/bench/step.py; with one model its numbers are also at
 the top level: compile_seconds, step_seconds_median, images_per_second, mfu, peak_memory_bytes,
 macs_per_image, device).  Several models run one per subprocess (clean memory high-water marks).
+
+--peer times PyTorch in the same invocation, on the same number of threads (the cores XLA:CPU uses):
+for `alexnet_cifar` and `--lenet-epoch` the exact torch twins (alexnet_jax/bench/torch_twins.py) in
+every configuration, eager and torch.compile, contiguous and channels_last, float32, or under bf16
+autocast with --dtype bfloat16; ours and theirs follow the same protocol (alexnet_jax/bench/protocol.py:
+the same warm-up, timed repetitions and statistic, recorded on both sides in the JSON), and the ratios
+are ours / torch against the fastest configuration and against each.  --matmul-peak measures this
+machine's achievable matmul rate in both frameworks and reports every step's FLOP/s as a share of it.
 """
 
 from __future__ import annotations
@@ -33,13 +42,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps after warm-up (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling (default 2)")
     p.add_argument("--peak-tflops", type=float, help="peak TFLOP/s per device for MFU (default: PEAKS table)")
-    p.add_argument("--peer", action="store_true", help="also run the PyTorch peers and print ours/peer")
-    p.add_argument("--no-peer", action="store_true", help="--lenet-epoch: run neither the peer nor the twin")
+    p.add_argument("--peer", action="store_true",
+                   help="also time PyTorch (the exact twins in every configuration, the shipped peers) and print "
+                        "ours/torch")
     p.add_argument("--peer-dir", help="PyTorch peers (default: <repo>/../shared/peers)")
     p.add_argument("--peer-device", choices=["cpu", "cuda"],
                    help="device for the peers (default: torch's choice)")
     p.add_argument("--peer-no-compile", action="store_true",
-                   help="skip the torch.compile variants of torch_alexnet")
+                   help="eager PyTorch only (skip every torch.compile configuration)")
+    p.add_argument("--matmul-peak", action="store_true",
+                   help="measure the achievable matmul FLOP/s (jax and torch, float32 and bfloat16) and report "
+                        "each step's FLOP/s as a share of it")
+    p.add_argument("--matmul-size", type=int, default=4096,
+                   help="--matmul-peak: the square matmul's size (default 4096)")
     p.add_argument("--threads", type=int,
                    help="threads for the peers (OMP_NUM_THREADS / torch.set_num_threads; default: the CPU "
                         "cores available to this process, which is what XLA:CPU uses)")
@@ -48,8 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time one MNIST epoch of lenet5 vs the peer and vs its torch twin")
     p.add_argument("--mnist-dir", help="MNIST IDX files (default: <repo>/../shared/data/mnist)")
     p.add_argument("--epochs", type=int, default=3,
-                   help="--lenet-epoch: timed epochs of ours (after one warm-up epoch) and of the twin (after one "
-                        "warm-up step); the best of each is compared (default 3; the shipped peer times one)")
+                   help="--lenet-epoch: timed epochs after one warm-up epoch, ours and each torch configuration; "
+                        "the best of each is compared (default 3; the shipped peer runs this many processes)")
     p.add_argument("--chunks", default="", help="--lenet-epoch: steps per dispatch K, comma list (default 1; "
                                                 "K <= 16 is one unrolled lax.scan, more is a while loop)")
     p.add_argument("--lr", type=float, help="learning rate (default 0.01; --lenet-epoch 0.05 like the peer)")
@@ -64,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--input-pipeline: a train step's time, to report the augmentation's share of it")
     p.add_argument("--images", help="JPEGs: a tar or a folder (default: imagenet_samples_100.tar)")
     p.add_argument("--profile", action="store_true",
-                   help="also trace each model's step (jax.profiler) and print the top ops and per-layer shares")
+                   help="also trace each model's step (jax.profiler) and print the top ops and per-layer shares; "
+                        "with --peer, torch.profiler on the fastest torch configuration of alexnet_cifar too")
     p.add_argument("--out", help="also write the final JSON object to this file")
 
 
@@ -129,44 +145,106 @@ def parse_mesh(text: str | None) -> tuple[int, int]:
     return out["data"], out["model"]
 
 
+def _twin_lines(label: str, twin: dict | None, vs: dict | None, unit: str) -> list[str]:
+    """One line per torch configuration (its figure and ours / it), the fastest marked."""
+    if not twin:
+        return []
+    if twin.get("skipped") or (twin.get("error") and not twin.get("runs")):
+        return [f"{label} not run: {twin.get('skipped') or twin.get('error')}"]
+    lines = []
+    for r in twin.get("runs", []):
+        if "error" in r:
+            lines.append(f"  {r['config']:<34} error: {r['error'][:160]}")
+            continue
+        secs = r["epoch_seconds"] if unit == "epoch" else r["step_seconds_median"]
+        mark = "  <- fastest torch" if r["config"] == twin.get("fastest") else ""
+        ratio = f"{vs['ratio_vs_each'][r['config']]:6.2f}x" if vs else ""
+        shown = f"{secs:>10.3f} s" if unit == "epoch" else f"{secs * 1e3:>9.1f} ms"
+        lines.append(f"  {label + ' ' + r['config']:<44}{shown}{r['images_per_second']:>11.1f} img/s  "
+                     f"ours/it {ratio}{mark}")
+    return lines
+
+
+def _peaks(args, threads: int) -> dict | None:
+    """The achievable matmul rate in this run's precision (--matmul-peak), jax and (with --peer) torch."""
+    if not args.matmul_peak:
+        return None
+    from alexnet_jax.bench import peak
+    return peak.measure_peaks(threads, size=args.matmul_size, dtypes=(args.dtype,), torch_too=args.peer)
+
+
+def _peak_lines(peaks: dict | None, dtype: str, achieved: list[tuple[str, float]]) -> list[str]:
+    if not peaks or dtype not in peaks:
+        return []
+    from alexnet_jax.bench.peak import share_of_peak
+    e = peaks[dtype]
+    fr = ", ".join(f"{k} {e[k]['flops_per_second'] / 1e9:.0f}" for k in ("jax", "jax_float32_result", "torch")
+                   if k in e)
+    lines = [f"achievable {dtype} matmul peak: {e['peak_flops_per_second'] / 1e9:.0f} GFLOP/s ({e['source']}; {fr})"]
+    for name, fl in achieved:
+        lines.append(f"  {name}: {fl / 1e9:.1f} GFLOP/s = {100 * share_of_peak(fl, peaks, dtype):.0f}% of it")
+    return lines
+
+
+def _lenet(args, threads: int, peer_dir: str) -> int:
+    from alexnet_jax.bench import lenet, peers
+    from alexnet_jax.bench.peak import share_of_peak
+
+    mnist = args.mnist_dir or str(peers.default_data_dir("mnist"))
+    chunks = [int(c) for c in args.chunks.split(",") if c.strip()] or None
+    amp = args.dtype == "bfloat16"
+    peer = twin = load_before = None
+    if args.peer:   # before ours, each in its own process
+        load_before = _load()
+        twin = peers.run_lenet_twin(mnist, threads, batch=args.batch, epochs=args.epochs,
+                                    compile_=not args.peer_no_compile, amp=amp)
+        peer = ({"skipped": "the shipped peer trains in float32 only"} if amp else
+                {"skipped": f"the shipped peer's batch is 128 (asked {args.batch})"} if args.batch != 128 else
+                peers.run_lenet_peer(mnist, peer_dir, threads, runs=args.epochs))
+    ours = lenet.lenet_epoch(mnist, batch=args.batch, chunks=chunks, lr=args.lr or 0.05, dtype=args.dtype,
+                             epochs=args.epochs)
+    vs = peers.vs_torch(ours["images_per_second"], twin)
+    ours.update(peer=peer, twin=twin, vs_torch=vs, ratio_vs_twin=vs["ratio_vs_fastest"] if vs else None,
+                load_average_before=load_before)
+    ok = peer is not None and (peer.get("images_per_second") or 0) > 0 and "error" not in peer
+    ours["ratio_vs_peer"] = ours["images_per_second"] / peer["images_per_second"] if ok else None
+    peaks = _peaks(args, threads)
+    achieved = [("ours", ours["achieved_flops_per_second"])]
+    if peaks:
+        ours["peaks"] = peaks
+        ours["share_of_peak"] = share_of_peak(ours["achieved_flops_per_second"], peaks, args.dtype)
+        for r in (twin or {}).get("runs", []):
+            if "error" not in r:
+                r["achieved_flops_per_second"] = ours["model_flops_per_image"] * r["images_per_second"]
+                r["share_of_peak"] = share_of_peak(r["achieved_flops_per_second"], peaks, args.dtype)
+                achieved.append((f"torch {r['config']}", r["achieved_flops_per_second"]))
+    lines = [f"{'lenet5 epoch (' + args.dtype + ')':<46}{'epoch':>12}{'img/s':>17}   "
+             f"({ours['protocol']['statistic']} after {ours['protocol']['warmup']} warm-up)"]
+    for r in ours["runs"]:
+        lines.append(f"  {'ours (jax), K=' + str(r['steps_per_dispatch']) + ' per dispatch':<44}"
+                     f"{r['epoch_seconds']:>10.3f} s{r['images_per_second']:>11.1f} img/s  {r['how']}")
+    lines += _twin_lines("torch twin", twin, vs, "epoch")
+    if ok:
+        lines.append(f"  {'shipped peer torch_lenet_cpu.py':<44}{peer['epoch_seconds']:>10.3f} s"
+                     f"{peer['images_per_second']:>11.1f} img/s  ours/it {ours['ratio_vs_peer']:6.2f}x "
+                     f"(a simplified LeNet: less work per image)")
+    elif peer is not None:
+        lines.append(f"shipped peer not run: {peer.get('skipped') or peer.get('error')}")
+    if vs:
+        lines.append(f"ours / fastest torch ({vs['fastest_torch']}): {vs['ratio_vs_fastest']:.2f}x  (threads: ours "
+                     f"{ours['threads']} cores, torch {twin.get('threads')})")
+    lines += _peak_lines(peaks, args.dtype, achieved)
+    return _emit(ours, args, "\n".join(lines))
+
+
 def run(args) -> int:
-    from alexnet_jax.bench import lenet, peers, step
+    from alexnet_jax.bench import peers, step
 
     peer_dir = args.peer_dir or str(peers.default_peer_dir())
     threads = _threads(args)
 
     if args.lenet_epoch:
-        mnist = args.mnist_dir or str(peers.default_data_dir("mnist"))
-        chunks = [int(c) for c in args.chunks.split(",") if c.strip()] or None
-        peer = twin = None
-        if not args.no_peer:   # both before ours, each in its own process
-            load_before = _load()
-            peer = peers.run_lenet_peer(mnist, peer_dir, threads)
-            twin = peers.run_lenet_twin(mnist, threads, batch=args.batch, epochs=args.epochs)
-        ours = lenet.lenet_epoch(mnist, batch=args.batch, chunks=chunks, lr=args.lr or 0.05, dtype=args.dtype,
-                                 epochs=args.epochs + 1)
-        ours["peer"], ours["twin"] = peer, twin
-        if not args.no_peer:
-            ours["load_average_before"] = load_before
-        lines = [f"{'lenet5 epoch':<28}{'K/dispatch':>11}{'epoch s':>10}{'img/s':>11}"]
-        for r in ours["runs"]:
-            lines.append(f"{'ours (jax)':<28}{r['steps_per_dispatch']:>11}{r['epoch_seconds']:>10.3f}"
-                         f"{r['images_per_second']:>11.1f}  {r['how']}")
-        for key, label, other in (("peer", "peer torch_lenet_cpu.py", peer),
-                                  ("twin", "twin of lenet5 (torch)", twin)):
-            ok = other is not None and "images_per_second" in other
-            ours[f"ratio_vs_{key}"] = ours["images_per_second"] / other["images_per_second"] if ok else None
-            if ok:
-                lines.append(f"{label:<28}{'1':>11}{other['epoch_seconds']:>10.3f}"
-                             f"{other['images_per_second']:>11.1f}")
-            elif other is not None:
-                lines.append(f"{key} not run: {other.get('skipped') or other.get('error')}")
-        for key in ("peer", "twin"):
-            if ours[f"ratio_vs_{key}"] is not None:
-                lines.append(f"ours/{key}: {ours[f'ratio_vs_{key}']:.2f}x  (threads: ours {ours['threads']} cores, "
-                             f"{key} {ours[key].get('threads')})")
-        return _emit(ours, args, "\n".join(lines))
-
+        return _lenet(args, threads, peer_dir)
     if args.input_pipeline:
         from alexnet_jax.bench import inputs
         images = args.images or str(peers.default_data_dir("imagenet_samples") / "imagenet_samples_100.tar")
@@ -204,10 +282,13 @@ def run(args) -> int:
                                     lr=args.lr or 0.01) for m in args.model}
     peer_results = None
     if args.peer:  # before our models, so that JAX does not hold the GPU's memory while torch runs
-        peer_results = peers.run_peers([{"name": m, "input_size": c.input_size} for m, c in configs.items()],
-                                       batch=args.batch, steps=args.steps, peer_dir=peer_dir,
+        load_before = _load()
+        peer_results = peers.run_peers([{"name": m, "input_size": c.input_size, "width": c.width,
+                                         "num_classes": c.num_classes} for m, c in configs.items()],
+                                       batch=args.batch, steps=args.steps, warmup=args.warmup, peer_dir=peer_dir,
                                        device=args.peer_device, threads=threads,
-                                       compile_=not args.peer_no_compile, dtype=args.dtype)
+                                       compile_=not args.peer_no_compile, dtype=args.dtype, profile=args.profile)
+        peer_results["load_average_before"] = load_before
     results = []
     if len(configs) > 1 and not args.no_isolate:
         for m in configs:
@@ -225,14 +306,35 @@ def run(args) -> int:
         profiles = [profile.profile_step(c, name=m) for m, c in configs.items()]
     ok = [r for r in results if "error" not in r]
     ratios = peers.peer_ratios(ok, peer_results) if peer_results else {}
+    peaks = _peaks(args, threads)
+    achieved = []
+    if peaks:
+        from alexnet_jax.bench.peak import share_of_peak
+        for r in ok:
+            r["share_of_peak"] = share_of_peak(r["achieved_flops_per_second"], peaks, r["dtype"])
+            achieved.append((f"ours {r['model']}", r["achieved_flops_per_second"]))
+            twin = (peer_results or {}).get("torch_cifar") if r["model"] == "alexnet_cifar" else None
+            for t in (twin or {}).get("runs", []):
+                if "error" not in t:
+                    t["achieved_flops_per_second"] = r["model_flops_per_step"] / t["step_seconds_median"]
+                    t["share_of_peak"] = share_of_peak(t["achieved_flops_per_second"], peaks, r["dtype"])
+                    achieved.append((f"torch {t['config']}", t["achieved_flops_per_second"]))
     out = {"mode": "step", "device": ok[0]["device"] if ok else None,
            "platform": ok[0]["platform"] if ok else None, "results": results, "peers": peer_results,
-           "ratios": ratios}
+           "ratios": ratios, "peaks": peaks}
     if len(results) == 1 and ok:
         out = {**results[0], **out}
     if profiles:
         out["profiles"] = profiles
     lines = [step.step_table(results, ratios)]
+    for r in ok:
+        if r["model"] == "alexnet_cifar" and peer_results and peer_results.get("torch_cifar"):
+            lines.append(f"alexnet_cifar ({r['dtype']}), {r['protocol']['statistic']} of {r['protocol']['timed']} "
+                         f"after {r['protocol']['warmup']} warm-up; ours {r['step_seconds_median'] * 1e3:.1f} ms "
+                         f"{r['images_per_second']:.1f} img/s")
+            lines += _twin_lines("torch twin", peer_results["torch_cifar"], ratios.get("alexnet_cifar"), "step")
+    if ok:
+        lines += _peak_lines(peaks, ok[0]["dtype"], achieved)
     for prof in profiles or []:
         if "error" in prof:
             lines.append(f"profile: {prof['error']}")
@@ -241,6 +343,15 @@ def run(args) -> int:
                      f"ms/step summed over threads, wall {prof['step_seconds_wall_traced'] * 1e3:.0f} ms/step")
         for o in prof["per_layer"][:12]:
             lines.append(f"  {o['share'] * 100:5.1f}%  {o['ms_per_step']:8.1f} ms  {o['layer']}")
+        lines.append("  convolutions and matrix products as compiled: "
+                     + ", ".join(f"{n} x {k}" for k, n in prof["arithmetic_dtypes"].items()))
+    tprof = ((peer_results or {}).get("torch_cifar") or {}).get("profile")
+    if tprof:
+        lines.append(f"torch.profiler of the twin, {tprof['config']}: self CPU "
+                     f"{tprof['self_cpu_ms_total_per_step']:.0f} ms/step, wall "
+                     f"{tprof['step_seconds_wall_traced'] * 1e3:.0f} ms/step")
+        for o in tprof["top_ops"][:12]:
+            lines.append(f"  {o['share'] * 100:5.1f}%  {o['ms_per_step']:8.1f} ms  {o['op']}")
     if peer_results:
         for k, v in peer_results.items():
             if k == "skipped":
