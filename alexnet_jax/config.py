@@ -117,6 +117,9 @@ def field(default, accepts, doc: str = ""):
     return dataclasses.field(default=default, metadata={"accepts": accepts, "doc": doc})
 
 
+# LC98 eq. 9's constant j (the paper gives no value): experiments/REPRODUCTION.md says why this one
+LC98_J = 84.0
+
 # Config.preprocess: the inputs' centring (and photo fitting) of a run, or of an imported net (alexnet_jax/zoo):
 # "dataset" the run's own (the training split's mean image); "torchvision" torchvision's ImageNet transform
 # (Resize(256), CenterCrop, its per-channel mean; the std is alexnet_owt's own input scale); "caffe" the mean
@@ -154,6 +157,12 @@ class Config:
     optimizer: str = field("sgd", OneOf(("sgd", "sdlm")))
     sdlm_mu: float = field(0.02, Range(0, 100, lo_open=True), "sdlm: the damping mu")
     sdlm_samples: int = field(500, Range(1, 1 << 20), "sdlm: training patterns per curvature estimate")
+    sdlm_curvature: str = field("exact", OneOf(("exact", "paper")),
+                                "sdlm: exact (the Gauss-Newton diagonal) or paper (LC98 App. C's layer-by-layer "
+                                "estimate; lenet5 with head=rbf)")
+    loss: str = field("cross_entropy", OneOf(("cross_entropy", "lc98")),
+                      "cross_entropy (softmax on the logits) or lc98 (LC98 eq. 9 on the RBF penalties, head=rbf)")
+    lc98_j: float = field(LC98_J, Range(0, 1000, lo_open=True), "loss=lc98: the constant j of LC98 eq. 9")
     batch_size: int = field(128, Range(1, 1 << 20))
     num_epochs: float = field(10.0, POSITIVE)
     num_steps: int = field(0, NON_NEGATIVE, "> 0 overrides num_epochs")
@@ -220,6 +229,16 @@ class Config:
         if self.init != "native" and not self.model.startswith("alexnet"):
             raise ConfigError(f"init={self.init} applies to the AlexNets; model={self.model} has its own "
                               f"initialisation (leave init=native)")
+        if self.loss == "lc98" and self.head != "rbf":
+            raise ConfigError(f"loss=lc98 (LC98 eq. 9) is defined on the RBF output's penalties: set head=rbf "
+                              f"(got head={self.head})")
+        if self.loss == "lc98" and self.ten_crop:
+            raise ConfigError("loss=lc98 has no multi-view form (ten_crop averages softmax outputs): set "
+                              "ten_crop=false")
+        if self.sdlm_curvature == "paper" and (self.model != "lenet5" or self.head != "rbf"):
+            raise ConfigError(f"sdlm_curvature=paper is LC98's estimate for LeNet-5's own layers, from its RBF "
+                              f"output: needs model=lenet5 and head=rbf (got model={self.model}, head={self.head}); "
+                              f"use sdlm_curvature=exact")
         if self.lrn == "caffe" and self.model != "alexnet":
             raise ConfigError(f"lrn=caffe is an option of the two-column net (model=alexnet), not model={self.model}")
         if self.preprocess != "dataset" and self.augment != "alexnet":

@@ -258,6 +258,7 @@ def _train(run: Run, workdir: str, *, progress: bool, after_eval) -> dict[str, A
             while step < total_steps:
                 if patterns is not None and step % spe == 0:
                     state = trainer.install_curvature(state, patterns, epoch=step // spe)
+                    rundir.metrics.write(step, "curvature", trainer.curvature_summary(state, step))
                     window.restart()
                 state, metrics = compiled(state, next(batches))
                 if in_flight is not None:    # at most two steps dispatched: a signal is answered within a step

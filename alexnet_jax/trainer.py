@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import flax
@@ -28,7 +29,7 @@ from jax.sharding import Mesh
 from alexnet_jax import optim, parallel
 from alexnet_jax.config import Config, ConfigError
 from alexnet_jax.models import create_model
-from alexnet_jax.sdlm import gauss_newton_diagonal, set_curvature
+from alexnet_jax.sdlm import curvature_summary, gauss_newton_diagonal, set_curvature
 
 
 @flax.struct.dataclass
@@ -66,6 +67,14 @@ def abstract_model_of(config: Config) -> nnx.Module:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def criterion(config: Config):
+    """The per-example training loss `config.loss` names: (logits, labels) -> (B,)."""
+    if config.loss == "lc98":
+        from alexnet_jax.models.lenet import lc98_criterion
+        return functools.partial(lc98_criterion, j=config.lc98_j)
+    return cross_entropy
 
 
 def _abstract(tree, shardings):
@@ -180,20 +189,22 @@ class Trainer:
     def train_step(self):
         graphdef, tx, plan, augment = self.graphdef, self.tx, self.plan, self.augment
         augment_key_seed = self.config.seed
+        per_example = criterion(self.config)
 
         def train_step(state: TrainState, batch: dict[str, jax.Array]):
             key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
             x = batch["image"]
             if augment is not None:   # each example's draws from (seed, its stream position): any mesh
+                by_record = {"records": batch["record"], "epochs": batch["epoch"]} if "record" in batch else {}
                 x = augment.train(x, batch["index"], jax.random.fold_in(jax.random.key(augment_key_seed),
-                                                                        AUGMENT_STREAM))
+                                                                        AUGMENT_STREAM), **by_record)
 
             def loss_fn(params):
                 # fresh Variables for the batch statistics, created in this trace: BatchNorm writes its
                 # running averages during the forward pass under value_and_grad
                 model = nnx.merge(graphdef, params, jax.tree.map(lambda a: a, state.extra))
                 logits = parallel.apply(model, x, plan, train=True, dropout_key=key)
-                loss = cross_entropy(logits, batch["label"]).mean()
+                loss = per_example(logits, batch["label"]).mean()
                 _, _, extra = nnx.split(model, nnx.Param, ...)
                 return loss, (logits, extra)
 
@@ -220,6 +231,8 @@ class Trainer:
         if views > 1:
             logp = jax.nn.logsumexp(logp.reshape(labels.shape[0], views, -1), axis=1) - jnp.log(views)
         loss = -jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0]
+        if self.config.loss != "cross_entropy":   # the training criterion (single view: Config.validate)
+            loss = criterion(self.config)(logits, labels)
         top5 = jax.lax.top_k(logp, min(5, logp.shape[-1]))[1]
         hit1 = top5[:, 0] == labels
         hit5 = jnp.any(top5 == labels[:, None], axis=1)
@@ -237,7 +250,7 @@ class Trainer:
                        out_shardings=self.shardings, donate_argnums=0)
 
     def install_curvature(self, state: TrainState, patterns, epoch: int) -> TrainState:
-        """optimizer=sdlm: a new estimate of the Gauss-Newton diagonal h (LC98 App. C) on pass `epoch`'s
+        """optimizer=sdlm: a new curvature estimate h (LC98 App. C; `sdlm_curvature`) on pass `epoch`'s
         patterns (`patterns`: run.curvature_patterns), installed in the optimiser state (alexnet_jax/sdlm.py),
         every array where it was."""
         sample, _ = patterns.produce((epoch, 0, 0))
@@ -246,15 +259,29 @@ class Trainer:
 
     @functools.cached_property
     def _install_curvature(self):
-        graphdef, augment = self.graphdef, self.augment
+        graphdef, augment, c = self.graphdef, self.augment, self.config
+        j = c.lc98_j if c.loss == "lc98" else math.inf      # cross-entropy is LC98 eq. 9 as j -> inf
+        per_pattern = None if c.loss == "cross_entropy" else (
+            lambda z, label: criterion(c)(z[None], label[None])[0])
 
         def install(state, images, labels):
             x = images if augment is None else augment.eval(images)
-            apply = lambda p, xb: nnx.merge(graphdef, p, state.extra)(xb)   # noqa: E731 - evaluation-mode logits
-            h = gauss_newton_diagonal(apply, state.params, x, labels, batch=50)
+            if c.sdlm_curvature == "paper":   # LC98 App. C, through the model's own layers and taps
+                model = nnx.merge(graphdef, state.params, state.extra)
+                _, taps = parallel.apply(model, x, taps=True)
+                h = model.lc98_curvature(x, taps, j=j)
+            else:
+                apply = lambda p, xb: nnx.merge(graphdef, p, state.extra)(xb)   # noqa: E731 - evaluation-mode logits
+                h = gauss_newton_diagonal(apply, state.params, x, labels, batch=50, loss_fn=per_pattern)
             return state.replace(opt_state=set_curvature(state.opt_state, h))
 
         return jax.jit(install, out_shardings=self.shardings, donate_argnums=0)
+
+    def curvature_summary(self, state: TrainState, step: int) -> dict[str, float]:
+        """optimizer=sdlm: the distribution of the installed h and of the step sizes lr / (mu + h) the
+        next pass takes (lr the schedule's rate at `step`)."""
+        lr = optim.make_schedule(self.config, self.steps_per_epoch)
+        return curvature_summary(state.opt_state, float(lr(step)) if callable(lr) else lr)
 
     def evaluate(self, state: TrainState, batches, ten_crop: bool | None = None) -> dict[str, float]:
         ten_crop = self.config.ten_crop if ten_crop is None else ten_crop

@@ -202,6 +202,7 @@ BAD = {  # one value each field must refuse (written here, not read from the cod
     "init": "xavier", "lrn": "cuda-convnet", "preprocess": "keras", "dataset": "svhn", "data_dir": 3,
     "train_split": "", "eval_split": " ",
     "augment": "mixup", "num_workers": -1, "optimizer": "adam", "sdlm_mu": 0.0, "sdlm_samples": 0,
+    "sdlm_curvature": "hessian", "loss": "mse", "lc98_j": 0.0,
     "batch_size": 0, "num_epochs": 0.0, "num_steps": -5, "lr": -1.0,
     "momentum": 2.0, "weight_decay": -0.1, "lr_schedule": "cosine", "lr_boundaries": (-1.0,),
     "lr_factors": (0.0,), "plateau_factor": 1.5, "plateau_patience": 0, "plateau_max_drops": -1,

@@ -7,7 +7,7 @@ import importlib
 from alexnet_jax.config import Config, ConfigError
 
 CONFIGS = ("lenet5_digits", "lenet5_mnist", "lenet5_mnist_affine", "lenet5_mnist_sdlm", "lenet5_mnist_sdlm_affine",
-           "alexnet_cifar10", "alexnet_imagenet")
+           "lenet5_mnist_sdlm_paper", "lenet5_mnist_sdlm_paper_affine", "alexnet_cifar10", "alexnet_imagenet")
 DEFAULT = "lenet5_digits"
 
 

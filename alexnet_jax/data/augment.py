@@ -19,6 +19,15 @@ Kinds (``config.augment``; outputs float32 (B, s, s, C), s = ``input_size``):
                   U(0.85, 1.15) (independent axes -> squeezing), horizontal shear U(-0.3, 0.3) (a column
                   shift proportional to the row), translation U(-2, 2) px per axis; bilinear, background
                   fill outside the image.
+``lenet_affine_fixed``  ``lenet`` plus, in training, LC98's fixed set (§III): for each training image, 9
+                  distortions drawn once (540,000 for MNIST) besides the original, 10 versions in all.  Each
+                  pass shows every image once, in version (pass + r) mod 10 with r an offset drawn per image,
+                  so any 10 consecutive passes show each of the 600,000 patterns exactly once.  Version
+                  k >= 1 of record i is the ``lenet_affine`` warp with parameters drawn from
+                  fold_in(fold_in(key, i), k) (r from fold_in(fold_in(key, i), 0)): a pure function of
+                  (seed, image, version) evaluated on the device, the same patterns on every use, resume
+                  and mesh, without the ~0.42 GB a stored uint8 copy would take per process.  Batches carry
+                  "record" and "epoch" (loader.TrainLoader).
 ``cifar``         base size S = max(s, 32) (the stored 32x32 image resized bilinearly when S != 32), minus
                   the mean: the per-pixel mean image of the training split when S == 32, else the
                   per-channel mean; the result stays in 0..255 units ("centred raw RGB", as K12 §2 feeds
@@ -48,7 +57,7 @@ import numpy as np
 from alexnet_jax.errors import ConfigError
 
 from .cache import mean_image
-from .catalog import AUGMENTS
+from .catalog import AUGMENTS, RECORD_KEYED_AUGMENTS
 from .datasets import Dataset
 from .preparation import locate
 from .records import STORED_SHAPES, stored_shape_of
@@ -63,6 +72,7 @@ LENET_BACKGROUND, LENET_FOREGROUND = -0.1, 1.175
 AFFINE_SCALE = (0.85, 1.15)
 AFFINE_SHEAR = 0.3
 AFFINE_TRANSLATE = 2.0
+FIXED_VERSIONS = 10        # lenet_affine_fixed: the original and 9 distortions per image (LC98 §III: 540,000)
 CIFAR_PAD = 4
 CIFAR_SIZE = STORED_SHAPES["cifar10"][0]
 CIFAR_CHANNEL_MEAN = (125.3, 123.0, 113.9)
@@ -104,6 +114,14 @@ def _crop_flip(x_HWC, top, left, flip, size: int):
     """One example: the size x size window at (top, left), mirrored left-right where ``flip``."""
     v = jax.lax.dynamic_slice(x_HWC, (top, left, 0), (size, size, x_HWC.shape[-1]))
     return jnp.where(flip, v[:, ::-1], v)
+
+
+def _affine_params(key):
+    """(sy, sx, shear, ty, tx) uniform in the ``lenet_affine`` ranges."""
+    lo = jnp.array([AFFINE_SCALE[0], AFFINE_SCALE[0], -AFFINE_SHEAR, -AFFINE_TRANSLATE, -AFFINE_TRANSLATE],
+                   jnp.float32)
+    hi = jnp.array([AFFINE_SCALE[1], AFFINE_SCALE[1], AFFINE_SHEAR, AFFINE_TRANSLATE, AFFINE_TRANSLATE], jnp.float32)
+    return jax.random.uniform(key, (5,), jnp.float32, lo, hi)
 
 
 def warp_affine(x_HWC, params):
@@ -200,7 +218,7 @@ class Augment:
         self._check(images_u8)
         x = images_u8.astype(jnp.float32)
         k = self.kind
-        if k in ("lenet", "lenet_affine"):
+        if k in ("lenet", "lenet_affine", "lenet_affine_fixed"):
             return _fit(x, self.input_size, resize=False) * _LENET_SCALE + LENET_BACKGROUND
         if k == "none":
             return _fit(x, self.input_size, resize=True) / 255.0
@@ -222,11 +240,7 @@ class Augment:
         def one(pos):
             k_crop_t, k_crop_l, k_flip, k_light, k_affine = jax.random.split(jax.random.fold_in(key, pos), 5)
             if self.kind == "lenet_affine":
-                lo = jnp.array([AFFINE_SCALE[0], AFFINE_SCALE[0], -AFFINE_SHEAR, -AFFINE_TRANSLATE,
-                                -AFFINE_TRANSLATE], jnp.float32)
-                hi = jnp.array([AFFINE_SCALE[1], AFFINE_SCALE[1], AFFINE_SHEAR, AFFINE_TRANSLATE,
-                                AFFINE_TRANSLATE], jnp.float32)
-                return {"affine": jax.random.uniform(k_affine, (5,), jnp.float32, lo, hi)}
+                return {"affine": _affine_params(k_affine)}
             if self.kind not in ("cifar", "alexnet"):
                 return {}
             span_h, span_w = self.crop_span
@@ -239,16 +253,33 @@ class Augment:
 
         return jax.vmap(one)(positions)
 
+    def draw_fixed(self, records, epochs, key) -> dict[str, jax.Array]:
+        """``lenet_affine_fixed``: {"version": (B,) in 0..9 (0: the original), "affine": (B, 5)} for the
+        rows' records in their passes: version (epoch + r) mod 10, r and each version's parameters drawn
+        once per (record, version) from ``key`` (module docstring)."""
+
+        def one(record, epoch):
+            pattern = jax.random.fold_in(key, record)
+            offset = jax.random.randint(jax.random.fold_in(pattern, 0), (), 0, FIXED_VERSIONS)
+            version = (epoch + offset) % FIXED_VERSIONS
+            return {"version": version, "affine": _affine_params(jax.random.fold_in(pattern, version))}
+
+        return jax.vmap(one)(jnp.asarray(records, jnp.int32), jnp.asarray(epochs, jnp.int32))
+
     # -- train / eval ----------------------------------------------------------------------------------
     def apply(self, images_u8, params: dict[str, Any]):
-        """The training transform with given random parameters (``draw``): uint8 (B, *stored) -> float32."""
+        """The training transform with given random parameters (``draw``, ``draw_fixed``): uint8
+        (B, *stored) -> float32."""
         k, s = self.kind, self.input_size
         if k in ("none", "lenet"):
             return self.base(images_u8)
-        if k == "lenet_affine":
+        if k in ("lenet_affine", "lenet_affine_fixed"):
             self._check(images_u8)
             x = _fit(images_u8.astype(jnp.float32), s, resize=False)
-            return jax.vmap(warp_affine)(x, params["affine"]) * _LENET_SCALE + LENET_BACKGROUND
+            warped = jax.vmap(warp_affine)(x, params["affine"])
+            if k == "lenet_affine_fixed":   # version 0 is the original
+                warped = jnp.where((params["version"] > 0)[:, None, None, None], warped, x)
+            return warped * _LENET_SCALE + LENET_BACKGROUND
         x = self.base(images_u8)
         if k == "cifar":
             x = jnp.pad(x, ((0, 0), (CIFAR_PAD, CIFAR_PAD), (CIFAR_PAD, CIFAR_PAD), (0, 0)))
@@ -257,8 +288,14 @@ class Augment:
             out = out + lighting_offsets(params["alpha"])[:, None, None, :]
         return out
 
-    def train(self, images_u8, positions, key):
-        """uint8 (B, *stored) + int32 (B,) stream positions + a PRNG key -> float32 (B, s, s, C)."""
+    def train(self, images_u8, positions, key, *, records=None, epochs=None):
+        """uint8 (B, *stored) + int32 (B,) stream positions + a PRNG key -> float32 (B, s, s, C).
+        ``lenet_affine_fixed`` reads the rows' ``records`` and ``epochs`` instead of their positions."""
+        if self.kind in RECORD_KEYED_AUGMENTS:
+            if records is None or epochs is None:
+                raise ValueError(f"augment {self.kind!r} needs each row's record and epoch (a loader built for "
+                                 f"this config delivers them)")
+            return self.apply(images_u8, self.draw_fixed(records, epochs, key))
         return self.apply(images_u8, self.draw(positions, key))
 
     def eval(self, images_u8, ten_crop: bool = False):

@@ -20,7 +20,10 @@ from __future__ import annotations
 from alexnet_jax.errors import DatasetNameError
 
 DATASETS = ("digits", "mnist", "cifar10", "imagenet2012")
-AUGMENTS = ("none", "lenet", "lenet_affine", "cifar", "alexnet")
+AUGMENTS = ("none", "lenet", "lenet_affine", "lenet_affine_fixed", "cifar", "alexnet")
+# augmentations keyed by the record a row holds (and its pass), not by its stream position: their training
+# batches carry "record" and "epoch" (loader.TrainLoader)
+RECORD_KEYED_AUGMENTS = ("lenet_affine_fixed",)
 STORES = {"imagenet2012": ("jpeg256", "raw256")}
 VERSIONS = {"digits": "1.0.0", "mnist": "3.0.1", "cifar10": "3.0.2", "imagenet2012": "5.1.0"}
 JPEG256_QUALITY = 90          # ~21-25 KB a 256x256 ImageNet image (85: ~20 KB, 95: ~36 KB), 1.5x decode vs 95

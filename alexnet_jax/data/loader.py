@@ -11,6 +11,8 @@ the per-process batch and ``index`` holds each row's position in the global trai
   across epoch boundaries; ``steps_per_epoch`` = share // B.
 * State: (epoch, cursor into this process's slice, step).  ``get_state()`` -> JSON bytes of the state
   after the last batch returned; ``set_state`` on a loader built with the same settings resumes exactly.
+* ``records=True`` (default: when ``config.augment`` is keyed by record, ``catalog.RECORD_KEYED_AUGMENTS``)
+  adds ``"record"``, each row's index in the split, and ``"epoch"``, the pass it belongs to (int32 (B,)).
 * Bad images (``RecordSource.read_into``'s rule): skipped, the batch takes the next records of the slice,
   so the stream of good records (and the state) is still a pure function of the settings.
 * Prefetch: a background thread builds the next ``prefetch`` batches while the step runs.
@@ -52,6 +54,7 @@ import numpy as np
 from alexnet_jax.errors import ConfigError
 
 from .cache import load_array_split
+from .catalog import RECORD_KEYED_AUGMENTS
 from .datasets import Dataset, prepare_command
 from .preparation import locate
 from .sources import RecordSource
@@ -188,8 +191,9 @@ class TrainLoader:
 
     def __init__(self, config, *, batch_size: int, process_index: int = 0, process_count: int = 1,
                  seed: int | None = None, prefetch: int = PREFETCH, num_threads: int | None = None,
-                 arrays: Any = "auto", dataset: Dataset | None = None):
+                 arrays: Any = "auto", dataset: Dataset | None = None, records: bool | None = None):
         self.config, self.split = config, config.train_split
+        self.records = config.augment in RECORD_KEYED_AUGMENTS if records is None else bool(records)
         ds, self._reader, self.batch_size = _open(config, self.split, batch_size, process_index, process_count,
                                                   num_threads, arrays, dataset)
         self.seed = int(config.seed if seed is None else seed)
@@ -246,6 +250,7 @@ class TrainLoader:
         b = self.batch_size
         images = np.empty((b, *self.stored_shape), np.uint8)
         labels = np.empty((b,), np.int32)
+        records, epochs = np.empty((b,), np.int32), np.empty((b,), np.int32)
         filled = 0
         while filled < b:
             order = self.epoch_indices(epoch)
@@ -255,14 +260,18 @@ class TrainLoader:
                 continue
             k = len(take)
             ok = self._reader.fill(take, images[filled:filled + k], labels[filled:filled + k])
+            rows = take
             if not ok.all():               # skip the bad ones: keep the good rows together
                 good = np.flatnonzero(ok)
                 images[filled:filled + len(good)] = images[filled:filled + k][good]
                 labels[filled:filled + len(good)] = labels[filled:filled + k][good]
-                k = len(good)
-            filled += k
+                rows = take[good]
+            records[filled:filled + len(rows)], epochs[filled:filled + len(rows)] = rows, epoch
+            filled += len(rows)
             cursor += len(take)
         batch = {"image": images, "label": labels, "index": self.positions(step)}
+        if self.records:
+            batch.update(record=records, epoch=epochs)
         return batch, (epoch, cursor, step + 1)
 
     def __iter__(self):

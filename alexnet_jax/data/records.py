@@ -19,7 +19,8 @@ STORE_SIZE = 256              # K12 §2: ImageNet images stored at 256x256
 STORED_SHAPES = {"digits": (28, 28, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3),
                  "imagenet2012": (STORE_SIZE, STORE_SIZE, 3)}
 # the dataset whose stored shape an augmentation expects (``none`` fits any: input_size x input_size)
-AUGMENT_STORED = {"lenet": "mnist", "lenet_affine": "mnist", "cifar": "cifar10", "alexnet": "imagenet2012"}
+AUGMENT_STORED = {"lenet": "mnist", "lenet_affine": "mnist", "lenet_affine_fixed": "mnist", "cifar": "cifar10",
+                  "alexnet": "imagenet2012"}
 ID_FEATURES = {"cifar10": "id", "imagenet2012": "file_name"}     # the text feature naming each example
 
 

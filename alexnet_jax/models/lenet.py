@@ -105,6 +105,11 @@ def squash(a: jax.Array) -> jax.Array:
     return SQUASH_A * jnp.tanh(SQUASH_S * a)
 
 
+def squash_derivative(x: jax.Array) -> jax.Array:
+    """f'(a) from the unit's output x = f(a): A S (1 - tanh(S a)^2) = S (A^2 - x^2) / A."""
+    return SQUASH_S * (SQUASH_A * SQUASH_A - x * x) / SQUASH_A
+
+
 def _uniform_fanin(key: jax.Array, shape, fan_in: float) -> jax.Array:
     """U(-2.4/F, 2.4/F) in float32.  Drawn flat and reshaped: XLA:CPU compiles a 1-D threefry draw
     about 3x faster than a 4-D one, which dominates model construction time on CPU."""
@@ -162,11 +167,18 @@ class SquashConv(nnx.Module):
         self.kernel_HWIO = nnx.Param(_uniform_fanin(rngs.params(), (kernel, kernel, in_ch, out_ch), fan_in))
         self.bias_C = nnx.Param(_uniform_fanin(rngs.params(), (out_ch,), fan_in))
 
-    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    def _weighted_sum_CHWB(self, x_BHWC: jax.Array) -> jax.Array:
         # batch-minor patches @ kernel: the same function as _conv, faster on XLA:CPU (layers.py)
         x = to_batch_minor(x_BHWC.astype(self.dtype))
         a = conv_batch_minor(x, self.kernel_HWIO[...].astype(self.dtype), padding=self.padding)
-        return from_batch_minor(squash(a + _per_map(self.bias_C[...], a)))
+        return a + _per_map(self.bias_C[...], a)
+
+    def weighted_sum(self, x_BHWC: jax.Array) -> jax.Array:
+        """a = kernel * x + bias, the units' total input before f (LC98's a_i)."""
+        return from_batch_minor(self._weighted_sum_CHWB(x_BHWC))
+
+    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+        return from_batch_minor(squash(self._weighted_sum_CHWB(x_BHWC)))
 
 
 class Subsampling(nnx.Module):
@@ -184,9 +196,16 @@ class Subsampling(nnx.Module):
         self.coef_C = nnx.Param(_uniform_fanin(rngs.params(), (channels,), self.FAN_IN))
         self.bias_C = nnx.Param(_uniform_fanin(rngs.params(), (channels,), self.FAN_IN))
 
-    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    def _weighted_sum_CHWB(self, x_BHWC: jax.Array) -> jax.Array:
         s = sum_pool_2x2_batch_minor(to_batch_minor(x_BHWC.astype(self.dtype)))   # layers.py
-        return from_batch_minor(squash(s * _per_map(self.coef_C[...], s) + _per_map(self.bias_C[...], s)))
+        return s * _per_map(self.coef_C[...], s) + _per_map(self.bias_C[...], s)
+
+    def weighted_sum(self, x_BHWC: jax.Array) -> jax.Array:
+        """a = coef * (sum of the 2x2 window) + bias, before f."""
+        return from_batch_minor(self._weighted_sum_CHWB(x_BHWC))
+
+    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+        return from_batch_minor(squash(self._weighted_sum_CHWB(x_BHWC)))
 
 
 class SparseC3(nnx.Module):
@@ -224,12 +243,19 @@ class SparseC3(nnx.Module):
                                 self.kernel_full_HWIO[...].reshape(-1), jnp.zeros((1,), jnp.float32)])
         return flat[_c3_dense_index()]
 
-    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    def _weighted_sum_CHWB(self, x_BHWC: jax.Array) -> jax.Array:
         if x_BHWC.shape[-1] != 6:
             raise ValueError(f"sparse C3 needs 6 S2 maps, got {x_BHWC.shape[-1]}")
         x = to_batch_minor(x_BHWC.astype(self.dtype))
         a = conv_batch_minor(x, self.dense_kernel_HWIO().astype(self.dtype))
-        return from_batch_minor(squash(a + _per_map(self.bias_C[...], a)))
+        return a + _per_map(self.bias_C[...], a)
+
+    def weighted_sum(self, x_BHWC: jax.Array) -> jax.Array:
+        """a = (Table I kernel) * x + bias, before f."""
+        return from_batch_minor(self._weighted_sum_CHWB(x_BHWC))
+
+    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+        return from_batch_minor(squash(self._weighted_sum_CHWB(x_BHWC)))
 
 
 @functools.cache
@@ -260,10 +286,14 @@ class Dense(nnx.Module):
         self.kernel_IO = nnx.Param(_uniform_fanin(rngs.params(), (in_features, out_features), in_features))
         self.bias_O = nnx.Param(_uniform_fanin(rngs.params(), (out_features,), in_features))
 
-    def __call__(self, x_BI: jax.Array) -> jax.Array:
+    def weighted_sum(self, x_BI: jax.Array) -> jax.Array:
+        """a = x @ kernel + bias (before f when the layer squashes)."""
         x = x_BI.astype(self.dtype)
         a = x @ self.kernel_IO[...].astype(self.dtype)
-        a = a + channels_last(self.bias_O[...].astype(self.dtype), a.ndim)
+        return a + channels_last(self.bias_O[...].astype(self.dtype), a.ndim)
+
+    def __call__(self, x_BI: jax.Array) -> jax.Array:
+        a = self.weighted_sum(x_BI)
         return squash(a) if self.activate else a
 
 
@@ -298,6 +328,37 @@ class RBFOutput(nnx.Module):
 
     def __call__(self, x_BD: jax.Array) -> jax.Array:
         return -self.penalties(x_BD)
+
+    def lc98_output_curvature(self, x_BD: jax.Array, logits_BK: jax.Array, j: float) -> jax.Array:
+        """The boundary term of LC98's curvature estimate: d2E/dx_d^2 for every F6 output x_d (B, D),
+        E = LC98 eq. 9 with constant j (``lc98_criterion``; j = inf is softmax cross-entropy on the
+        logits, j = -inf the squared distance to the correct code alone):
+
+            2 + sum_i 4 (x_d - w_id)^2 q_i (1 - q_i),    q_i = e^{-y_i} / (e^{-j} + sum_k e^{-y_k})
+
+        2 is the squared-distance term's own second derivative; the sum is the log term's, carried
+        through the RBF units with LC98's two simplifications (no cross terms between units, no
+        second derivative of a unit times the loss's first derivative).  Derived in
+        experiments/REPRODUCTION.md.  Independent of the label."""
+        x = x_BD.astype(jnp.float32)
+        w_KD = jax.lax.stop_gradient(self.codes_KD[...])
+        z = logits_BK.astype(jnp.float32)
+        q = jnp.exp(z - jnp.logaddexp(-j, jax.nn.logsumexp(z, axis=-1, keepdims=True)))
+        diff = x[:, None, :] - w_KD[None, :, :]
+        return 2.0 + 4.0 * jnp.einsum("bk,bkd->bd", q * (1.0 - q), diff * diff)
+
+
+def lc98_criterion(logits_BK: jax.Array, labels_B: jax.Array, j: float) -> jax.Array:
+    """LC98 eq. 9 per pattern, on the RBF head's logits = -penalties y:
+
+        E = y_label + log(e^{-j} + sum_i e^{-y_i})
+
+    The first term pulls F6's output onto the correct code (the squared-distance criterion, eq. 8); the
+    second is LC98's competitive term, whose constant e^{-j} keeps penalties already above about j from
+    being pushed further up.  j = inf gives softmax cross-entropy on the logits.  E >= 0."""
+    z = logits_BK.astype(jnp.float32)
+    y_label = -jnp.take_along_axis(z, labels_B[:, None], axis=-1)[:, 0]
+    return y_label + jnp.logaddexp(-j, jax.nn.logsumexp(z, axis=-1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,6 +442,45 @@ class LeNet5(nnx.Module):
             x = tap("F6", 0, self.f6(x.reshape(x.shape[0], -1)))
         with jax.named_scope("OUT"):
             return tap("OUT", 0, self.out(x).astype(jnp.float32))
+
+    # LC98 App. C: the curvature estimate, back-propagated through these layers with squared weights
+    CURVATURE_LAYERS = ("C1", "S2", "C3", "S4", "C5", "F6")
+
+    def lc98_curvature(self, x_BHWC: jax.Array, taps: dict[str, list[jax.Array]], *, j: float) -> nnx.State:
+        """LC98 App. C's estimate h_kk of d2E/dw_k^2, averaged over the B patterns ``x_BHWC``: a State
+        shaped like the model's Params (experiments/REPRODUCTION.md derives it).
+
+        ``taps`` are this model's layer outputs on ``x_BHWC`` (``parallel.apply(..., taps=True)``): the
+        units' outputs x, from which f'(a) = S (A^2 - x^2) / A.  From the output term at F6
+        (``RBFOutput.lc98_output_curvature``, criterion ``lc98_criterion`` with constant j) the
+        recursion runs down the layers, each unit's d2E/da^2 = f'(a)^2 d2E/dx^2 and each input's
+        d2E/dx^2 = sum over its connections of (weight^2 * d2E/da^2): the layer's own ``weighted_sum``
+        with every parameter squared, transposed (a VJP of a linear map).  A parameter's h is the sum over
+        the connections that share it of (input^2 * d2E/da^2) (a bias connection's input is 1): the
+        transpose of ``weighted_sum`` taken with respect to the parameters at the squared inputs."""
+        if self.head != "rbf":
+            raise ValueError("lc98_curvature starts from the RBF head's criterion (LC98 eq. 9): head='rbf'")
+        b = x_BHWC.shape[0]
+        graphdef, params, rest = nnx.split(self, nnx.Param, ...)
+        squared = nnx.merge(graphdef, jax.tree.map(jnp.square, params), rest)
+        names = self.CURVATURE_LAYERS
+        outs = {n: taps[n][0].astype(jnp.float32) for n in names}
+        ins = dict(zip(names, [x_BHWC.astype(jnp.float32)] + [outs[n] for n in names[:-1]], strict=True))
+        ins["F6"] = ins["F6"].reshape(b, -1)
+        d_x = self.out.lc98_output_curvature(outs["F6"], taps["OUT"][0], j)
+        d_a = {}
+        for n in reversed(names):
+            d_a[n] = jnp.square(squash_derivative(outs[n])) * d_x.reshape(outs[n].shape)
+            if n != "C1":
+                _, transpose = jax.vjp(getattr(squared, n.lower()).weighted_sum, ins[n])
+                (d_x,) = transpose(d_a[n].astype(ins[n].dtype))
+
+        def paired(p):
+            model = nnx.merge(graphdef, p, rest)
+            return sum(jnp.vdot(d_a[n], getattr(model, n.lower()).weighted_sum(jnp.square(ins[n]))
+                                .astype(jnp.float32)) for n in names)
+
+        return jax.tree.map(lambda h: h / b, jax.grad(paired)(params))
 
 
 class LeNet5Modern(nnx.Module):
