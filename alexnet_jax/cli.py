@@ -4,7 +4,7 @@
     alexnet-jax eval    --workdir DIR [--split NAME] [--ten-crop] [--data-dir DIR]
     alexnet-jax prepare DATASET [--source PATH] [--data-dir DIR]
     alexnet-jax summary MODEL [--input-size N] [--num-classes K] [--width W]
-    alexnet-jax compile --topology v5e:2x2 [--config NAME] [--set key=value ...] [--eval]
+    alexnet-jax compile --topology v5e:2x2|h100:2 [--config NAME] [--set key=value ...] [--eval]
     alexnet-jax bench | inspect | filters | neighbours | predict | plot | activations | init-stats ...
 
 Subcommands that run on devices accept --force-host-devices N (N virtual CPU devices, e.g. to run
@@ -124,7 +124,7 @@ def cmd_compile(args) -> int:
 
 def _host_backend_only() -> None:
     """`compile` runs nothing on a device: start only the CPU backend (where the user did not choose), so that
-    a host with libtpu installed does not try to bring up a TPU runtime it does not need."""
+    a host with libtpu or the CUDA plugin installed does not try to bring up a runtime it does not need."""
     from jax._src import xla_bridge
 
     if not os.environ.get("JAX_PLATFORMS") and not xla_bridge.backends_are_initialized():
@@ -176,15 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--head", choices=["softmax", "rbf"], help="lenet5 only")
     s.set_defaults(fn=cmd_summary)
 
-    c = sub.add_parser("compile", help="compile the train (and eval) steps for a TPU topology on this host: "
-                                       "memory, collectives, a roofline prediction; last line is JSON",
-                       description="Compile a config's real steps with XLA:TPU for chips that are not here (needs "
-                                   "libtpu: pip install -e \".[tpu]\"); nothing runs.  The train step's report, then "
-                                   "one JSON line.", epilog="config keys (--set key=value):\n" + describe_keys(),
+    c = sub.add_parser("compile", help="compile the train (and eval) steps for TPU chips or NVIDIA GPUs that are "
+                                       "not here: memory, collectives, a roofline prediction; last line is JSON",
+                       description="Compile a config's real steps with XLA for chips that are not here; nothing runs. "
+                                   "TPU needs libtpu (pip install -e \".[tpu]\"); NVIDIA GPUs need JAX's CUDA plugin "
+                                   "without the CUDA libraries (pip install --no-deps jax-cuda13-plugin "
+                                   "jax-cuda13-pjrt, the installed jax's version).  The train step's report, then one "
+                                   "JSON line.", epilog="config keys (--set key=value):\n" + describe_keys(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("--topology", required=True, help="TPU generation and chip grid: v5e:2x2, v6e:2x4, v4:2x2x1, "
-                                                      "v5p:2x2x1, ...; mesh_data x mesh_model of the config are "
-                                                      "placed on its first chips")
+    c.add_argument("--topology", required=True, help="a TPU generation and its chip grid (v5e:2x2, v6e:2x4, v4:2x2x1, "
+                                                      "v5p:2x2x1, ...) or NVIDIA GPUs of one host (h100:2, h200:8); "
+                                                      "mesh_data x mesh_model of the config are placed on its first "
+                                                      "chips")
     c.add_argument("--config", default=DEFAULT, help=f"one of: {', '.join(CONFIGS)} (default {DEFAULT})")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     c.add_argument("--eval", action="store_true", help="also compile the eval steps (centre crop and ten crops)")

@@ -115,7 +115,7 @@ def _nbytes(dt: str, dims: tuple[int, ...]) -> int:
 def _result_arrays(op: str, is_start: bool, shape: str):
     """The result buffers; async -start ops return (operands..., results...) tuples."""
     arrs = _arrays(shape)
-    if is_start and op == "all-gather" and len(arrs) >= 2:
+    if is_start and op in ("all-gather", "reduce-scatter", "all-to-all") and len(arrs) >= 2:
         return arrs[len(arrs) // 2:]
     if is_start and op == "collective-permute" and len(arrs) >= 2:
         return [arrs[1]]
@@ -142,6 +142,15 @@ def _groups(rest: str, num_devices: int) -> list[tuple[int, ...]]:
             return [tuple(range(num_devices))]
         return [tuple(int(v) for v in g.split(",") if v.strip())
                 for g in re.findall(r"\{([\d,\s]*)\}", inner)]
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", rest)
+    if m:  # mesh form (XLA:GPU): mesh['a'=2,'b'=1] {'a'}: the devices varying along the listed axes
+        axes = [(k.strip().strip("'\""), int(v)) for k, v in (a.split("=") for a in m.group(1).split(",") if a)]
+        names = [a for a, _ in axes]
+        grouped = [names.index(a.strip().strip("'\"")) for a in m.group(2).split(",") if a.strip()]
+        ids = np.arange(int(np.prod([n for _, n in axes]))).reshape([n for _, n in axes])
+        ids = np.moveaxis(ids, grouped, list(range(len(names) - len(grouped), len(names))))
+        size = int(np.prod([axes[i][1] for i in grouped]))
+        return [tuple(int(v) for v in row) for row in ids.reshape(-1, size)]
     m = re.search(r"replica_groups=\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", rest)
     if m:  # iota form: [groups,size]<=[reshape dims]T(perm)
         dims = [int(v) for v in m.group(1).split(",")]

@@ -1,31 +1,35 @@
-"""The one Trainer compiled for an accelerator that is not here: TPU chips through libtpu's compile-only
-devices (`jax.experimental.topologies`), on any host.  Nothing runs; XLA:TPU compiles the real steps and
-reports what they would need.
+"""The one Trainer compiled for an accelerator that is not here, on any host: TPU chips through libtpu's
+compile-only devices, NVIDIA GPUs through JAX's CUDA plugin given a description of the GPU (no CUDA
+libraries, no GPU).  Nothing runs; XLA compiles the real steps and reports what they would need.
 
-    report = compile_report(config, "v5e:2x2")          # the train step; eval=True adds the eval steps
+    report = compile_report(config, "v5e:2x2")          # or "h100:2"; eval=True adds the eval steps
     print(format_report(report)); print(json.dumps(report))
 
-What is compiled is what a TPU run executes: `Trainer.build(config, mesh)` on a mesh of the topology's
-chips (`mesh_data` x `mesh_model` of the config, placed on the first chips in the topology's order), the
-train step from uint8 batches through the on-device augmentation (a per-channel stand-in for the
-training mean image: the dataset need not be prepared), and with `eval=True` the eval step, centre crop
-and ten crops.  The models are traced for the TPU compiler (`parallel.apply` reads the mesh's platform),
-so they hold their plain formulations, not the CPU-tuned ones (`models.layers.formulation`).
+What is compiled is what a run on those chips executes: `Trainer.build(config, mesh)` on a mesh of the
+topology's chips (`mesh_data` x `mesh_model` of the config, placed on the first chips in the topology's
+order), the train step from uint8 batches through the on-device augmentation (a per-channel stand-in
+for the training mean image: the dataset need not be prepared), and with `eval=True` the eval step,
+centre crop and ten crops.  The models are traced for the target's compiler (`parallel.apply` reads
+the mesh's platform), so they hold their plain formulations, not the CPU-tuned ones
+(`models.layers.formulation`).
 
 Per step the report gives XLA's own figures (memory per chip, FLOPs and bytes accessed from its cost
-analysis, every collective as comms.py reads it) and a roofline **prediction** from Google's published
-per-chip figures (`CHIPS`; experiments/REPRODUCTION.md): compute time = FLOPs / peak bf16 FLOP/s,
-memory time = bytes accessed / HBM bandwidth, exchange time = bytes each chip sends / ICI bandwidth
-(one direction, all of the chip's links: a lower bound); step = max(compute, memory) with the exchange
-added (not overlapped) or hidden (fully overlapped).  Google publishes bf16 peaks only; float32 matmuls
-on TPU run at JAX's default precision as one bf16 pass, so float32 predictions use the same peak (and
-say so).  No fp32 peak is assumed anywhere.
+analysis, every collective as comms.py reads it) and a roofline **prediction** from the vendors'
+published per-chip figures (`CHIPS`; experiments/REPRODUCTION.md): compute time = FLOPs / peak FLOP/s,
+memory time = bytes accessed / HBM bandwidth, exchange time = bytes each chip sends / interconnect
+bandwidth (one direction, all of the chip's links: a lower bound); step = max(compute, memory) with the
+exchange added (not overlapped) or hidden (fully overlapped).  Peaks are those of the arithmetic the
+compiler uses at JAX's default precision: bfloat16 everywhere; float32 matmuls and convolutions run as
+one bfloat16 pass on TPU (Google publishes bf16 peaks only, so no fp32 peak is assumed) and as TF32 on
+NVIDIA GPUs.  On GPU, XLA's cost analysis does not see inside the cuDNN convolution calls, so the
+compute time there uses the model's own FLOPs (6 x multiply-adds per image for a train step).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import math
 import os
@@ -44,51 +48,100 @@ from alexnet_jax.models.layers import FORMULATIONS, formulation
 
 log = logging.getLogger("alexnet_jax")
 
-LABEL = "compiled for TPU on a CPU host; times are a roofline prediction, not a measurement"
-
 
 class CompileError(AlexnetJaxError, ValueError):
     """A topology, mesh or installation that cannot be compiled for; the message says what to change."""
 
 
 class DoesNotFit(CompileError):
-    """XLA:TPU refused the program: it needs more HBM than the chip has."""
+    """XLA refused the program: it needs more memory than the chip has."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    """Google's published per-chip figures (Cloud TPU system architecture pages; REPRODUCTION.md)."""
+    """A chip's published figures (experiments/REPRODUCTION.md cites each)."""
 
     generation: str
-    peak_bf16_flops: float          # FLOP/s
+    platform: str                   # "tpu" or "gpu"
+    name: str                       # "TPU v5e", "NVIDIA H100"
+    peak_bf16_flops: float          # FLOP/s, dense
+    peak_float32_flops: float       # FLOP/s of float32 matmuls at JAX's default precision (module docstring)
     hbm_bytes: float                # as published (GB or GiB, see `hbm_published`)
     hbm_published: str
     hbm_bytes_per_second: float
-    ici_bytes_per_second: float | None   # one direction, per chip: half the published bidirectional figure
+    interconnect: str               # ICI (TPU), NVLink (GPU)
+    link_bytes_per_second: float | None   # one direction, per chip: half the published bidirectional figure
     source: str
 
 
+def _tpu(gen: str, peak: float, hbm: float, hbm_text: str, bandwidth: float, ici: float | None) -> Chip:
+    return Chip(gen, "tpu", f"TPU {gen}", peak, peak, hbm, hbm_text, bandwidth, "ICI", ici,
+                f"https://cloud.google.com/tpu/docs/{gen}")
+
+
+def _nvidia(gen: str, device_kind: str, hbm: float, hbm_text: str, bandwidth: float) -> Chip:
+    from alexnet_jax.bench.step import peak_flops  # the benchmark's GPU peaks (NVIDIA datasheets)
+
+    return Chip(gen, "gpu", f"NVIDIA {gen.upper()}", peak_flops(device_kind, "bfloat16")[0],
+                peak_flops(device_kind, "float32")[0], hbm, hbm_text, bandwidth, "NVLink", 900e9 / 2,
+                f"https://www.nvidia.com/en-us/data-center/{gen}/")
+
+
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("v4", 275e12, 32 * 2**30, "32 GiB", 1200e9, None, "https://cloud.google.com/tpu/docs/v4"),
-    "v5e": Chip("v5e", 197e12, 16e9, "16 GB", 819e9, 400e9 / 2, "https://cloud.google.com/tpu/docs/v5e"),
-    "v5p": Chip("v5p", 459e12, 95e9, "95 GB", 2765e9, 1200e9 / 2, "https://cloud.google.com/tpu/docs/v5p"),
-    "v6e": Chip("v6e", 918e12, 32e9, "32 GB", 1640e9, 800e9 / 2, "https://cloud.google.com/tpu/docs/v6e"),
+    "v4": _tpu("v4", 275e12, 32 * 2**30, "32 GiB", 1200e9, None),
+    "v5e": _tpu("v5e", 197e12, 16e9, "16 GB", 819e9, 400e9 / 2),
+    "v5p": _tpu("v5p", 459e12, 95e9, "95 GB", 2765e9, 1200e9 / 2),
+    "v6e": _tpu("v6e", 918e12, 32e9, "32 GB", 1640e9, 800e9 / 2),
+    "h100": _nvidia("h100", "NVIDIA H100 SXM", 80e9, "80 GB", 3.35e12),
+    "h200": _nvidia("h200", "NVIDIA H200", 141e9, "141 GB", 4.8e12),
 }
-_TOPOLOGY = re.compile(r"^(?P<gen>[a-z0-9]+):(?P<dims>\d+(?:x\d+){1,2})$")
+
+# What XLA:GPU needs to know of a GPU it compiles for without one (a GpuTargetConfigProto): SM count, clock,
+# memory and L2 of the H100 SXM and the H200 (NVIDIA's datasheets; both are the GH100 chip, 132 SMs) and
+# the limits of compute capability 9.0 (NVIDIA's CUDA C++ Programming Guide, "Technical Specifications
+# per Compute Capability").
+GPU_NAMES = {"h100": "NVIDIA H100 80GB HBM3", "h200": "NVIDIA H200"}
+_CC90 = dict(threads_per_block_limit=1024, threads_per_warp=32, shared_memory_per_block=48 * 1024,
+             shared_memory_per_core=228 * 1024, shared_memory_per_block_optin=227 * 1024,
+             threads_per_core_limit=2048, registers_per_core_limit=65536, registers_per_block_limit=65536,
+             block_dim_limit_x=2**31 - 1, block_dim_limit_y=65535, block_dim_limit_z=65535,
+             thread_dim_limit_x=1024, thread_dim_limit_y=1024, thread_dim_limit_z=64)
+_TOPOLOGY = re.compile(r"^(?P<gen>[a-z0-9]+):(?P<dims>\d+(?:x\d+){0,2})$")
 LIBTPU_HINT = f'pip install "jax[tpu]=={jax.__version__}" (or the project\'s extra: pip install -e ".[tpu]")'
+CUDA_HINT = (f"pip install --no-deps jax-cuda13-plugin=={jax.__version__} jax-cuda13-pjrt=={jax.__version__} "
+             f"(compiling needs neither a GPU nor the CUDA libraries)")
+GPU_SLOTS = 8       # GPUs of one host (NVLink); more would need the multi-host topology
+
+
+def gpu_target_config(generation: str) -> str:
+    """The GpuTargetConfigProto (text format) of an NVIDIA GPU: what XLA:GPU compiles for without one."""
+    chip = CHIPS[generation]
+    info = dict(_CC90, core_count=132, fpus_per_core=128, clock_rate_ghz=1.98, l2_cache_size=50 * 2**20,
+                memory_bandwidth=int(chip.hbm_bytes_per_second), device_memory_size=int(chip.hbm_bytes))
+    fields = "\n".join(f"  {k}: {v}" for k, v in info.items())
+    return (f"gpu_device_info {{\n{fields}\n  cuda_compute_capability {{ major: 9 minor: 0 }}\n}}\n"
+            f'platform_name: "CUDA"\ndevice_description_str: "{GPU_NAMES[generation]}"\n')
 
 
 # ------------------------------------------------------------------------------------------------
 # Topology and mesh
 # ------------------------------------------------------------------------------------------------
 def parse_topology(name: str) -> tuple[Chip, tuple[int, ...]]:
-    """("v5e:2x2") -> (CHIPS["v5e"], (2, 2)); anything else is a CompileError naming what is accepted."""
+    """"v5e:2x2" -> (CHIPS["v5e"], (2, 2)); "h100:2" -> (CHIPS["h100"], (2,)); anything else is a
+    CompileError naming what is accepted."""
     m = _TOPOLOGY.match(name)
-    if not m or m.group("gen") not in CHIPS:
-        raise CompileError(f"unknown TPU topology {name!r}: give GENERATION:SHAPE with GENERATION one of "
-                           f"{', '.join(CHIPS)} and the chips' grid as JAX names it (v5e:2x2, v6e:2x4, v4:2x2x1, "
-                           f"v5p:2x2x1)")
-    return CHIPS[m.group("gen")], tuple(int(d) for d in m.group("dims").split("x"))
+    chip = CHIPS.get(m.group("gen")) if m else None
+    dims = tuple(int(d) for d in m.group("dims").split("x")) if m else ()
+    ok = chip is not None and (len(dims) in (2, 3) if chip.platform == "tpu" else len(dims) == 1)
+    if not ok or min(dims) < 1:
+        tpus = ", ".join(g for g, c in CHIPS.items() if c.platform == "tpu")
+        gpus = ", ".join(g for g, c in CHIPS.items() if c.platform == "gpu")
+        raise CompileError(f"unknown topology {name!r}: give a TPU generation ({tpus}) and its chips' grid as JAX "
+                           f"names it (v5e:2x2, v6e:2x4, v4:2x2x1, v5p:2x2x1), or an NVIDIA GPU ({gpus}) and a "
+                           f"count of 1 to {GPU_SLOTS} (h100:2)")
+    if chip.platform == "gpu" and dims[0] > GPU_SLOTS:
+        raise CompileError(f"topology {name!r}: at most {GPU_SLOTS} GPUs of one host (NVLink) are described")
+    return chip, dims
 
 
 def mesh_shape(config: Config, topology: str) -> tuple[int, int]:
@@ -115,11 +168,17 @@ def _require_libtpu() -> None:
         raise CompileError(f"compiling for TPU needs libtpu, which is not installed here: {LIBTPU_HINT}") from None
 
 
+def _require_cuda_plugin() -> None:
+    if not any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (13, 12)):
+        raise CompileError(f"compiling for NVIDIA GPUs needs JAX's CUDA plugin, which is not installed here: "
+                           f"{CUDA_HINT}")
+
+
 @contextlib.contextmanager
-def _libtpu_stderr():
-    """libtpu prints complaints about the TPU runtime it cannot find on a host without one (worker
-    hostnames, accelerator type) straight to the process's stderr; they do not concern compile-only
-    devices.  Kept out of the output and logged at debug level."""
+def _runtime_stderr():
+    """libtpu (and the CUDA plugin) print complaints about the runtime they cannot find on a host without
+    the device (worker hostnames, accelerator type, cuInit) straight to the process's stderr; they do not
+    concern compile-only devices.  Kept out of the output and logged at debug level."""
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         saved = os.dup(2)
         os.dup2(tmp.fileno(), 2)
@@ -131,23 +190,32 @@ def _libtpu_stderr():
             tmp.seek(0)
             text = tmp.read().decode(errors="replace").strip()
             if text:
-                log.debug("libtpu at start-up: %s", text)
+                log.debug("device runtime at start-up: %s", text)
 
 
-def tpu_devices(topology: str) -> list:
-    """The compile-only devices of a TPU topology, one per chip (v4 and v5p in megacore mode, as JAX
-    runs them), in the topology's order."""
+def devices(topology: str) -> list:
+    """The compile-only devices of a topology, one per chip in the topology's order: TPU chips from libtpu
+    (v4 and v5p in megacore mode, as JAX runs them), NVIDIA GPUs of one host from the CUDA plugin."""
     chip, dims = parse_topology(topology)
-    _require_libtpu()
     from jax.experimental import topologies
 
+    if chip.platform == "gpu":
+        _require_cuda_plugin()
+        try:
+            with _runtime_stderr():
+                return list(topologies.get_topology_desc(chip.generation, platform="cuda",
+                                                         target_config=gpu_target_config(chip.generation),
+                                                         topology=f"1x1x{dims[0]}").devices)
+        except jax.errors.JaxRuntimeError as e:
+            raise CompileError(f"JAX's CUDA plugin cannot describe {topology!r}: {str(e).splitlines()[0]}") from None
+    _require_libtpu()
     kw: dict[str, Any] = {"chip_config_name": "megacore"} if chip.generation in ("v4", "v5p") else {}
     dims3 = dims + (1,) * (3 - len(dims))
     bounds = tuple(min(d, b) for d, b in zip(dims3, (2, 2, 1), strict=True))
     if bounds != (2, 2, 1):   # fewer chips than one host holds: the host is the topology
         kw["chips_per_host_bounds"] = bounds
     try:
-        with _libtpu_stderr():
+        with _runtime_stderr():
             return list(topologies.get_topology_desc(topology, platform="tpu", **kw).devices)
     except RuntimeError as e:
         if "not installed" in str(e):
@@ -166,8 +234,7 @@ def build_trainer(config: Config, topology: str):
 
     config.validate()
     data, model = mesh_shape(config, topology)
-    devices = tpu_devices(topology)
-    mesh = parallel.make_mesh(data, model, devices=devices)
+    mesh = parallel.make_mesh(data, model, devices=devices(topology))
     augment = make_augment(config, stored_shape=stored_shape_of(config.dataset), mean="stand-in")
     return Trainer.build(config.replace(mesh_data=data, mesh_model=model), mesh, augment=augment)
 
@@ -199,7 +266,7 @@ def compile_steps(trainer, *, eval: bool = False) -> dict[str, tuple[Any, float]
                 raise
             c = trainer.config
             raise DoesNotFit(f"the {name} step of {c.model} at global batch {c.batch_size} ({c.dtype}) does not fit "
-                             f"its chips: XLA:TPU says {str(e).strip().splitlines()[0]}; lower batch_size or put the "
+                             f"its chips: XLA says {str(e).strip().splitlines()[0]}; lower batch_size or put the "
                              f"batch on more chips (mesh_data)") from None
         out[name] = (compiled, time.perf_counter() - t0)
         log.info("compiled the %s step in %.1f s", name, out[name][1])
@@ -225,9 +292,18 @@ def memory_per_device(compiled, chip: Chip) -> dict[str, int | float]:
 
 
 def cost(compiled) -> dict[str, float]:
-    """XLA's cost analysis of one chip's program: flops, bytes accessed, transcendentals."""
+    """XLA's cost analysis of one chip's program: flops, bytes accessed, transcendentals.  A compile-only
+    GPU executable gives none; XLA's cost analysis of its optimized HLO module (run by the host's CPU
+    client) stands in."""
     c = compiled.cost_analysis()
     c = c[0] if isinstance(c, (list, tuple)) else c
+    if c is None:
+        from jax._src import xla_bridge
+        from jax._src.lib import _jax
+
+        cpu = xla_bridge.get_backend("cpu")
+        parts = [_jax.hlo_module_cost_analysis(cpu, m) for m in compiled.runtime_executable().hlo_modules()]
+        c = {k: sum(float(p.get(k, 0.0)) for p in parts) for k in ("flops", "bytes accessed", "transcendentals")}
     return {"flops": float(c.get("flops", 0.0)), "bytes_accessed": float(c.get("bytes accessed", 0.0)),
             "transcendentals": float(c.get("transcendentals", 0.0))}
 
@@ -235,20 +311,25 @@ def cost(compiled) -> dict[str, float]:
 def roofline(flops: float, bytes_accessed: float, sent_bytes: float, chip: Chip, *, images: int,
              chips: int, dtype: str) -> dict[str, Any]:
     """The prediction for one step of one chip (module docstring)."""
-    compute = flops / chip.peak_bf16_flops
+    peak = chip.peak_bf16_flops if dtype == "bfloat16" else chip.peak_float32_flops
+    compute = flops / peak
     mem = bytes_accessed / chip.hbm_bytes_per_second
-    exchange = (sent_bytes / chip.ici_bytes_per_second if chip.ici_bytes_per_second else None) if sent_bytes \
-        else 0.0
+    link = chip.link_bytes_per_second
+    exchange = (sent_bytes / link if link else None) if sent_bytes else 0.0
     local = max(compute, mem)
     serial = local + exchange if exchange is not None else None
     overlapped = max(local, exchange) if exchange is not None else None
-    precision = ("bfloat16 operands at the bf16 peak" if dtype == "bfloat16" else
-                 "float32 arrays; matmuls and convolutions at JAX's default TPU precision, one bfloat16 pass "
-                 "(the bf16 peak; no fp32 peak is assumed)")
+    if dtype == "bfloat16":
+        precision = "bfloat16 operands at the bf16 peak"
+    elif chip.platform == "tpu":
+        precision = ("float32 arrays; matmuls and convolutions at JAX's default TPU precision, one bfloat16 pass "
+                     "(the bf16 peak; no fp32 peak is assumed)")
+    else:
+        precision = "float32 arrays; matmuls and convolutions at JAX's default GPU precision, TF32 (the TF32 peak)"
     return {
         "label": "roofline prediction, not a measurement", "precision": precision,
-        "peak_flops_per_chip": chip.peak_bf16_flops, "hbm_bytes_per_second": chip.hbm_bytes_per_second,
-        "ici_bytes_per_second": chip.ici_bytes_per_second,
+        "peak_flops_per_chip": peak, "hbm_bytes_per_second": chip.hbm_bytes_per_second,
+        "link_bytes_per_second": link,
         "compute_seconds": compute, "memory_seconds": mem, "exchange_seconds": exchange,
         "bound": "compute" if compute >= mem else "memory",
         "step_seconds_not_overlapped": serial, "step_seconds_overlapped": overlapped,
@@ -272,14 +353,17 @@ def step_report(compiled, seconds: float, trainer, chip: Chip, *, images: int, f
     collectives = [{"op": x.op, "axis": x.axis, "layer": x.layer, "pass": "bwd" if x.backward else "fwd",
                     "shape": x.shape, "bytes": x.bytes, "sent_bytes_per_device": x.sent,
                     "sent_bytes_per_image": x.sent / per_group} for x in rep.collectives]
+    tpu = chip.platform == "tpu"
+    flops = c["flops"] if tpu else model_flops      # XLA:GPU's count misses the cuDNN convolutions
     return {
         "compile_seconds": round(seconds, 1),
         "memory_per_device": memory_per_device(compiled, chip),
         "flops_per_device": {"xla": c["flops"], "model": model_flops, "ratio": c["flops"] / model_flops,
-                             "model_rule": rule},
+                             "model_rule": rule,
+                             "roofline_uses": "xla" if tpu else "model (XLA's GPU count misses cuDNN convolutions)"},
         "bytes_accessed_per_device": c["bytes_accessed"],
         "collectives": collectives, "sent_bytes_per_device": sent,
-        "predicted": roofline(c["flops"], c["bytes_accessed"], sent, chip, images=images, chips=chips,
+        "predicted": roofline(flops, c["bytes_accessed"], sent, chip, images=images, chips=chips,
                               dtype=trainer.config.dtype),
     }
 
@@ -306,8 +390,9 @@ def compile_report(config: Config, topology: str, *, eval: bool = False) -> dict
     mesh = {k: int(v) for k, v in trainer.mesh.shape.items()}
     fm = formulation(trainer.plan.platform)
     return {
-        "label": LABEL.replace("TPU", f"TPU {chip.generation}"),
+        "label": f"compiled for {chip.name} on a CPU host; times are a roofline prediction, not a measurement",
         "topology": topology, "chips": math.prod(dims), "device_kind": trainer.mesh.devices.flat[0].device_kind,
+        "platform": trainer.plan.platform,
         "mesh": mesh, "mesh_chips": int(trainer.mesh.devices.size), "plan": trainer.plan.describe(),
         "model": config.model, "input_size": config.input_size, "width": config.width,
         "num_classes": config.num_classes, "dtype": config.dtype, "global_batch": b,
@@ -332,7 +417,7 @@ def _ms(v) -> str:
 def format_report(r: dict[str, Any]) -> str:
     mesh = f"data={r['mesh']['data']} x model={r['mesh']['model']}"
     lines = [f"{r['model']} {r['input_size']} px, width {r['width']:g}, {r['dtype']}, global batch {r['global_batch']} "
-             f"on TPU {r['topology']} ({r['device_kind']}), mesh {mesh} ({r['mesh_chips']} of {r['chips']} chips)",
+             f"on {r['topology']} ({r['device_kind']}), mesh {mesh} ({r['mesh_chips']} of {r['chips']} chips)",
              f"  {r['plan']}",
              f"  formulation: {r['formulation']} ({r['formulation_detail']}); mean image: {r['mean_image']}",
              f"  {r['label']}", "",
@@ -359,11 +444,12 @@ def format_report(r: dict[str, Any]) -> str:
                 lines.append(f"| {c['axis']} | {c['layer'] or '-'} | {c['pass']} | {c['op']} | {c['shape']} | "
                              f"{c['sent_bytes_per_device']:,.0f} | {c['sent_bytes_per_image']:,.0f} |")
         lines.append("")
-    chip = r["chip"]
-    ici = chip["ici_bytes_per_second"]
-    lines += [f"roofline prediction (not a measurement; {chip['generation']}: {chip['peak_bf16_flops'] / 1e12:g} "
-              f"TFLOP/s bf16, HBM {chip['hbm_published']} at {chip['hbm_bytes_per_second'] / 1e9:g} GB/s, ICI "
-              f"{'not published' if ici is None else f'{ici / 1e9:g} GB/s one way'}; {chip['source']}):",
+    chip, p0 = r["chip"], r["predicted"]
+    link = chip["link_bytes_per_second"]
+    lines += [f"roofline prediction (not a measurement; {chip['name']}: {p0['peak_flops_per_chip'] / 1e12:g} TFLOP/s "
+              f"for {r['dtype']}, HBM {chip['hbm_published']} at {chip['hbm_bytes_per_second'] / 1e9:g} GB/s, "
+              f"{chip['interconnect']} {'not published' if link is None else f'{link / 1e9:g} GB/s one way'}; "
+              f"{chip['source']}; compute from {r['flops_per_device']['roofline_uses']} FLOPs):",
               "| step | compute ms | memory ms | exchange ms | step ms (not overlapped) | step ms (overlapped) | "
               "exchange share | img/s/chip (not overlapped) | img/s/chip (overlapped) |",
               "|---|" + "---|" * 8]
