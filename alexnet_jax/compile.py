@@ -168,8 +168,15 @@ def _require_libtpu() -> None:
         raise CompileError(f"compiling for TPU needs libtpu, which is not installed here: {LIBTPU_HINT}") from None
 
 
+def _find(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _require_cuda_plugin() -> None:
-    if not any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (13, 12)):
+    if not any(_find(f"jax_plugins.xla_cuda{v}") for v in (13, 12)):
         raise CompileError(f"compiling for NVIDIA GPUs needs JAX's CUDA plugin, which is not installed here: "
                            f"{CUDA_HINT}")
 

@@ -1,10 +1,12 @@
-"""`alexnet-jax compile`: the Trainer's steps compiled by XLA:TPU on this CPU host (libtpu's compile-only
-devices), and the formulation the models are traced in following the compiler, not the host.
+"""`alexnet-jax compile`: the Trainer's steps compiled by XLA:TPU and XLA:GPU on this CPU host (libtpu's
+compile-only devices; JAX's CUDA plugin with a GPU description), and the formulation the models are
+traced in following the compiler, not the host.
 
-Tests that compile for TPU need libtpu and skip without it (it has wheels for Linux only).  The default
-run compiles one small program per module (the two-column net at width 0.125 on 32 px inputs, its
-train step on two v5e chips); the full-size checks are marked slow.  References are computed here by
-hand from the layer shapes and Google's published chip figures.
+Tests that compile for TPU need libtpu and skip without it (it has wheels for Linux only); those for GPU
+need the CUDA plugin and skip without it.  The default run compiles one small program (the two-column
+net at width 0.125 on 32 px inputs, its train step on two v5e chips); the full-size checks and the GPU
+compile are marked slow.  References are computed here by hand from the layer shapes and the vendors'
+published chip figures.
 """
 
 from __future__ import annotations
@@ -34,8 +36,18 @@ def _have_libtpu() -> bool:
     return True
 
 
+def _have_cuda_plugin() -> bool:
+    try:
+        compile_lib._require_cuda_plugin()
+    except compile_lib.CompileError:
+        return False
+    return True
+
+
 needs_libtpu = pytest.mark.skipif(not _have_libtpu(), reason=f"libtpu is not installed here (it has wheels for "
                                                             f"Linux only): {compile_lib.LIBTPU_HINT}")
+needs_cuda_plugin = pytest.mark.skipif(not _have_cuda_plugin(), reason=f"JAX's CUDA plugin is not installed "
+                                                                     f"here: {compile_lib.CUDA_HINT}")
 PAPER_LAYERS = ("conv3", "fc6", "fc7", "fc8")
 
 
@@ -56,16 +68,23 @@ def _error_line(capsys, argv) -> str:
 # ------------------------------------------------------------------------------------------------
 # Bad input: one clear line each (no libtpu needed)
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["v9x:2x2", "v5e2x2", "v5e:2x2x2x2", "tpu"])
+@pytest.mark.parametrize("name", ["v9x:2x2", "v5e2x2", "v5e:2x2x2x2", "tpu", "h100:2x2", "v5e:4", "a100:2"])
 def test_unknown_topology_is_one_line(capsys, name):
     line = _error_line(capsys, ["compile", "--topology", name])
-    assert f"unknown TPU topology {name!r}" in line and "v5e:2x2" in line
+    assert f"unknown topology {name!r}" in line and "v5e:2x2" in line and "h100:2" in line
 
 
 def test_mesh_larger_than_topology_is_one_line(capsys):
     line = _error_line(capsys, ["compile", "--topology", "v5e:2x2", "--config", "alexnet_cifar10",
                                 "--set", "mesh_data=4", "--set", "mesh_model=2"])
     assert "needs 8 chips but topology v5e:2x2 has 4" in line
+
+
+def test_missing_cuda_plugin_is_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(compile_lib.importlib.util, "find_spec", lambda name, *a: None)
+    line = _error_line(capsys, ["compile", "--topology", "h100:2", "--config", "alexnet_cifar10",
+                                "--set", "mesh_data=1", "--set", "mesh_model=2"])
+    assert "needs JAX's CUDA plugin" in line and "jax-cuda13-plugin" in line
 
 
 def test_missing_libtpu_is_one_line(capsys, monkeypatch):
@@ -311,3 +330,59 @@ def test_eval_steps_compile_with_ten_crops():
     assert {c["pass"] for c in ten["collectives"]} == {"fwd"}
     fwd = {c["layer"]: c["sent_bytes_per_image"] for c in ten["collectives"]}
     assert fwd == {k: 2 * v for k, v in SMALL_FLOATS.items()}     # per view: 10 views of 16 images
+
+
+# ------------------------------------------------------------------------------------------------
+# The HLO forms of the two compilers (written by hand after XLA:TPU's and XLA:GPU's output)
+# ------------------------------------------------------------------------------------------------
+TPU_AND_GPU_FORMS = """
+%all-reduce-scatter (input: bf16[2,8,3,3,16]) -> bf16[10,8,16] {
+  %input = bf16[2,8,3,3,16]{4,1,3,2,0:T(8,128)(2,1)} parameter(0)
+  %bitcast.1 = bf16[18,8,16]{2,1,0:T(8,128)(2,1)} bitcast(%input)
+  %pad.1 = bf16[20,8,16]{2,1,0:T(8,128)(2,1)} pad(%bitcast.1, %c0), padding=0_2x0_0x0_0
+  %all-reduce.1 = bf16[20,8,16]{2,1,0:T(8,128)(2,1)} all-reduce(%pad.1), channel_id=7, replica_groups={{0,1}}, to_apply=%add
+  ROOT %dynamic-slice.1 = bf16[10,8,16]{2,1,0:T(8,128)(2,1)} dynamic-slice(%all-reduce.1, %o, %z, %z), dynamic_slice_sizes={10,8,16}
+}
+
+ENTRY %main (p: bf16[2,8,3,3,16]) -> bf16[11,8,16] {
+  %copy.1 = bf16[2,8,3,3,16]{4,1,3,2,0} copy(%p), metadata={op_name="jit(train_step)/transpose(jvp())/shard_map/fc6/add_any"}
+  %fusion = bf16[10,8,16]{2,1,0:T(8,128)(2,1)} fusion(%copy.1), kind=kCustom, calls=%all-reduce-scatter
+  %slice.1 = bf16[1,8,16]{2,1,0} slice(%fusion), slice={[9:10], [0:8], [0:16]}
+  %cp-start = (bf16[1,8,16]{2,1,0}, bf16[1,8,16]{2,1,0}, u32[], u32[]) collective-permute-start(%slice.1), source_target_pairs={{0,1}}
+  %cp-done = bf16[1,8,16]{2,1,0} collective-permute-done(%cp-start)
+  %rs-start = (bf16[2,16,256]{2,1,0}, bf16[1,16,256]{2,1,0}) reduce-scatter-start(%g), channel_id=3, replica_groups=mesh['axis_0'=2,'axis_1'=2] {'axis_1'}, dimensions={0}, to_apply=%add, metadata={op_name="jit(train_step)/transpose(jvp())/shard_map/fc7/reduce_scatter"}
+  ROOT %c = bf16[11,8,16]{2,1,0} concatenate(%cp-done, %fusion), dimensions={0}
+}
+"""  # noqa: E501
+
+
+def test_comms_reads_the_tpu_and_gpu_forms():
+    """XLA:TPU's fused reduce-scatter (an all-reduce of a padded buffer, sliced) is one reduce-scatter of the
+    fusion's result, its body's all-reduce is not counted again, and metadata-less ops take their operand's
+    layer; XLA:GPU's mesh replica groups and async reduce-scatter results are read."""
+    from alexnet_jax import comms
+
+    rep = comms.analyze(TPU_AND_GPU_FORMS, {"data": 2, "model": 2})
+    got = [(c.op, c.shape, c.axis, c.layer, c.backward, c.sent) for c in rep.collectives]
+    assert got == [("reduce-scatter", "bf16[10,8,16]", "model", "fc6", True, 2560.0),
+                   ("collective-permute", "bf16[1,8,16]", "model", "fc6", True, 256.0),
+                   ("reduce-scatter", "bf16[1,16,256]", "model", "fc7", True, 8192.0)]
+
+
+@needs_cuda_plugin
+@pytest.mark.slow
+def test_two_column_on_two_h100s():
+    """The same small two-column step compiled by XLA:GPU for two H100s (no GPU here): the paper's exchanges
+    only, one column's maps per forward gather; the roofline computes with the model's FLOPs."""
+    r = compile_lib.compile_report(small_config(), "h100:2")
+    assert r["platform"] == "gpu" and r["formulation"] == "plain" and "H100" in r["device_kind"]
+    cs = r["collectives"]
+    assert all(c["axis"] == "model" and c["layer"] in PAPER_LAYERS for c in cs), cs
+    got = {(c["layer"], c["pass"]): c["sent_bytes_per_image"] for c in cs}
+    want = {(k, "fwd"): 2 * v for k, v in SMALL_FLOATS.items()}
+    want.update({(k, "bwd"): 2 * v for k, v in SMALL_FLOATS.items() if k != "fc8"})
+    assert got == want and len(cs) == 7, cs
+    p, f = r["predicted"], r["flops_per_device"]
+    assert p["compute_seconds"] == pytest.approx(f["model"] / 989.4e12, rel=1e-12)
+    assert p["exchange_seconds"] == pytest.approx(r["sent_bytes_per_device"] / 450e9, rel=1e-12)
+    assert r["memory_per_device"]["headroom"] == 80e9 - r["memory_per_device"]["total"]
