@@ -255,6 +255,18 @@ def _abstract_batch(trainer, *, train: bool) -> dict[str, jax.ShapeDtypeStruct]:
                                for k, t in rows.items()}}
 
 
+@contextlib.contextmanager
+def _no_persistent_cache():
+    """A compile-only executable cannot be loaded back from JAX's persistent compilation cache (no client to
+    load it onto): writing it there only fills the cache."""
+    was = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", was)
+
+
 def compile_steps(trainer, *, eval: bool = False) -> dict[str, tuple[Any, float]]:
     """{"train": (compiled, seconds)[, "eval": ..., "eval_ten_crop": ...]} for the trainer's mesh."""
     st = trainer.abstract_state
@@ -267,7 +279,8 @@ def compile_steps(trainer, *, eval: bool = False) -> dict[str, tuple[Any, float]
     for name, lower in todo.items():
         t0 = time.perf_counter()
         try:
-            compiled = lower().compile()
+            with _no_persistent_cache():
+                compiled = lower().compile()
         except jax.errors.JaxRuntimeError as e:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
