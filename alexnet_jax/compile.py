@@ -258,13 +258,15 @@ def _abstract_batch(trainer, *, train: bool) -> dict[str, jax.ShapeDtypeStruct]:
 @contextlib.contextmanager
 def _no_persistent_cache():
     """A compile-only executable cannot be loaded back from JAX's persistent compilation cache (no client to
-    load it onto): writing it there only fills the cache."""
-    was = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
+    load it onto): writing it there would only fill the cache.  JAX writes only programs that took longer
+    than a minimum to compile; inside, that minimum is out of reach (the option is read at each write)."""
+    key = "jax_persistent_cache_min_compile_time_secs"
+    was = getattr(jax.config, key)
+    jax.config.update(key, 1e9)
     try:
         yield
     finally:
-        jax.config.update("jax_enable_compilation_cache", was)
+        jax.config.update(key, was)
 
 
 def compile_steps(trainer, *, eval: bool = False) -> dict[str, tuple[Any, float]]:
