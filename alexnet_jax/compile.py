@@ -216,6 +216,10 @@ def devices(topology: str) -> list:
         except jax.errors.JaxRuntimeError as e:
             raise CompileError(f"JAX's CUDA plugin cannot describe {topology!r}: {str(e).splitlines()[0]}") from None
     _require_libtpu()
+    # libtpu takes a host-wide lock (/tmp/libtpu_lockfile) when it loads, meant for processes that open the TPU;
+    # compile-only devices open nothing, so a second compiling process (a test worker, another compile) may load
+    # it too
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     kw: dict[str, Any] = {"chip_config_name": "megacore"} if chip.generation in ("v4", "v5p") else {}
     dims3 = dims + (1,) * (3 - len(dims))
     bounds = tuple(min(d, b) for d, b in zip(dims3, (2, 2, 1), strict=True))
