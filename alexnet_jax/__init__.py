@@ -1,10 +1,11 @@
 """alexnet_jax: LeNet-5 and AlexNet, faithful and fast, in JAX/Flax NNX.
 
 Layering (arrows point at what a part may import):
-  cli / experiments / tools -> train, configs (and models, data, parallel for analysis)
-  train -> models, parallel, data, optim, checkpoint
+  cli / experiments / tools -> run, restore, configs (and trainer, models, data, parallel for analysis)
+  run, restore -> trainer, data, checkpoint, workdir
+  trainer -> models, parallel, optim (-> lr, sdlm)
   parallel -> models
-  models import none of train, data, cli.
+  models import none of trainer, run, data, cli.
 
 XLA flags.  Importing the package adds the flags in `XLA_DEFAULT_FLAGS` to the environment variable
 XLA_FLAGS, which XLA reads when JAX initialises its backends, so they apply to every process that

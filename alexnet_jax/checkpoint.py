@@ -26,6 +26,7 @@ import platform
 import subprocess
 import sys
 import time
+from importlib import metadata
 from typing import Any
 
 import jax
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 # TrainState layout is unchanged, so a format-1 checkpoint restores as it is.
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
+
+
+# Config keys that change the arrays of a train state (besides the model): a checkpoint that differs in one
+# is another net's
+SHAPING_KEYS = ("num_classes", "input_size", "width", "head", "optimizer")
 
 
 class CheckpointError(AlexnetJaxError, RuntimeError):
@@ -70,8 +76,6 @@ _PROVENANCE_CACHE: dict[str, Any] = {}
 def provenance(mesh=None) -> dict[str, Any]:
     """Where and with what a run ran: versions, git commit, devices, mesh, the XLA flags in effect."""
     if not _PROVENANCE_CACHE:
-        from importlib import metadata
-
         versions = {}
         for pkg in ("alexnet-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
                     "tensorflow-datasets"):
@@ -196,13 +200,19 @@ def _quiet():
 
 
 class Checkpointer:
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
+    """Saves keep the newest `keep` checkpoints and every step in `keep_steps` (a finished schedule's end)."""
+
+    def __init__(self, directory: str, *, keep: int = 3, keep_steps: tuple[int, ...] | list[int] = (),
+                 async_save: bool = True, read_only: bool = False):
         self.directory = os.path.abspath(directory)
         self.read_only = read_only
+        kept = ocp.checkpoint_managers.AnyPreservationPolicy([ocp.checkpoint_managers.LatestN(keep),
+                                                              ocp.checkpoint_managers.CustomSteps(list(keep_steps))])
         with _quiet():   # a read-only manager logs a warning that says just that
             self.manager = ocp.CheckpointManager(
                 self.directory,
-                options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                options=ocp.CheckpointManagerOptions(preservation_policy=None if read_only else kept,
+                                                     enable_async_checkpointing=async_save,
                                                      create=not read_only, read_only=read_only))
 
     def latest_step(self) -> int | None:
@@ -213,17 +223,20 @@ class Checkpointer:
         self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                               meta=ocp.args.JsonSave(meta)), force=True)
 
-    def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict[str, Any], int] | None:
+    def restore(self, abstract_state, step: int | None = None, *, config: dict[str, Any] | None = None
+                ) -> tuple[Any, dict[str, Any], int] | None:
         """Restore onto `abstract_state` (ShapeDtypeStructs with shardings); newest usable step first.
 
         Returns (state, meta, step), or None when the directory holds no checkpoint.  A damaged step
-        is reported in one line and skipped (and, unless read-only, moved aside); a checkpoint of an
-        unknown format raises CheckpointFormatError naming both versions."""
+        is reported in one line and skipped (and, unless read-only, moved aside); a step that does not
+        fit because it holds another net than `config` (the config the state was built from) is named
+        as such, skipped and never moved; a checkpoint of an unknown format raises CheckpointFormatError
+        naming both versions."""
         self.manager.reload()
         steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
         if not steps:
             return None
-        problems, damaged = [], []
+        problems, damaged, others = [], [], []
         for s in steps:
             try:
                 with _quiet():
@@ -244,12 +257,17 @@ class Checkpointer:
             except CheckpointFormatError:
                 raise
             except Exception as e:  # noqa: BLE001 - report any unreadable checkpoint and fall back
-                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-                msg = f"checkpoint step {s} in {self.directory} is incomplete or corrupted ({type(e).__name__}" + (
-                    f": {first})" if first else ")")
+                log.debug("checkpoint step %d: %s: %s", s, type(e).__name__, e)   # the library's own words
+                other = self._another_net(s, config) if config else None
+                if other:
+                    msg = f"checkpoint step {s} in {self.directory} is a checkpoint of {other}"
+                    others.append(other)
+                else:   # in our words: the libraries' messages carry their internals
+                    msg = f"checkpoint step {s} in {self.directory} is incomplete or corrupted (" + (
+                        str(e) if isinstance(e, CheckpointError) else "its files cannot be read back as saved") + ")"
+                    damaged.append(s)
                 log.warning(msg + ("; trying the previous checkpoint" if step is None else ""))
                 problems.append(msg)
-                damaged.append(s)
                 continue
             # only now that an older step restored are the damaged newer ones moved aside (never when every
             # step fails: that is a run of another shape, not damage)
@@ -259,7 +277,25 @@ class Checkpointer:
                     if moved:
                         log.warning("moved the damaged checkpoint step %d to %s", d, moved)
             return state, migrate(meta, s), s
+        if others and not damaged:
+            raise CheckpointError(f"the checkpoints in {self.directory} are of {others[0]}, not of the config they "
+                                  f"were restored for ({config['model']}): use the config they were trained with, "
+                                  f"or another workdir")
         raise CheckpointError("no usable checkpoint: " + " | ".join(problems))
+
+    def _another_net(self, step: int, config: dict[str, Any]) -> str | None:
+        """How checkpoint `step` is another net than `config`'s, read from its own record ("another model
+        (lenet5)"), or None when it is the same net (or its record cannot be read: then it is damaged)."""
+        try:
+            with _quiet():
+                meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            saved = dict(meta["config"])
+        except Exception:  # noqa: BLE001 - no readable record: not evidence of another net
+            return None
+        if saved.get("model") != config["model"]:
+            return f"another model ({saved.get('model')})"
+        changed = [f"{k}={saved[k]}" for k in SHAPING_KEYS if k in saved and saved[k] != config.get(k)]
+        return f"another {config['model']} ({', '.join(changed)})" if changed else None
 
     def _move_aside(self, step: int) -> str | None:
         """Rename a damaged step directory to `<step>.corrupt-<time>` so that the step can be saved again."""

@@ -1,9 +1,12 @@
 """The `alexnet-jax` command: parses arguments, then calls the importable functions.
 
-    alexnet-jax train   [--config NAME] [--workdir DIR] [--set key=value ...] [--data-dir DIR]
+    alexnet-jax train   [--config NAME] [--workdir DIR] [--set key=value ...] [--extend] [--data-dir DIR]
     alexnet-jax eval    --workdir DIR [--split NAME] [--ten-crop] [--data-dir DIR]
-    alexnet-jax prepare DATASET [--source PATH] [--data-dir DIR]
+    alexnet-jax prepare DATASET [--source PATH] [--data-dir DIR] [--overwrite] [--clear-cache]
     alexnet-jax summary MODEL [--input-size N] [--num-classes K] [--width W]
+    alexnet-jax import torchvision FILE.pth --workdir DIR
+    alexnet-jax import caffe FILE.caffemodel --deploy deploy.prototxt --mean MEAN.binaryproto --workdir DIR
+    alexnet-jax export torchvision --workdir DIR FILE.pth
     alexnet-jax compile --topology v5e:2x2|h100:2 [--config NAME] [--set key=value ...] [--eval]
     alexnet-jax bench | inspect | filters | neighbours | predict | plot | activations | init-stats ...
 
@@ -20,6 +23,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 
 TOOLS = ("bench", "inspect", "filters", "neighbours", "predict", "plot", "activations", "init_stats")
@@ -70,18 +74,22 @@ def _data_dir(config, args):
 
 def cmd_train(args) -> int:
     from alexnet_jax.config import apply_overrides
-    from alexnet_jax.configs import get_config
-    from alexnet_jax.train import train_and_evaluate
+    from alexnet_jax.configs import DEFAULT, get_config
+    from alexnet_jax.run import train_and_evaluate
+    from alexnet_jax.workdir import load_config
 
-    config = _data_dir(apply_overrides(get_config(args.config), args.set or []), args)
-    workdir = args.workdir or os.path.join("runs", args.config)
-    result = train_and_evaluate(config, workdir, progress=not args.no_progress)
+    workdir = args.workdir or os.path.join("runs", args.config or DEFAULT)
+    # a workdir owns its run: without --config, the run in it resumes with its own config
+    own = args.config is None and os.path.exists(os.path.join(workdir, "config.json"))
+    base = load_config(workdir) if own else get_config(args.config or DEFAULT)
+    config = _data_dir(apply_overrides(base, args.set or []), args)
+    result = train_and_evaluate(config, workdir, progress=not args.no_progress, extend=args.extend)
     print(json.dumps(result))
     return 0
 
 
 def cmd_eval(args) -> int:
-    from alexnet_jax.train import evaluate_workdir
+    from alexnet_jax.restore import evaluate_workdir
 
     res = evaluate_workdir(args.workdir, split=args.split, ten_crop=True if args.ten_crop else None,
                            data_dir=args.data_dir)
@@ -90,19 +98,24 @@ def cmd_eval(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from alexnet_jax.data import prepare
+    from alexnet_jax import data
 
-    path = prepare(args.dataset, args.source, args.data_dir)
+    if args.clear_cache:
+        path = data.dataset_dir(args.dataset, args.data_dir)
+        print(json.dumps({"dataset": args.dataset, "path": str(path), "cleared_bytes": data.clear_disk_cache(path)}))
+        return 0
+    path = data.prepare(args.dataset, args.source, args.data_dir, overwrite=args.overwrite, workers=args.workers,
+                        quality=args.quality)
     print(json.dumps({"dataset": args.dataset, "path": str(path)}))
     return 0
 
 
 def cmd_summary(args) -> int:
-    from alexnet_jax.summary import format_table, summarize
+    from alexnet_jax.summary import summarize, summary_table
 
     extra = {"head": args.head} if args.model == "lenet5" and args.head else {}
     s = summarize(args.model, input_size=args.input_size, num_classes=args.num_classes, width=args.width, **extra)
-    print(format_table(s))
+    print(summary_table(s))
     print(json.dumps({"model": s["model"], "input_size": s["input_size"], "num_classes": s["num_classes"],
                       "params": s["params"], "macs": s["macs"]}))
     return 0
@@ -132,22 +145,69 @@ def _host_backend_only() -> None:
         jax.config.update("jax_platforms", "cpu")
 
 
+def cmd_import(args) -> int:
+    if args.source == "torchvision":
+        from alexnet_jax.zoo.torchvision import import_torchvision
+
+        res = import_torchvision(args.file, args.workdir)
+    else:
+        from alexnet_jax.zoo.caffe import import_caffe
+
+        res = import_caffe(args.file, args.deploy, args.mean, args.workdir, lrn=args.lrn)
+    print(json.dumps(res))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from alexnet_jax.zoo.torchvision import export_torchvision
+
+    res = export_torchvision(args.workdir, args.file, step=args.step)
+    for note in res["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(json.dumps(res))
+    return 0
+
+
 DATA_DIR_HELP = "TFDS data dir (default $TFDS_DATA_DIR, else ~/tensorflow_datasets)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from alexnet_jax.config import describe_keys
+def _recipe_named(argv: list[str]) -> str:
+    """The recipe `--config NAME` names on a command line (for `train --help`), else the default one."""
     from alexnet_jax.configs import CONFIGS, DEFAULT
+
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            name = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(argv):
+            name = argv[i + 1]
+        else:
+            continue
+        if name in CONFIGS:
+            return name
+    return DEFAULT
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; `argv` only chooses whose values `train --help` lists (its --config's)."""
+    from alexnet_jax.config import describe_keys
+    from alexnet_jax.configs import CONFIGS, DEFAULT, get_config
 
     p = argparse.ArgumentParser(prog="alexnet-jax", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
+    recipe = _recipe_named(sys.argv[1:] if argv is None else argv)
     t = sub.add_parser("train", help="train a config in a workdir (resumes automatically)",
-                       epilog="config keys (--set key=value):\n" + describe_keys(),
+                       epilog=f"config keys (--set key=value) with the values of --config {recipe} "
+                              f"(alexnet_jax/configs/{recipe}.py; another --config lists its own; a workdir holding a "
+                              f"run starts from its config.json):\n" + describe_keys(get_config(recipe)),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--config", default=DEFAULT, help=f"one of: {', '.join(CONFIGS)} (default {DEFAULT})")
-    t.add_argument("--workdir", help="output directory (default runs/CONFIG)")
+    t.add_argument("--config", help=f"one of: {', '.join(CONFIGS)} (default: the workdir's own config.json when "
+                                    f"it holds a run, else {DEFAULT})")
+    t.add_argument("--workdir", help="output directory (default runs/CONFIG); a run in it is resumed")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    t.add_argument("--extend", action="store_true",
+                   help="continue a run in --workdir with a changed schedule: num_steps, num_epochs, "
+                        "eval_every_epochs, ten_crop (refused without it; what the run saved stays)")
     t.add_argument("--data-dir", help=DATA_DIR_HELP)
     t.add_argument("--no-progress", action="store_true", help="no progress output")
     add_device_args(t, multihost=True)
@@ -161,10 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_args(e, multihost=True)
     e.set_defaults(fn=cmd_eval)
 
+    from alexnet_jax.data.catalog import JPEG256_QUALITY
     pr = sub.add_parser("prepare", help="build a TFDS dataset offline from files you have")
     pr.add_argument("dataset", help="digits | mnist | cifar10 | imagenet2012[/jpeg256|/raw256]")
     pr.add_argument("--source", help="the files: MNIST .gz dir, CIFAR tarball/folder tree, ILSVRC tars/tree")
     pr.add_argument("--data-dir", help=DATA_DIR_HELP)
+    pr.add_argument("--overwrite", action="store_true", help="prepare it again even where it is already prepared")
+    pr.add_argument("--workers", type=int, metavar="N", help="shard-writing processes (default: all cores)")
+    pr.add_argument("--quality", type=int, default=JPEG256_QUALITY, help="imagenet2012/jpeg256 quality (%(default)s)")
+    pr.add_argument("--clear-cache", action="store_true", help="only delete the arrays cached beside the dataset")
     pr.set_defaults(fn=cmd_prepare)
 
     s = sub.add_parser("summary", help="per-layer table of output shapes, parameters and multiply-adds")
@@ -192,6 +257,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     c.add_argument("--eval", action="store_true", help="also compile the eval steps (centre crop and ten crops)")
     c.set_defaults(fn=cmd_compile)
+    im = sub.add_parser("import", help="a published AlexNet (torchvision .pth, Caffe bvlc_alexnet) as a new workdir")
+    src = im.add_subparsers(dest="source", required=True)
+    it = src.add_parser("torchvision", help="torchvision's alexnet state_dict -> an alexnet_owt workdir")
+    it.add_argument("file", metavar="FILE.pth", help="torch.save(alexnet.state_dict()) file (zip or legacy format)")
+    it.add_argument("--workdir", required=True, help="a new or empty folder")
+    ic = src.add_parser("caffe", help="Caffe's bvlc_alexnet -> a two-column alexnet workdir (Caffe's LRN)")
+    ic.add_argument("file", metavar="FILE.caffemodel", help="trained weights (V2 `layer` or legacy V1 `layers`)")
+    ic.add_argument("--deploy", required=True, metavar="deploy.prototxt", help="the net's deploy definition")
+    ic.add_argument("--mean", required=True, metavar="MEAN.binaryproto",
+                    help="the mean image the net was trained with (ilsvrc_2012_mean.binaryproto, or Caffe's .npy)")
+    ic.add_argument("--workdir", required=True, help="a new or empty folder")
+    ic.add_argument("--lrn", choices=["caffe", "paper"], default="caffe",
+                    help="caffe (default: the net as trained, exact) or the paper's LRN (to compare)")
+    for p_ in (it, ic):
+        p_.set_defaults(fn=cmd_import)
+    ex = sub.add_parser("export", help="a workdir's net as another framework's file")
+    dst = ex.add_subparsers(dest="target", required=True)
+    et = dst.add_parser("torchvision", help="an alexnet_owt workdir -> torchvision's alexnet state_dict (needs torch)")
+    et.add_argument("--workdir", required=True)
+    et.add_argument("--step", type=int, help="checkpoint step (default: the newest usable one)")
+    et.add_argument("file", metavar="FILE.pth", help="where to write the state_dict (torch.save)")
+    et.set_defaults(fn=cmd_export)
 
     for name in TOOLS:   # each tool module registers its own arguments
         mod = importlib.import_module(f"alexnet_jax.tools.{name}")
@@ -212,13 +299,20 @@ def setup_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         force_host_devices(getattr(args, "force_host_devices", None))
         _distributed(args)
         return args.fn(args) or 0
+    except KeyboardInterrupt:             # Ctrl-C where no step or batch boundary listens for it
+        print("stopped by SIGINT (Ctrl-C)", file=sys.stderr)
+        return 128 + signal.SIGINT
     except Exception as e:
         from alexnet_jax.errors import AlexnetJaxError
+        from alexnet_jax.workdir import Interrupted
+        if isinstance(e, Interrupted):    # stopped at a step or batch boundary: what was saved, and the exit code
+            print(e, file=sys.stderr)
+            return e.exit_code
         if isinstance(e, AlexnetJaxError) and os.environ.get("ALEXNET_JAX_TRACEBACK") != "1":
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -1,7 +1,7 @@
 """What a compiled step communicates: every collective in the optimized HLO, its size, mesh axis and layer.
 
     report = comms.analyze(jitted.lower(*args).compile(), mesh)      # or the HLO text
-    print(comms.format_table(report))
+    print(comms.traffic_table(report))
     comms.bytes_per_image(report, global_batch)                      # {(axis, layer, op): bytes}
 
 Each collective instruction (all-gather, all-reduce, reduce-scatter, collective-permute, all-to-all;
@@ -329,7 +329,7 @@ def bytes_per_image(report: Report, batch: int, *, sent: bool = True) -> dict[tu
     return dict(out)
 
 
-def format_table(report: Report, batch: int | None = None) -> str:
+def traffic_table(report: Report, batch: int | None = None) -> str:
     """A markdown table of the collectives, one row per buffer."""
     head = "| axis | layer | pass | op | result shape | bytes | group | sent/device |"
     if batch:

@@ -240,8 +240,8 @@ def devices(topology: str) -> list:
 def build_trainer(config: Config, topology: str):
     """The Trainer of `config` on a compile-only mesh of `topology`'s chips, with the device augmentation."""
     from alexnet_jax.data import make_augment
-    from alexnet_jax.data.catalog import stored_shape_of
-    from alexnet_jax.train import Trainer
+    from alexnet_jax.data.records import stored_shape_of
+    from alexnet_jax.trainer import Trainer
 
     config.validate()
     data, model = mesh_shape(config, topology)

@@ -14,16 +14,17 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from alexnet_jax.errors import AlexnetJaxError
-
-
-class ConfigError(AlexnetJaxError, ValueError):
-    pass
+from alexnet_jax.errors import ConfigError
 
 
 # ------------------------------------------------------------------------------------------------
 # What a field accepts
 # ------------------------------------------------------------------------------------------------
+def human_number(v: float) -> str:
+    """A bound as people write it: whole numbers with thousands separators (1,048,576), others in %g."""
+    return f"{int(v):,}" if float(v).is_integer() and abs(v) < 1e18 else f"{v:g}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Range:
     """lo <= v <= hi (or lo < v / v < hi when open); `also` lists extra allowed values (e.g. -1)."""
@@ -44,8 +45,8 @@ class Range:
         return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
 
     def describe(self) -> str:
-        lo = "" if self.lo is None else f"{self.lo:g} {'<' if self.lo_open else '<='} "
-        hi = "" if self.hi is None else f" {'<' if self.hi_open else '<='} {self.hi:g}"
+        lo = "" if self.lo is None else f"{human_number(self.lo)} {'<' if self.lo_open else '<='} "
+        hi = "" if self.hi is None else f" {'<' if self.hi_open else '<='} {human_number(self.hi)}"
         text = f"{lo}value{hi}" if (lo or hi) else "any finite value"
         return text + "".join(f" or {a}" for a in self.also)
 
@@ -97,6 +98,11 @@ def _models():
     return tuple(MODELS)
 
 
+def _init_rules():
+    from alexnet_jax.models.init import INIT_RULES
+    return INIT_RULES
+
+
 def _datasets():
     from alexnet_jax.data.catalog import dataset_names
     return dataset_names()
@@ -111,6 +117,11 @@ def field(default, accepts, doc: str = ""):
     return dataclasses.field(default=default, metadata={"accepts": accepts, "doc": doc})
 
 
+# Config.preprocess: the inputs' centring (and photo fitting) of a run, or of an imported net (alexnet_jax/zoo):
+# "dataset" the run's own (the training split's mean image); "torchvision" torchvision's ImageNet transform
+# (Resize(256), CenterCrop, its per-channel mean; the std is alexnet_owt's own input scale); "caffe" the mean
+# image Caffe's net was trained with, saved in the workdir at import (its BGR order is undone in conv1).
+PREPROCESSING = ("dataset", "torchvision", "caffe")
 POSITIVE = Range(0, None, lo_open=True)
 NON_NEGATIVE = Range(0)
 
@@ -124,14 +135,19 @@ class Config:
     width: float = field(1.0, Range(0, 8, lo_open=True), "multiplies every hidden layer's width")
     dtype: str = field("float32", OneOf(("float32", "bfloat16")), "compute dtype (parameters stay float32)")
     head: str = field("softmax", OneOf(("softmax", "rbf")), "lenet5 only")
-    init: str = field("native", OneOf(("native", "paper", "paper_scaled", "he")),
+    init: str = field("native", OneOf(_init_rules),
                       "AlexNets: native (the net's own), paper (K12 §5), paper_scaled (gain-matched), he")
+    lrn: str = field("paper", OneOf(("paper", "caffe")),
+                     "alexnet: the paper's LRN per column (k=2), or Caffe's across both columns (k=1, alpha/5)")
     # data
     dataset: str = field("digits", OneOf(_datasets), "TFDS name, optionally /store (imagenet2012/raw256)")
     data_dir: str = field("", Text(empty_ok=True), "'' -> $TFDS_DATA_DIR or ~/tensorflow_datasets")
     train_split: str = field("train", Text())
     eval_split: str = field("test", Text())
     augment: str = field("none", OneOf(_augments))
+    preprocess: str = field("dataset", OneOf(PREPROCESSING),
+                            "what inputs are centred with: dataset (the training split's mean), torchvision (its "
+                            "resize, crop and mean/std), caffe (the imported mean image, <workdir>/input_mean.npy)")
     num_workers: int = field(0, Range(0, 256), "loader reader threads (0: every core)")
     # optimisation: the paper's SGD (K12: v <- m v - wd lr w - lr g; w <- w + v), or LeNet-5's stochastic
     # diagonal Levenberg-Marquardt (LC98 App. C: w <- w - lr / (mu + h) g, h re-estimated before each pass)
@@ -155,7 +171,8 @@ class Config:
     eval_every_epochs: float = field(1.0, POSITIVE)
     ten_crop: bool = field(False, OneOf((False, True)))
     checkpoint_every_steps: int = field(500, Range(1))
-    keep_checkpoints: int = field(3, Range(1, 1000))
+    keep_checkpoints: int = field(3, Range(1, 1000), "the newest intermediate checkpoints kept (a finished "
+                                  "schedule's last one always is)")
     log_every_steps: int = field(50, Range(1))
     seed: int = field(0, Range(0, 2**31 - 1))
     # parallelism: mesh shape data x model (-1: data takes the remaining devices; model follows the
@@ -188,12 +205,12 @@ class Config:
                 raise ConfigError(f"{f.name}={v!r} has the wrong type: expected {_type_name(hints[f.name])}")
             accepts = f.metadata["accepts"]
             if not accepts.ok(v):
-                raise ConfigError(f"{f.name}={_show(v)} is not allowed: {f.name} must be {accepts.describe()}")
+                raise ConfigError(f"{f.name}={show_value(v)} is not allowed: {f.name} must be {accepts.describe()}")
         if len(self.lr_boundaries) != len(self.lr_factors):
-            raise ConfigError(f"lr_boundaries={_show(self.lr_boundaries)} and lr_factors={_show(self.lr_factors)} "
-                              f"need one factor per boundary")
+            raise ConfigError(f"lr_boundaries={show_value(self.lr_boundaries)} and lr_factors="
+                              f"{show_value(self.lr_factors)} need one factor per boundary")
         if list(self.lr_boundaries) != sorted(self.lr_boundaries):
-            raise ConfigError(f"lr_boundaries={_show(self.lr_boundaries)} must be non-decreasing")
+            raise ConfigError(f"lr_boundaries={show_value(self.lr_boundaries)} must be non-decreasing")
         if self.lr_schedule == "plateau" and self.warmup_steps:
             raise ConfigError("lr_schedule=plateau cannot be combined with warmup_steps > 0: the warm-up "
                               "schedule would overwrite the rate the plateau rule sets")
@@ -203,13 +220,25 @@ class Config:
         if self.init != "native" and not self.model.startswith("alexnet"):
             raise ConfigError(f"init={self.init} applies to the AlexNets; model={self.model} has its own "
                               f"initialisation (leave init=native)")
+        if self.lrn == "caffe" and self.model != "alexnet":
+            raise ConfigError(f"lrn=caffe is an option of the two-column net (model=alexnet), not model={self.model}")
+        if self.preprocess != "dataset" and self.augment != "alexnet":
+            raise ConfigError(f"preprocess={self.preprocess} is an ImageNet preprocessing: it needs augment=alexnet, "
+                              f"got augment={self.augment}")
+        if self.preprocess == "torchvision" and (self.model != "alexnet_owt" or self.init not in ("native", "he")):
+            raise ConfigError(f"preprocess=torchvision feeds torchvision's normalised inputs, which model=alexnet_owt "
+                              f"reads with init=native or he (got model={self.model}, init={self.init})")
+        if self.preprocess == "caffe" and (self.model != "alexnet" or self.init not in ("native", "paper")):
+            raise ConfigError(f"preprocess=caffe feeds centred raw pixels, which model=alexnet reads with init=native "
+                              f"or paper (got model={self.model}, init={self.init})")
         if self.head == "rbf" and (self.model != "lenet5" or self.num_classes != 10):
             raise ConfigError(f"head=rbf (LeNet-5's 10 fixed digit codes) needs model=lenet5 and num_classes=10, "
                               f"got model={self.model}, num_classes={self.num_classes}")
         return self
 
 
-def _show(v) -> str:
+def show_value(v) -> str:
+    """A config value as --set takes it (tuples as comma lists)."""
     if isinstance(v, tuple):
         return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) or "(empty)"
     return repr(v) if isinstance(v, str) else str(v)
@@ -235,12 +264,14 @@ def valid_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
 
 
-def describe_keys() -> str:
-    """One line per key: name, default, what it accepts (for `--help`-style listings)."""
+def describe_keys(config: Config | None = None) -> str:
+    """One line per key: name, its value in `config` (default: the dataclass's defaults), what it accepts
+    (for `--help`-style listings)."""
+    config = config if config is not None else Config()
     lines = []
     for f in dataclasses.fields(Config):
         doc = f" ({f.metadata['doc']})" if f.metadata["doc"] else ""
-        lines.append(f"  {f.name} = {_show(f.default)}: {f.metadata['accepts'].describe()}{doc}")
+        lines.append(f"  {f.name} = {show_value(getattr(config, f.name))}: {f.metadata['accepts'].describe()}{doc}")
     return "\n".join(lines)
 
 

@@ -1,6 +1,26 @@
 """The project's own errors: the CLI prints them as one `error:` line (they say what was wrong and
-how to fix it); anything else is unexpected and keeps its traceback."""
+how to fix it); anything else is unexpected and keeps its traceback.  Imports nothing of ours."""
 
 
 class AlexnetJaxError(Exception):
     """Base of every error whose message is meant for the user as it is."""
+
+
+class ConfigError(AlexnetJaxError, ValueError):
+    """A config key, value or combination that is not allowed (names the key and what it accepts)."""
+
+
+class DatasetNameError(AlexnetJaxError, ValueError):
+    """An unknown dataset or store name (lists the valid ones)."""
+
+
+class DatasetNotPreparedError(AlexnetJaxError, FileNotFoundError):
+    """The dataset is not in the data directory; the message says how to prepare it."""
+
+
+class SourceError(AlexnetJaxError, ValueError):
+    """A `prepare --source` that is missing or has the wrong layout; nothing was written."""
+
+
+class PreparationError(AlexnetJaxError, RuntimeError):
+    """A prepare refused (an empty or mostly unreadable dataset, or another prepare writing it)."""

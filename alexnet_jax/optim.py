@@ -13,7 +13,8 @@ therefore
     optax.chain(add_decayed_weights(wd, mask), scale_by_learning_rate(lr), trace(decay=m))
 
 (add wd * w to the gradient, multiply by -lr, accumulate), wrapped in ``optax.inject_hyperparams`` so the
-learning rate is part of the optimiser state (``opt_state.hyperparams["learning_rate"]``).
+learning rate is part of the optimiser state (``opt_state.hyperparams["learning_rate"]``; read and written
+by alexnet_jax/lr.py, which sdlm shares).
 ``tests/test_optim.py`` checks it against a float64 NumPy version of the formula to 1e-12 across a /10
 drop, and checks that the optax.sgd chain does not match.
 
@@ -50,7 +51,6 @@ rate falls, and by how much relative to the first rate), used as ``lr_schedule="
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -58,27 +58,26 @@ import jax.numpy as jnp
 import optax
 
 from alexnet_jax.config import Config, ConfigError
+from alexnet_jax.lr import ScalarOrSchedule, get_lr, set_lr
+from alexnet_jax.sdlm import sdlm
 
 __all__ = [
     "LENET_PAPER_EPOCH_BOUNDARIES",
     "LENET_PAPER_FACTORS",
     "LENET_PAPER_LRS",
     "PlateauController",
-    "get_lr",
+    "get_lr",       # alexnet_jax.lr's, shared with sdlm
     "kernel_mask",
     "make_schedule",
     "optimizer_from_config",
     "paper_sgd",
-    "set_lr",
+    "set_lr",       # alexnet_jax.lr's, shared with sdlm
 ]
 
 # LC98 App. C: global rates and the passes (epochs) each lasted; 0.00001 from pass 12 to the end (20 passes).
 LENET_PAPER_LRS = (0.0005, 0.0002, 0.0001, 0.00005, 0.00001)
 LENET_PAPER_EPOCH_BOUNDARIES = (2, 5, 8, 12)
 LENET_PAPER_FACTORS = (0.4, 0.2, 0.1, 0.02)  # LENET_PAPER_LRS[1:] / LENET_PAPER_LRS[0]
-
-ScalarOrSchedule = float | Callable[[Any], Any]
-
 
 def kernel_mask(params: Any) -> Any:
     """Default weight-decay mask: True for params with ndim > 1 (kernels), False for biases / 1-D params."""
@@ -132,55 +131,6 @@ def paper_sgd(
     )
 
 
-def _is_inject_state(s: Any) -> bool:
-    return isinstance(s, optax.InjectStatefulHyperparamsState | optax.InjectHyperparamsState)
-
-
-def _lr_leaf(opt_state: Any) -> Any:
-    if _is_inject_state(opt_state):
-        return opt_state.hyperparams["learning_rate"]
-    lr = optax.tree_utils.tree_get(opt_state, "learning_rate")
-    if lr is None:
-        raise KeyError("no 'learning_rate' hyperparameter in this optimiser state (not built by paper_sgd?)")
-    return lr
-
-
-def is_variable(x: Any) -> bool:
-    """A flax nnx Variable (optimiser states built on nnx params hold them as leaves)."""
-    from flax import nnx
-
-    return isinstance(x, nnx.Variable)
-
-
-def get_lr(opt_state: Any) -> jax.Array:
-    """The learning rate held in a ``paper_sgd`` state (or any optax state containing exactly one such).
-
-    Also accepts an ``nnx.Optimizer``'s ``opt_state`` (whose leaves are nnx Variables); returns the array.
-    """
-    lr = _lr_leaf(opt_state)
-    return lr[...] if is_variable(lr) else lr
-
-
-def set_lr(opt_state: Any, value: Any) -> Any:
-    """A new state with the learning rate set to ``value``; same structure, shapes, dtypes. Pure, jittable.
-
-    Takes effect from the next update. Only meaningful when ``paper_sgd`` got a float learning rate
-    (a schedule recomputes the rate on every update). For an ``nnx.Optimizer``'s ``opt_state`` (leaves are
-    nnx Variables) the Variable is updated in place (NNX semantics; works inside ``nnx.jit``) and the same
-    state object is returned. The value is cast to the stored dtype (never weakly typed), so jit caches
-    are not invalidated.
-    """
-    old = _lr_leaf(opt_state)
-    old_arr = old[...] if is_variable(old) else old
-    new = jnp.asarray(value, dtype=old_arr.dtype).reshape(jnp.shape(old_arr))
-    if is_variable(old):
-        old[...] = new
-        return opt_state
-    if _is_inject_state(opt_state):
-        return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": new})
-    return optax.tree_utils.tree_set(opt_state, learning_rate=new)
-
-
 def _piecewise(base_lr: float, boundary_steps: tuple[int, ...], factors: tuple[float, ...]):
     values = tuple(base_lr * f for f in factors)
 
@@ -231,7 +181,6 @@ def optimizer_from_config(config: Config, steps_per_epoch: int, decay_mask: Any 
     """``paper_sgd(make_schedule(config, steps_per_epoch), config.momentum, config.weight_decay, mask)``, or
     for ``optimizer=sdlm`` LC98's ``sdlm.sdlm(make_schedule(...), config.sdlm_mu)``."""
     if config.optimizer == "sdlm":
-        from alexnet_jax.sdlm import sdlm
         return sdlm(make_schedule(config, steps_per_epoch), config.sdlm_mu)
     return paper_sgd(make_schedule(config, steps_per_epoch), config.momentum, config.weight_decay, decay_mask)
 

@@ -256,8 +256,9 @@ def _apply(model, x_BHWC, plan, *, train, dropout_key, taps):
             with jax.named_scope(layer):
                 return gather_columns(hs, to="invarying" if layer == "fc8" else "varying")
 
+        first = jax.lax.axis_index(MODEL) * (plan.columns // plan.mesh.shape[MODEL])   # this device's first column
         logits = local_model(x, train=train, dropout_masks=masks if use_masks else None, exchange=exchange,
-                             tap=rec if taps else no_tap)
+                             tap=rec if taps else no_tap, first_column=first)
         return logits, rec.stacked()
 
     fn = jax.shard_map(per_device, mesh=plan.mesh,

@@ -129,7 +129,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from alexnet_jax.optim import ScalarOrSchedule, get_lr, is_variable
+from alexnet_jax.lr import ScalarOrSchedule, get_lr, is_variable
 
 __all__ = [
     "LC98_MU",

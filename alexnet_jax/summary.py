@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alexnet_jax.models import create_model
+from alexnet_jax.models.layers import COLUMN_AXIS
 
 
 def _eqn_macs(eqn) -> int:
@@ -92,7 +93,6 @@ def summarize(name: str, *, input_size: int | None = None, num_classes: int | No
     graphdef, state = nnx.split(model)
     table = layer_table(lambda s, x: nnx.merge(graphdef, s)(x, train=False), state, x)
     params = _param_rows(model)
-    from alexnet_jax.models.layers import COLUMN_AXIS
     per_column = {str(path[0]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
                   if (v.get_metadata().get("axes") or (None,))[0] == COLUMN_AXIS}
     layers, seen = [], set()
@@ -113,7 +113,7 @@ def summarize(name: str, *, input_size: int | None = None, num_classes: int | No
             "params": sum(params.values()), "macs": sum(r["macs"] for r in table.values()), "layers": layers}
 
 
-def format_table(summary: dict[str, Any]) -> str:
+def summary_table(summary: dict[str, Any]) -> str:
     """One row per layer.  In a column net, a column layer's output shape is one column's (marked
     "x2": every column has one), while its parameters and multiply-adds count all columns."""
     lines = [f"{summary['model']}  input {summary['input_size']}x{summary['input_size']}  "

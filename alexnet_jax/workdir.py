@@ -1,10 +1,17 @@
-"""A run's directory: its lock, its record (config, provenance, metrics.jsonl, TensorBoard), its
-checkpoints, and what the run prints while it trains.
+"""A run's directory: its lock, its record (config, provenance, metrics.jsonl, TensorBoard events
+through alexnet_jax/tensorboard.py), its checkpoints, and what the run prints while it trains.
 
     <workdir>/config.json        the resolved config          provenance.json  where each start ran
     <workdir>/metrics.jsonl      one JSON record per line      tensorboard/     the same, for TensorBoard
     <workdir>/checkpoints/<step> orbax checkpoints             curves.png       drawn at the end
+    <workdir>/finished.json      the steps at which the run finished a schedule (never pruned)
     <workdir>/.lock              held (flock) while a run trains in the workdir
+
+A workdir owns its run: `train --workdir DIR` resumes it with its own config.json, and a config that
+differs is refused (`check_config`) except in the keys that say where and how the run runs
+(RUNTIME_KEYS), and, when the user says so with --extend, the keys that plan the steps still to come
+(EXTEND_KEYS).  Keep-last-K (`keep_checkpoints`) prunes intermediate checkpoints only: the final
+checkpoint of a finished schedule stays, however the run is extended.
 
 One run at a time: a second `train` in a locked workdir exits at once naming the holder; the
 kernel drops the lock when the holder exits in any way (SIGKILL included).  On resume both
@@ -20,12 +27,16 @@ import logging
 import os
 import signal
 import socket
-import struct
 import sys
 import time
 from typing import Any
 
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from alexnet_jax.config import Config, show_value
 from alexnet_jax.errors import AlexnetJaxError
+from alexnet_jax.tensorboard import EventWriter, purge_events
 
 log = logging.getLogger("alexnet_jax")
 
@@ -47,6 +58,67 @@ def check_writable(path: str, what: str = "workdir") -> str:
         raise WorkdirError(f"cannot write to the {what} {path}: {e.strerror or e}; choose a writable "
                            f"{'--workdir' if what == 'workdir' else '--out'} or fix its permissions") from None
     return path
+
+
+# ------------------------------------------------------------------------------------------------
+# The run's config
+# ------------------------------------------------------------------------------------------------
+def load_config(workdir: str) -> Config:
+    """The config a workdir's run was trained with (its config.json)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise WorkdirError(f"{path} not found: is {workdir} a workdir written by `alexnet-jax train`?")
+    with open(path) as f:
+        return Config.from_dict(_migrate_config(json.load(f)))
+
+
+def _migrate_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A workdir's config.json written before the init rules were named for every AlexNet (it has no
+    `optimizer` key): its `init` acted on alexnet / alexnet_half only, every other model used its own."""
+    if "optimizer" not in d and d.get("model") not in ("alexnet", "alexnet_half") and "init" in d:
+        d = dict(d, init="native")
+    return d
+
+
+# Where and how a run runs, not what it computes: a resume may change these freely.
+RUNTIME_KEYS = frozenset({"data_dir", "mesh_data", "mesh_model", "num_workers", "log_every_steps",
+                          "checkpoint_every_steps", "keep_checkpoints"})
+# The plan of the steps still to come (the schedule's length, the evaluations): changed on purpose only,
+# with `extend=True` (`train --extend`); what was trained and saved stays as it is.
+EXTEND_KEYS = frozenset({"num_epochs", "num_steps", "eval_every_epochs", "ten_crop"})
+
+
+def check_config(config: Config, workdir: str, *, extend: bool = False) -> None:
+    """Refuse to train `workdir`'s run with a config other than its own (config.json): any change outside
+    RUNTIME_KEYS is refused, except EXTEND_KEYS with `extend`.  A workdir without config.json is new."""
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+        return
+    saved = load_config(workdir).to_dict()
+    diff = {k: (saved[k], v) for k, v in config.to_dict().items() if k not in RUNTIME_KEYS and saved[k] != v}
+    shown = ", ".join(f"{k} {show_value(a)} -> {show_value(b)}" for k, (a, b) in sorted(diff.items()))
+    if set(diff) - EXTEND_KEYS:
+        raise WorkdirError(f"{workdir} holds a run of another config ({shown}); `alexnet-jax train --workdir "
+                           f"{workdir}` without --config resumes it with its own (config.json), or choose another "
+                           f"--workdir")
+    if diff and not extend:
+        raise WorkdirError(f"{workdir} holds a run whose schedule this command changes ({shown}); nothing was "
+                           f"changed: pass --extend to continue it that way (what it trained and saved stays), or "
+                           f"omit --config and --set to resume it as it is")
+
+
+FINISHED = "finished.json"
+
+
+def finished_steps(workdir: str) -> list[int]:
+    """The steps at which `workdir`'s run finished a schedule (their checkpoints are never pruned)."""
+    try:
+        with open(os.path.join(workdir, FINISHED)) as f:
+            return sorted({int(s) for s in json.load(f)["steps"]})
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WorkdirError(f"{os.path.join(workdir, FINISHED)} is unreadable ({e}); it lists the steps of finished "
+                           f"schedules as {{\"steps\": [...]}}: repair or remove it") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -78,155 +150,6 @@ class WorkdirLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
-
-
-# ------------------------------------------------------------------------------------------------
-# TensorBoard event files, written and cut back here (scalars only: the record TensorBoard reads).
-# TFRecord framing: length (uint64), masked crc32c of the length, data, masked crc32c of the data.
-# Event protobuf: wall_time = 1 (double), step = 2 (int64), file_version = 3 (string), summary = 5;
-# Summary.value = 1; Value.tag = 1 (string), Value.simple_value = 2 (float).
-# ------------------------------------------------------------------------------------------------
-def _crc32c_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    c = 0xFFFFFFFF
-    for b in data:
-        c = _CRC_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def read_records(path: str) -> list[bytes]:
-    """The records of a TFRecord file, up to the first incomplete or damaged one."""
-    out = []
-    with open(path, "rb") as f:
-        while True:
-            head = f.read(12)
-            if len(head) < 12:
-                break
-            (n,) = struct.unpack("<Q", head[:8])
-            if struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8]):
-                break
-            data, crc = f.read(n), f.read(4)
-            if len(data) < n or len(crc) < 4 or struct.unpack("<I", crc)[0] != _masked_crc(data):
-                break
-            out.append(data)
-    return out
-
-
-def _frame(data: bytes) -> bytes:
-    head = struct.pack("<Q", len(data))
-    return head + struct.pack("<I", _masked_crc(head)) + data + struct.pack("<I", _masked_crc(data))
-
-
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    v &= (1 << 64) - 1
-    while True:
-        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
-        v >>= 7
-        if not v:
-            return bytes(out)
-
-
-def _field(number: int, wire: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | wire) + payload
-
-
-def _bytes_field(number: int, data: bytes) -> bytes:
-    return _field(number, 2, _varint(len(data)) + data)
-
-
-def scalar_event(step: int, tag: str, value: float, wall_time: float) -> bytes:
-    """An Event holding one scalar summary value."""
-    val = _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", value))
-    return (_field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step))
-            + _bytes_field(5, _bytes_field(1, val)))
-
-
-def _event_step(record: bytes) -> int:
-    """The step field of an Event (0 when absent: the file_version event)."""
-    i = 0
-    while i < len(record):
-        key, i = _read_varint(record, i)
-        number, wire = key >> 3, key & 7
-        if number == 2 and wire == 0:
-            step, _ = _read_varint(record, i)
-            return step - (1 << 64) if step >= 1 << 63 else step
-        if wire == 0:
-            _, i = _read_varint(record, i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        else:
-            n, i = _read_varint(record, i)
-            i += n
-    return 0
-
-
-def _read_varint(b: bytes, i: int) -> tuple[int, int]:
-    out, shift = 0, 0
-    while True:
-        byte = b[i]
-        out |= (byte & 0x7F) << shift
-        i += 1
-        if byte < 0x80:
-            return out, i
-        shift += 7
-
-
-def purge_events(tb_dir: str, step: int) -> int:
-    """Cut every event file in `tb_dir` back to events with step <= `step` (each file rewritten atomically);
-    returns how many events were dropped."""
-    dropped = 0
-    for name in sorted(os.listdir(tb_dir)) if os.path.isdir(tb_dir) else []:
-        if not name.startswith("events.out.tfevents"):
-            continue
-        path = os.path.join(tb_dir, name)
-        records = read_records(path)
-        keep = [r for r in records if _event_step(r) <= step]
-        dropped += len(records) - len(keep)
-        if len(keep) != len(records) or os.path.getsize(path) != sum(len(r) + 16 for r in records):
-            with open(path + ".tmp", "wb") as f:
-                f.write(b"".join(_frame(r) for r in keep))
-            os.replace(path + ".tmp", path)
-    return dropped
-
-
-class EventWriter:
-    """Appends scalar events to one TensorBoard event file (one per start of a run)."""
-
-    def __init__(self, tb_dir: str):
-        os.makedirs(tb_dir, exist_ok=True)
-        self.path = os.path.join(tb_dir, f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}")
-        version = _field(1, 1, struct.pack("<d", time.time())) + _bytes_field(3, b"brain.Event:2")
-        self.f = open(self.path, "ab")
-        self.f.write(_frame(version))
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        self.f.write(_frame(scalar_event(step, tag, float(value), time.time())))
-
-    def flush(self) -> None:
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
 
 
 class MetricWriter:
@@ -278,6 +201,8 @@ def _record_step(line: str) -> int:
 # ------------------------------------------------------------------------------------------------
 # The run directory
 # ------------------------------------------------------------------------------------------------
+# Imported lazily below: checkpoint (orbax, ~3 s to import) and plotting (matplotlib, ~1.4 s), measured with
+# `python -X importtime`: every tool imports this module (check_writable) when the CLI builds its parser.
 class RunDir:
     """Opens a workdir for training: lock (process 0), config.json, provenance.json, the metric
     writer and the checkpointer.  Use as a context manager; everything is released on any exit."""
@@ -290,12 +215,13 @@ class RunDir:
         self.checkpointer = None
 
     def __enter__(self) -> RunDir:
-        from alexnet_jax.checkpoint import Checkpointer
+        from alexnet_jax.checkpoint import Checkpointer  # lazy: see the note above the class
 
         if self.primary:
             self.lock.acquire()
         try:
-            self.checkpointer = Checkpointer(os.path.join(self.path, "checkpoints"), keep=self.config.keep_checkpoints)
+            self.checkpointer = Checkpointer(os.path.join(self.path, "checkpoints"), keep=self.config.keep_checkpoints,
+                                             keep_steps=finished_steps(self.path))
         except BaseException:
             self.lock.release()
             raise
@@ -305,7 +231,7 @@ class RunDir:
         """After the restore: write the config and this start's provenance, cut the record back."""
         if not self.primary:
             return
-        from alexnet_jax.checkpoint import provenance
+        from alexnet_jax.checkpoint import provenance  # lazy: see the note above the class
         with open(os.path.join(self.path, "config.json"), "w") as f:
             f.write(self.config.to_json())
         prov_path = os.path.join(self.path, "provenance.json")
@@ -325,13 +251,26 @@ class RunDir:
         else:
             log.info("no checkpoint in %s: starting from scratch", self.checkpointer.directory)
 
-    def finish(self) -> None:
-        """The run completed: draw curves.png (never fails the run)."""
+    def mark_finished(self, step: int) -> None:
+        """`step` ended a schedule: its checkpoint (saved, waited for) is kept from now on."""
+        if not self.primary:
+            return
+        steps = sorted(set(finished_steps(self.path)) | {int(step)})
+        path = os.path.join(self.path, FINISHED)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"steps": steps}, f)
+        os.replace(path + ".tmp", path)
+
+    def finish(self, step: int) -> None:
+        """The run completed at `step`: its checkpoint is kept (mark_finished); draw curves.png (never fails
+        the run)."""
+        self.checkpointer.wait()
+        self.mark_finished(step)
         if not self.primary:
             return
         self.metrics.close()
         try:
-            from alexnet_jax.plotting import plot_runs
+            from alexnet_jax.plotting import plot_runs  # lazy: see the note above the class
             plot_runs([self.path], os.path.join(self.path, "curves.png"))
         except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
             log.warning("could not draw curves.png: %s", e)
@@ -367,8 +306,6 @@ class Progress:
         self._start = (time.monotonic(), initial)
         self._postfix: dict[str, float] = {}
         if self.tty:
-            from tqdm import tqdm
-            from tqdm.contrib.logging import logging_redirect_tqdm
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr,
                             mininterval=0.5)
             self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger()], tqdm_class=type(self.bar))
@@ -405,12 +342,33 @@ class Progress:
             self.bar.close()
 
 
+class Interrupted(AlexnetJaxError):
+    """Stopped by a signal at a step or batch boundary; the message says what was saved.  The command
+    exits 128 + the signal's number (130 for Ctrl-C)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum
+
+
 class StopFlag:
-    """SIGTERM / SIGINT: finish the current step, save a checkpoint, exit (128 + signal)."""
+    """SIGTERM / SIGINT, while held: the signal is noted (`signum`), and the holder stops at its next step or
+    batch boundary (`interruptible`) saying what it saved."""
 
     def __init__(self):
         self.signum = None
         self._old = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "a signal"
+
+    def interruptible(self, batches, what: str):
+        """`batches`, until a signal arrives: then Interrupted naming `what` was stopped (nothing is saved)."""
+        for batch in batches:
+            if self.signum is not None:
+                raise Interrupted(f"stopped by {self.name} during {what}: nothing was written", self.signum)
+            yield batch
 
     def __enter__(self) -> StopFlag:
         for s in (signal.SIGTERM, signal.SIGINT):

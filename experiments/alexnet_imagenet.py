@@ -42,7 +42,8 @@ def main(argv=None) -> int:
 
     from alexnet_jax.config import apply_overrides
     from alexnet_jax.configs import get_config
-    from alexnet_jax.train import evaluate_workdir, train_and_evaluate
+    from alexnet_jax.restore import evaluate_workdir
+    from alexnet_jax.run import train_and_evaluate
 
     config = get_config("alexnet_imagenet").replace(mesh_model=args.mesh_model, data_dir=args.data_dir or "")
     config = apply_overrides(config, args.set)

@@ -23,7 +23,6 @@ the real devices are used.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -69,26 +68,31 @@ def synthetic_batches(args, channels: int = 3):
     return out
 
 
-def dataset_batches(args, config):
-    """The first --steps uint8 batches of the prepared dataset (the loader's own order for this seed)."""
-    from alexnet_jax import data as data_lib
-    with contextlib.closing(data_lib.make_train_loader(config, batch_size=args.batch, seed=args.seed)) as loader:
-        if loader.steps_per_epoch < args.steps:
-            raise SystemExit(f"{config.dataset}[{config.train_split}] has {loader.steps_per_epoch} batches of "
-                             f"{args.batch}; lower --steps or --batch")
-        it = iter(loader)
-        return [next(it) for _ in range(args.steps)]
+def split_trainer(config, mesh, steps: int, synthetic):
+    """The Trainer of one split and the batches it steps through: `synthetic` ones on a Trainer without data,
+    or (None) the first `steps` uint8 batches of the run builder's loader (the loader's own order for this
+    seed, the same on every split), scaled on the device inside the step."""
+    import itertools
+
+    from alexnet_jax.run import build_run
+    from alexnet_jax.trainer import Trainer
+
+    if synthetic is not None:
+        return Trainer.build(config, mesh, steps_per_epoch=max(1, len(synthetic))), synthetic
+    with build_run(config, mesh, evaluation=False, prefetch=0) as run:
+        if run.steps_per_epoch < steps:
+            raise SystemExit(f"{config.dataset}[{config.train_split}] has {run.steps_per_epoch} batches of "
+                             f"{config.batch_size}; lower --steps or --batch")
+        return run.trainer, list(itertools.islice(run.train_loader, steps))
 
 
-def run_split(config, d: int, m: int, batches, augment=None):
+def run_split(config, d: int, m: int, steps: int, synthetic=None):
     import jax
     import numpy as np
 
     from alexnet_jax import comms, parallel
-    from alexnet_jax.train import Trainer
 
-    trainer = Trainer.build(config, parallel.make_mesh(d, m), steps_per_epoch=max(1, len(batches)),
-                            augment=augment)
+    trainer, batches = split_trainer(config, parallel.make_mesh(d, m), steps, synthetic)
     mesh, state = trainer.mesh, trainer.init()
 
     dev0 = mesh.devices.flat[0]
@@ -107,7 +111,7 @@ def run_split(config, d: int, m: int, batches, augment=None):
                                                        "generated_code_size_in_bytes")} if mem else {}
     report = comms.analyze(compiled, mesh)
     losses, times = [], []
-    for b in batches:
+    for b in batches:    # not the run loop: every split steps through the same batches, each step timed
         gb = trainer.global_batch(b)
         jax.block_until_ready(gb)
         t = time.perf_counter()
@@ -130,7 +134,7 @@ def run_split(config, d: int, m: int, batches, augment=None):
             comms.bytes_per_image(report, config.batch_size).items(),
             key=lambda kv: (kv[0][0], "bwd" in kv[0][2], comms.LAYERS.index(kv[0][1])
                             if kv[0][1] in comms.LAYERS else 99)) if v},
-        "comms_table": comms.format_table(report, config.batch_size),
+        "comms_table": comms.traffic_table(report, config.batch_size),
         "final_params_sum": float(np.sum([np.sum(np.asarray(jax.device_get(x), np.float64))
                                           for x in jax.tree.leaves(state.params)])),
     }
@@ -247,14 +251,11 @@ def main(argv=None) -> int:
     config = Config(model=args.model, num_classes=args.num_classes, input_size=args.input_size,
                     width=args.width, batch_size=args.batch, lr=args.lr, seed=args.seed,
                     dataset=args.dataset or "digits", data_dir=args.data_dir, augment="none")
-    augment = None
     if args.dataset:
-        from alexnet_jax import data as data_lib
-        batches, data = dataset_batches(args, config), f"first {args.steps} batches of {args.dataset}"
-        augment = data_lib.make_augment(config)          # uint8 -> float on the device, inside the step
+        synthetic, data = None, f"first {args.steps} batches of {args.dataset}"
     else:
         channels = 1 if args.model.startswith("lenet") else 3
-        batches, data = synthetic_batches(args, channels), f"synthetic batches (seed {args.seed})"
+        synthetic, data = synthetic_batches(args, channels), f"synthetic batches (seed {args.seed})"
     splits = [s for s in SPLITS if s[1] * s[2] <= jax.device_count()]
     res = {"model": args.model, "input_size": args.input_size, "width": args.width, "batch": args.batch,
            "num_classes": args.num_classes,
@@ -266,7 +267,7 @@ def main(argv=None) -> int:
         print("NOTE:", w, flush=True)
     for name, d, m, label in splits:
         print(f"[{name}] {label} ...", flush=True)
-        r = run_split(config, d, m, batches, augment)
+        r = run_split(config, d, m, args.steps, synthetic)
         r["label"] = label
         res["splits"][name] = r
         print(f"[{name}] median step {1000 * r['median_step_s']:.1f} ms, compile {r['compile_s']:.1f} s, "

@@ -89,7 +89,7 @@ part columns_pilot 150 "${COLS[@]}" --jobs $JOBS --max-seeds $MAXSEEDS pilot --s
 N=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['seeds_for_main'])" "$OUT/columns/pilot.json" \
     2>/dev/null || echo 3)
 part columns_main 240 "${COLS[@]}" --jobs $JOBS main --seeds "$(seq -s, 0 $((N - 1)))"
-part columns_report 30 "${COLS[@]}" report
+part columns_report 60 "${COLS[@]}" report   # rebuilds each seed's net at init (one compile per seed)
 part columns_bf16 90 python experiments/alexnet_columns_cifar10.py --out "$OUT/columns_bf16" \
   --cifar-source "$CIFAR" --width $W --epochs $EPOCHS --dtype bfloat16 --jobs $JOBS main --seeds 0
 

@@ -45,24 +45,19 @@ def batch1(args, base) -> dict:
 
     import jax
 
-    from alexnet_jax import data as data_lib
-    from alexnet_jax.train import Trainer
+    from alexnet_jax.run import build_run
 
-    cfg = base.replace(batch_size=1, lr=0.0005).validate()
-    loader = data_lib.make_train_loader(cfg, batch_size=1)
-    trainer = Trainer.build(cfg, steps_per_epoch=loader.steps_per_epoch, augment=data_lib.make_augment(cfg))
-    state = trainer.init()
-    patterns = trainer.curvature_patterns()
-    state = trainer.install_curvature(state, patterns, epoch=0)
-    patterns.close()
-    state, m = trainer.train_step(state, trainer.global_batch(next(loader)))
-    jax.block_until_ready(m)
-    losses, t = [], time.perf_counter()
-    for b in itertools.islice(loader, args.batch1_steps):
-        state, m = trainer.train_step(state, trainer.global_batch(b))
-        losses.append(m["loss"])
-    losses = [float(v) for v in jax.device_get(losses)]
-    dt = time.perf_counter() - t
+    with build_run(base.replace(batch_size=1, lr=0.0005), evaluation=False) as run:
+        cfg, trainer, loader = run.config, run.trainer, run.train_loader
+        state = trainer.install_curvature(trainer.init(), run.patterns, epoch=0)
+        state, m = trainer.train_step(state, trainer.global_batch(next(loader)))
+        jax.block_until_ready(m)
+        losses, t = [], time.perf_counter()
+        for b in itertools.islice(loader, args.batch1_steps):   # the timed region: the bare step, not the run loop
+            state, m = trainer.train_step(state, trainer.global_batch(b))
+            losses.append(m["loss"])
+        losses = [float(v) for v in jax.device_get(losses)]
+        dt = time.perf_counter() - t
     per_step = dt / args.batch1_steps
     window = max(1, len(losses) // 5)
     return {"batch": 1, "lr": cfg.lr, "steps": args.batch1_steps, "seconds": dt, "steps_per_second": 1 / per_step,
@@ -80,15 +75,16 @@ def curvature(workdir: str) -> dict:
     import numpy as np
 
     from alexnet_jax.optim import LENET_PAPER_LRS
+    from alexnet_jax.restore import restore_workdir
+    from alexnet_jax.run import curvature_patterns
     from alexnet_jax.sdlm import get_curvature
-    from alexnet_jax.train import restore
 
-    r = restore(workdir)
+    r = restore_workdir(workdir)
     trainer = r.trainer
     cfg = r.config
 
     def stats(state, epoch):
-        patterns = trainer.curvature_patterns()
+        patterns = curvature_patterns(trainer.config)
         try:
             h = get_curvature(trainer.install_curvature(state, patterns, epoch=epoch).opt_state)
         finally:
@@ -125,7 +121,7 @@ def main(argv=None) -> int:
     from alexnet_jax.config import apply_overrides
     from alexnet_jax.configs import get_config
     from alexnet_jax.plotting import plot_runs
-    from alexnet_jax.train import train_and_evaluate
+    from alexnet_jax.run import train_and_evaluate
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

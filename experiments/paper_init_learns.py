@@ -12,8 +12,9 @@ lighting, dropout, SGD momentum 0.9, weight decay 5e-4, lr 0.01, paper init), ex
 recipe's 224 plus the author's 3 px of padding has the same 55x55 geometry), batch 50 (two
 batches an epoch), a constant learning rate, and evaluation every 25 steps on the training photos
 themselves (centre crop).  Memorising 100 photos needs features: the bias of fc8 alone predicts one class, 1%.
-The run stops when training top-1 reaches --target (default 0.5) or at --max-steps, and reports the
-step and the wall time (results.json in --out).
+The run (the project's training loop, workdir --out/run, one checkpoint at the end) stops when training
+top-1 reaches --target (default 0.5) or at --max-steps, and reports the step and the wall time
+(results.json in --out).
 """
 
 from __future__ import annotations
@@ -52,14 +53,16 @@ def main(argv=None) -> int:
     p.add_argument("--publish", metavar="NAME", help="also copy results.json and curves.png to experiments/results")
     args = p.parse_args(argv)
 
-    import jax
-
     from alexnet_jax import data as data_lib
     from alexnet_jax.config import apply_overrides
     from alexnet_jax.configs import get_config
-    from alexnet_jax.train import Trainer
+    from alexnet_jax.run import train_and_evaluate
 
     out = Path(args.out)
+    workdir = out / "run"
+    if workdir.exists():
+        print(f"error: {workdir} holds an earlier run; remove it or choose another --out", file=sys.stderr)
+        return 2
     tfds = out / "tfds"
     if not (tfds / "imagenet2012").exists():
         if not Path(args.samples).exists():
@@ -68,26 +71,26 @@ def main(argv=None) -> int:
         data_lib.prepare("imagenet2012/raw256", str(photo_tree(Path(args.samples), out / "photos")), str(tfds))
     config = get_config("alexnet_imagenet").replace(
         data_dir=str(tfds), dataset="imagenet2012/raw256", eval_split="train", batch_size=50, lr_schedule="constant",
-        ten_crop=False, num_workers=2, input_size=227)
-    config = apply_overrides(config, args.set).validate()
-    loader = data_lib.make_train_loader(config, batch_size=config.batch_size)
-    trainer = Trainer.build(config, steps_per_epoch=loader.steps_per_epoch, augment=data_lib.make_augment(config))
-    state = trainer.init()
+        ten_crop=False, num_workers=2, input_size=227, num_steps=args.max_steps, log_every_steps=1,
+        checkpoint_every_steps=args.max_steps, keep_checkpoints=1)
+    config = apply_overrides(config, args.set)
+    # an evaluation every --eval-every steps: the loader's steps per epoch are the training examples // batch
+    steps_per_epoch = data_lib.dataset_info(config).splits[config.train_split] // config.batch_size
+    config = config.replace(eval_every_epochs=args.eval_every / steps_per_epoch)
     t0, reached, history = time.time(), None, []
-    print(f"{trainer.plan.describe()}; {config.model} width {config.width} input {config.input_size} "
-          f"init {config.init}", flush=True)
-    for step in range(1, args.max_steps + 1):
-        state, metrics = trainer.train_step(state, trainer.global_batch(next(loader)))
-        if step % args.eval_every == 0:
-            ev = trainer.evaluate(state, data_lib.make_eval_loader(config, "train", batch_size=config.batch_size))
-            history.append({"step": step, "top1": ev["top1"], "top5": ev["top5"], "loss": ev["loss"],
-                            "train_loss": float(jax.device_get(metrics["loss"])), "wall_seconds": time.time() - t0})
-            print(json.dumps(history[-1]), flush=True)
-            if ev["top1"] >= args.target:
-                reached = history[-1]
-                break
-    loader.close()
-    out.mkdir(parents=True, exist_ok=True)
+    print(f"{config.model} width {config.width} input {config.input_size} init {config.init}", flush=True)
+
+    def after_eval(ev, train) -> bool:
+        nonlocal reached
+        # train: the record of the step just before the evaluation (log_every_steps=1)
+        history.append({"step": ev["step"], "top1": ev["top1"], "top5": ev["top5"], "loss": ev["loss"],
+                        "train_loss": train["loss"], "wall_seconds": time.time() - t0})
+        print(json.dumps(history[-1]), flush=True)
+        if ev["top1"] >= args.target:
+            reached = history[-1]
+        return reached is not None
+
+    train_and_evaluate(config, str(workdir), progress=False, after_eval=after_eval)
     result = {"question": f"does the paper's init learn at full width and input {config.input_size}?",
               "photos": 100, "batch": config.batch_size, "lr": config.lr, "init": config.init,
               "width": config.width, "input_size": config.input_size, "target_top1": args.target,

@@ -31,3 +31,32 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", prev)
+
+
+@pytest.fixture
+def ctrl_c_in_evaluations(monkeypatch):
+    """Trainer.evaluate with a SIGINT sent to this process as it hands the first batch over, in the first
+    evaluation of each step (a step evaluated again runs undisturbed).  Yields the (step, batch index) pairs
+    that reached the model."""
+    import os
+    import signal
+
+    from alexnet_jax.trainer import Trainer
+
+    real, cut, seen = Trainer.evaluate, set(), []
+
+    def evaluate(self, state, batches, ten_crop=None):
+        step = int(state.step)
+
+        def batches_with_ctrl_c():
+            for i, b in enumerate(batches):
+                seen.append((step, i))
+                if i == 0 and step not in cut:
+                    cut.add(step)
+                    os.kill(os.getpid(), signal.SIGINT)
+                yield b
+
+        return real(self, state, batches_with_ctrl_c(), ten_crop)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    yield seen

@@ -127,7 +127,7 @@ def test_torch_lenet_twin_computes_our_lenet5():
     from alexnet_jax.bench.torch_twins import C3_TABLE as TWIN_TABLE
     from alexnet_jax.bench.torch_twins import lenet5_twin
     from alexnet_jax.models.lenet import C3_TABLE, LeNet5
-    from alexnet_jax.train import cross_entropy
+    from alexnet_jax.trainer import cross_entropy
 
     assert [tuple(t) for t in TWIN_TABLE] == [tuple(t) for t in C3_TABLE]
     model = LeNet5(head="softmax", rngs=nnx.Rngs(3))

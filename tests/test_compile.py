@@ -263,7 +263,7 @@ def test_programs_for_tpu_hold_the_plain_formulation():
     """The train step lowered for TPU chips holds XLA's max-pool gradient (select-and-scatter) and, for
     LeNet-5, convolutions; lowered for this CPU it holds neither (written-out gradients, patch matmuls)."""
     from alexnet_jax import parallel
-    from alexnet_jax.train import Trainer
+    from alexnet_jax.trainer import Trainer
 
     for config, plain in ((small_config(mesh_model=1), "select_and_scatter"),
                           (get_config("lenet5_digits").replace(batch_size=8), "stablehlo.convolution")):

@@ -27,12 +27,16 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import data as D
-from alexnet_jax.config import Config
+from alexnet_jax.config import Config, ConfigError
 
 A = importlib.import_module("alexnet_jax.data.augment")
 F = importlib.import_module("alexnet_jax.data.files")
 L = importlib.import_module("alexnet_jax.data.loader")
+C = importlib.import_module("alexnet_jax.data.cache")
+DS = importlib.import_module("alexnet_jax.data.datasets")
+LS = importlib.import_module("alexnet_jax.data.listing")
 PR = importlib.import_module("alexnet_jax.data.preparation")
+R = importlib.import_module("alexnet_jax.data.records")
 S = importlib.import_module("alexnet_jax.data.sources")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -117,7 +121,7 @@ def mnist_dir(tmp_path_factory):
     """A tiny MNIST prepared from IDX .gz files: returns (data_dir, arrays)."""
     src = tmp_path_factory.mktemp("mnist_src")
     arrays = tiny_mnist_arrays()
-    for split, (im_f, lb_f) in PR.MNIST_FILES.items():
+    for split, (im_f, lb_f) in LS.MNIST_FILES.items():
         write_idx_gz(src / im_f, arrays[split][0])
         write_idx_gz(src / lb_f, arrays[split][1])
     dd = tmp_path_factory.mktemp("tfds_mnist")
@@ -151,7 +155,7 @@ def cifar_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar_tree")
     rng = np.random.default_rng(1)
     files = {}
-    for c in PR.CIFAR10_CLASSES:
+    for c in LS.CIFAR10_CLASSES:
         for i in range(10):
             files[f"train/{c}/{i:04d}.jpg"] = jpeg_bytes(smooth_image(rng, 32, 32))
     files["train/cat/9999.jpg"] = truncated_jpeg(rng)
@@ -194,9 +198,9 @@ PIPELINES = ("memory", "stream")
 def pipeline(request, monkeypatch):
     """Runs a test on the in-memory path (the default for the tiny datasets) and on the streaming path."""
     if request.param == "stream":
-        monkeypatch.setenv(S.IN_MEMORY_ENV, "0")
+        monkeypatch.setenv(C.IN_MEMORY_ENV, "0")
     else:
-        monkeypatch.delenv(S.IN_MEMORY_ENV, raising=False)
+        monkeypatch.delenv(C.IN_MEMORY_ENV, raising=False)
     return request.param
 
 
@@ -313,7 +317,7 @@ def test_parse_example_matches_tfds(mnist_dir, inet_dir):
         parser = tfds.builder_from_directory(str(path)).info.features._example_parser_np
         for i in range(min(5, len(src))):
             rec = src.read(i)
-            ours, theirs = S.parse_example(rec), parser.parse_example(rec)
+            ours, theirs = R.parse_example(rec), parser.parse_example(rec)
             assert int(ours["label"][0]) == int(theirs["label"])
             assert bytes(ours["image"][0]) == bytes(np.asarray(theirs["image"]).tobytes() if not isinstance(
                 theirs["image"], bytes) else theirs["image"])
@@ -360,14 +364,14 @@ def test_digits_split_stratified(digits_dir):
     assert np.all(np.abs(np.bincount(labels, minlength=10) - full * 360 / 1797) <= 1)
     ex = src[0]
     assert ex["image"].shape == (28, 28, 1) and ex["image"].dtype == np.uint8 and ex["image"].max() > 200
-    imgs = np.stack([PR.digits_to_28(im) for im in load_digits().images])
+    imgs = np.stack([LS.digits_to_28(im) for im in load_digits().images])
     assert (np.abs(imgs.astype(int) - ex["image"].astype(int)).reshape(len(imgs), -1).max(1) == 0).any()
 
 
 def _split_ids(dd, name, split):
     import tensorflow_datasets as tfds
 
-    return [S._to_str(ex["id"]) for ex in tfds.data_source(name, split=split, data_dir=str(dd))]
+    return [R.to_str(ex["id"]) for ex in tfds.data_source(name, split=split, data_dir=str(dd))]
 
 
 def test_cifar_tree_prepare_validation_and_corrupt(cifar_tree, cifar_dir, tmp_path):
@@ -379,7 +383,7 @@ def test_cifar_tree_prepare_validation_and_corrupt(cifar_tree, cifar_dir, tmp_pa
     by_class = {}
     for k in files:
         by_class.setdefault(k.split("/")[1], []).append(k)
-    expected_val = PR.stratified_holdout(by_class) - {"train/cat/9999.jpg"}
+    expected_val = LS.stratified_holdout(by_class) - {"train/cat/9999.jpg"}
     assert set(val) == expected_val and len(val) >= 9
     test = _split_ids(cifar_dir, "cifar10", "test")        # no test/ folder: carved from train as well
     assert not set(train) & set(val) and not (set(train) | set(val)) & set(test)
@@ -395,10 +399,10 @@ def test_cifar_tree_prepare_validation_and_corrupt(cifar_tree, cifar_dir, tmp_pa
 
     src = tfds.data_source("cifar10", split="validation", data_dir=str(dd2))
     ex = src[0]
-    want = np.asarray(Image.open(io.BytesIO(files[S._to_str(ex["id"])])).convert("RGB"))
+    want = np.asarray(Image.open(io.BytesIO(files[R.to_str(ex["id"])])).convert("RGB"))
     np.testing.assert_array_equal(ex["image"], want)
     info = D.dataset_info(Config(dataset="cifar10", data_dir=str(dd2), input_size=32))
-    assert info.class_names == PR.CIFAR10_CLASSES
+    assert info.class_names == LS.CIFAR10_CLASSES
     assert info.splits == {"train": len(train), "validation": len(val), "test": len(test)}
 
 
@@ -418,7 +422,7 @@ def test_cifar_python_pickles(tmp_path):
 
     src = tfds.data_source("cifar10", split="test", data_dir=str(tmp_path / "tfds"))
     for ex in src:
-        i = int(S._to_str(ex["id"]).split("_")[1])
+        i = int(R.to_str(ex["id"]).split("_")[1])
         np.testing.assert_array_equal(ex["image"], xte[i].reshape(3, 32, 32).transpose(1, 2, 0))
         assert ex["label"] == yte[i]
     info = D.dataset_info(Config(dataset="cifar10", data_dir=str(tmp_path / "tfds")))
@@ -434,7 +438,7 @@ def test_imagenet_stores_prepare_and_read(inet_tree, inet_dir):
     import tensorflow_datasets as tfds
 
     _, files = inet_tree
-    synsets = PR.imagenet_synsets()
+    synsets = DS.imagenet_synsets()
     got = {}
     for name in ("imagenet2012", "imagenet2012/jpeg256", "imagenet2012/raw256"):
         path = D.dataset_dir(name, str(inet_dir))
@@ -489,15 +493,15 @@ def test_imagenet_ilsvrc_tars(tmp_path, caplog):
     assert json.loads((path / PR.REPORT_FILE).read_text())["num_skipped"] == 1
     import tensorflow_datasets as tfds
 
-    synsets = PR.imagenet_synsets()
+    synsets = DS.imagenet_synsets()
     labels_txt = Path(os.fspath(tfds.core.tfds_path("datasets/imagenet2012/validation_labels.txt")))
     val_wnids = labels_txt.read_text().split()[:4]
     dd = str(tmp_path / "tfds")
-    val = {S._to_str(ex["file_name"]): synsets[ex["label"]]
+    val = {R.to_str(ex["file_name"]): synsets[ex["label"]]
            for ex in tfds.data_source("imagenet2012", split="validation", data_dir=dd)}
     assert val == {f"ILSVRC2012_val_{i:08d}.JPEG": val_wnids[i - 1] for i in (1, 2, 3, 4)}
     src = tfds.data_source("imagenet2012", split="train", data_dir=dd)
-    train = {S._to_str(ex["file_name"]): synsets[ex["label"]] for ex in src}
+    train = {R.to_str(ex["file_name"]): synsets[ex["label"]] for ex in src}
     assert train == {f"{w}_{i}.JPEG": w for w in ("n01440764", "n01443537") for i in (0, 1)} | {
         "n01484850_0.JPEG": "n01484850"}
     raw = tfds.builder_from_directory(str(path)).as_data_source(
@@ -611,6 +615,223 @@ def test_prepare_process_pool_same_records(inet_tree, inet_dir, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------
+# prepare: what it refuses, what it reports, one prepare at a time, no temporary folders left
+# ----------------------------------------------------------------------------------------------------
+def cifar_source(root: Path, *, good: int = 3, bad: int = 0, odd: dict | None = None, seed: int = 7) -> Path:
+    """A CIFAR-10 class tree: ``good`` 32x32 JPEGs and ``bad`` files named .jpg that are not images per
+    class; ``odd``: {relative name: (h, w)} JPEGs of another size."""
+    rng = np.random.default_rng(seed)
+    files = {f"train/{c}/{i:04d}.jpg": jpeg_bytes(smooth_image(rng, 32, 32))
+             for c in LS.CIFAR10_CLASSES for i in range(good)}
+    files |= {f"train/{c}/bad{i}.jpg": b"not an image " + bytes([i]) for c in LS.CIFAR10_CLASSES for i in range(bad)}
+    files |= {k: jpeg_bytes(smooth_image(rng, h, w)) for k, (h, w) in (odd or {}).items()}
+    return _write_tree(root, files)
+
+
+def looks_prepared(dd: Path) -> list[Path]:
+    return sorted(p for p in dd.rglob("*") if p.name == "dataset_info.json" or p.name.endswith(".staging"))
+
+
+def test_prepare_refuses_an_empty_or_mostly_unreadable_dataset(tmp_path, capsys):
+    """30 files that are not images: refused, one error line naming the source and the split, nothing that
+    looks prepared; more than half of a split unreadable: refused; a third: prepared, reported."""
+    from alexnet_jax import cli
+    from alexnet_jax.errors import AlexnetJaxError
+
+    dd = tmp_path / "dd"
+    junk = cifar_source(tmp_path / "junk", good=0, bad=3)
+    assert cli.main(["prepare", "cifar10", "--source", str(junk), "--data-dir", str(dd), "--workers", "0"]) == 2
+    out = capsys.readouterr().err
+    err = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "Traceback" not in out, out
+    assert err[0].startswith(f"error: cifar10 from {junk} ") and "'train' has no readable image" in err[0]
+    assert not looks_prepared(dd), looks_prepared(dd)
+    with pytest.raises(D.DatasetNotPreparedError):
+        D.dataset_dir("cifar10", dd)
+    mostly = cifar_source(tmp_path / "mostly", good=1, bad=2)             # 2 of 3 unreadable in every split
+    with pytest.raises(AlexnetJaxError, match="unreadable"):
+        D.prepare("cifar10", mostly, dd, workers=0)
+    assert not looks_prepared(dd)
+    third = cifar_source(tmp_path / "third", good=12, bad=6)             # a third unreadable: prepared
+    path = D.prepare("cifar10", third, dd, workers=0)
+    report = json.loads((path / PR.REPORT_FILE).read_text())
+    assert report["num_skipped"] == 60 and sum(report["splits"].values()) == 120
+    assert sum(report["unreadable_by_split"].values()) == 60
+
+
+def test_prepare_reports_resized_images(tmp_path, caplog):
+    """A 40x48 and a 64x40 image in a CIFAR-10 tree are fitted to 32x32 (shorter side, centre: a Pillow
+    reference), counted in the log and listed in the report; TFDS reads every image as 32x32."""
+    import tensorflow_datasets as tfds
+
+    odd = {"train/cat/odd_a.jpg": (40, 48), "train/dog/odd_b.jpg": (64, 40)}
+    src = cifar_source(tmp_path / "src", good=4, odd=odd)
+    with caplog.at_level(logging.WARNING):
+        path = D.prepare("cifar10", src, tmp_path / "dd", workers=0)
+    report = json.loads((path / PR.REPORT_FILE).read_text())
+    assert report["num_resized"] == 2 and sorted(Path(w).name for w in report["resized"]) == ["odd_a.jpg", "odd_b.jpg"]
+    assert "2 image(s) were not 32x32 and were resized" in caplog.text
+    got = {}
+    for split in report["splits"]:
+        for ex in tfds.data_source("cifar10", split=split, data_dir=str(tmp_path / "dd")):
+            assert ex["image"].shape == (32, 32, 3)
+            got[R.to_str(ex["id"])] = ex["image"]
+    for name, (h, w) in odd.items():
+        with Image.open(src / name) as im:                                  # shorter side -> 32, centre 32x32
+            s = 32 / min(h, w)
+            nw, nh = max(32, round(w * s)), max(32, round(h * s))
+            ref = np.asarray(im.convert("RGB").resize((nw, nh), Image.BILINEAR))
+        t, l = (nh - 32) // 2, (nw - 32) // 2
+        np.testing.assert_array_equal(got[name], ref[t:t + 32, l:l + 32])
+
+
+def test_a_dataset_that_failed_the_checks_is_rebuilt_and_named_by_the_loader(tmp_path, monkeypatch):
+    """An empty dataset as earlier versions wrote it (the checks off): training on it names its folder and
+    the fix; a later prepare from a good source rebuilds it instead of saying "already prepared"."""
+    dd = tmp_path / "dd"
+    with monkeypatch.context() as m:
+        m.setattr(PR, "_problems", lambda *a: [], raising=False)
+        empty = D.prepare("cifar10", cifar_source(tmp_path / "junk", good=0, bad=3), dd, workers=0)
+    assert D.dataset_info(Config(dataset="cifar10", data_dir=str(dd))).splits["train"] == 0
+    with pytest.raises(ConfigError) as e:
+        D.make_train_loader(Config(dataset="cifar10", data_dir=str(dd), augment="cifar", input_size=32), batch_size=4)
+    msg = str(e.value)
+    assert str(empty) in msg and "no usable images" in msg
+    assert f"alexnet-jax prepare cifar10 --source PATH --data-dir {dd.resolve()} --overwrite" in msg
+    path = D.prepare("cifar10", cifar_source(tmp_path / "good", good=10), dd, workers=0)
+    assert path == empty and D.dataset_info(Config(dataset="cifar10", data_dir=str(dd))).splits == {
+        "train": 80, "validation": 10, "test": 10}
+
+
+def test_overwrite_rebuilds_a_good_dataset(tmp_path, capsys):
+    from alexnet_jax import cli
+
+    dd = tmp_path / "dd"
+    first, second = cifar_source(tmp_path / "a", good=2, seed=1), cifar_source(tmp_path / "b", good=3, seed=2)
+    base = ["prepare", "cifar10", "--data-dir", str(dd), "--workers", "0", "--source"]
+    assert cli.main([*base, str(first)]) == 0
+    assert cli.main([*base, str(second)]) == 0                          # already prepared: kept
+    assert sum(D.dataset_info(Config(dataset="cifar10", data_dir=str(dd))).splits.values()) == 20
+    assert cli.main([*base, str(second), "--overwrite"]) == 0
+    assert sum(D.dataset_info(Config(dataset="cifar10", data_dir=str(dd))).splits.values()) == 30
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [o["path"] for o in out] == [str(dd.resolve() / "cifar10" / "3.0.2")] * 3
+
+
+def test_second_concurrent_prepare_is_one_error_line_naming_the_holder(tmp_path, monkeypatch, capsys):
+    """While one prepare writes its shards, a second of the same dataset exits 2 with one line naming the
+    holder's pid and the lock; the first then finishes."""
+    import threading
+
+    from alexnet_jax import cli
+
+    src, dd = cifar_source(tmp_path / "src", good=2), tmp_path / "dd"
+    writing, release = threading.Event(), threading.Event()
+    real = PR.write_shard
+
+    def slow(task):
+        writing.set()
+        assert release.wait(60)
+        return real(task)
+
+    monkeypatch.setattr(PR, "write_shard", slow)
+    result = {}
+    first = threading.Thread(target=lambda: result.update(path=D.prepare("cifar10", src, dd, workers=0)))
+    first.start()
+    try:
+        assert writing.wait(60)
+        rc = cli.main(["prepare", "cifar10", "--source", str(src), "--data-dir", str(dd)])
+    finally:
+        release.set()
+        first.join(60)
+    out = capsys.readouterr().err
+    err = [line for line in out.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(err) == 1 and "Traceback" not in out, out
+    staging = dd.resolve() / "cifar10" / ("3.0.2" + PR.STAGING_SUFFIX)
+    assert err[0].startswith("error: another prepare of cifar10 (pid ") and f"pid {os.getpid()} on host" in err[0]
+    assert str(staging / ".lock") in err[0] and "wait for it to finish" in err[0]
+    assert result["path"] == dd.resolve() / "cifar10" / "3.0.2" and not staging.exists()
+
+
+def test_prepare_leaves_no_tmp_tfds_folders(tmp_path, monkeypatch):
+    """TFDS' bucket lookup made one empty tmp*tfds folder per prepare in the temp dir; none now."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    before = sorted((tmp_path / "tmp").glob("tmp*tfds"))
+    D.prepare("cifar10", cifar_source(tmp_path / "src", good=2), tmp_path / "dd", workers=0)
+    D.prepare("imagenet2012/raw256", _write_tree(tmp_path / "inet", {
+        "train/n01440764/a.JPEG": jpeg_bytes(smooth_image(np.random.default_rng(0), 20, 30)),
+        "train/n01440764/b.JPEG": jpeg_bytes(smooth_image(np.random.default_rng(1), 30, 20))}), tmp_path / "dd",
+        workers=0)
+    assert sorted((tmp_path / "tmp").glob("tmp*tfds")) == before == []
+
+
+def test_clear_cache_deletes_the_decoded_arrays(mnist_dir, tmp_path, capsys):
+    from alexnet_jax import cli
+
+    dd, _ = mnist_dir
+    path = D.dataset_dir("mnist", dd)
+    D.load_array_split(path, "test")
+    D.mean_image(path, "test")
+    cached = [p for p in path.rglob("*") if p.is_file() and ("cache" in p.parts or p.name.startswith("mean_"))]
+    assert len(cached) == 2
+    size = sum(p.stat().st_size for p in cached)
+    assert cli.main(["prepare", "mnist", "--clear-cache", "--data-dir", str(dd)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"dataset": "mnist", "path": str(path), "cleared_bytes": size}
+    assert not any(p.exists() for p in cached) and (path / "dataset_info.json").is_file()
+    assert D.load_array_split(path, "test").images.shape == (N_TEST, 28, 28, 1)         # rebuilt on use
+
+
+def test_locate_once_and_pass_it_on(mnist_dir, monkeypatch):
+    """``locate(config)`` finds the dataset once; loaders and make_augment given ``dataset=`` locate nothing
+    and deliver what the config-only calls deliver."""
+    dd, _ = mnist_dir
+    cfg = mnist_cfg(dd)
+    ds = D.locate(cfg)
+    assert (ds.name, ds.path, ds.num_classes, ds.stored_shape, ds.image_shape) == (
+        "mnist", D.dataset_dir("mnist", dd), 10, (28, 28, 1), (28, 28, 1))
+    assert ds.splits == {"train": N_TRAIN, "test": N_TEST}
+    want = (take(D.make_train_loader(cfg, batch_size=8), 3), list(D.make_eval_loader(cfg, "test", batch_size=4)),
+            D.make_augment(cfg))
+
+    def no_locating(*a, **k):
+        raise AssertionError("located again")
+
+    for mod in ("loader", "augment", "preparation"):
+        monkeypatch.setattr(importlib.import_module(f"alexnet_jax.data.{mod}"), "locate", no_locating)
+    got = (take(D.make_train_loader(cfg, batch_size=8, dataset=ds), 3),
+           list(D.make_eval_loader(cfg, "test", batch_size=4, dataset=ds)), D.make_augment(cfg, dataset=ds))
+    for x, y in zip(want[0] + want[1], got[0] + got[1], strict=True):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    assert (got[2].kind, got[2].stored_shape, got[2].mean) == (want[2].kind, want[2].stored_shape, want[2].mean)
+
+
+def test_tools_read_a_split_through_the_one_reader(mnist_dir, monkeypatch, caplog):
+    """The tools' dataset inputs skip an undecodable image (reported once by name) instead of failing."""
+    import types
+
+    from alexnet_jax.tools import _images
+
+    dd, arrays = mnist_dir
+    bad = int(_images.pick_from_split(S.RecordSource(D.dataset_dir("mnist", dd), "test"), 6)[0][2])
+    orig = S.RecordSource.record
+    monkeypatch.setattr(S.RecordSource, "record",
+                        lambda self, i: dict(orig(self, i), image=b"not an image") if int(i) == bad else orig(self, i))
+    restored = types.SimpleNamespace(config=mnist_cfg(dd, eval_split="test"),
+                                     trainer=types.SimpleNamespace(augment=A.Augment("none", 28, (28, 28, 1))))
+    with caplog.at_level(logging.WARNING):
+        inputs = _images.load_inputs(restored, limit=6)
+    assert len(inputs.names) == len(inputs.labels) == len(inputs.x) == 5 and f"test#{bad}" not in inputs.names
+    assert caplog.text.count(f"test#{bad}") == 1
+    ids = [int(d[0, 0, 0]) for d in inputs.display]
+    np.testing.assert_array_equal(np.stack(inputs.display)[..., 0], arrays["test"][0][ids])
+    assert inputs.labels == arrays["test"][1][ids].tolist()
+
+
+# ----------------------------------------------------------------------------------------------------
 # loaders
 # ----------------------------------------------------------------------------------------------------
 def test_train_loader_epochs_and_determinism(mnist_dir, pipeline):
@@ -695,7 +916,7 @@ def test_memory_and_stream_identical(mnist_dir, monkeypatch):
     cfg = mnist_cfg(dd)
     out = {}
     for p in PIPELINES:
-        monkeypatch.setenv(S.IN_MEMORY_ENV, "0" if p == "stream" else str(2**30))
+        monkeypatch.setenv(C.IN_MEMORY_ENV, "0" if p == "stream" else str(2**30))
         it = D.make_train_loader(cfg, batch_size=8, process_index=1, process_count=2)
         ev = D.make_eval_loader(cfg, "test", batch_size=3, process_index=1, process_count=2)
         assert it.pipeline == ev.pipeline == p
@@ -712,8 +933,8 @@ def test_bad_image_reported_and_skipped(mnist_dir, pipeline, monkeypatch, caplog
     cfg = mnist_cfg(dd)
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(S, "DISK_CACHE", False)                     # decode afresh (no cached split)
-    monkeypatch.setattr(S, "_ARRAY_SPLITS", collections.OrderedDict())
+    monkeypatch.setattr(C, "DISK_CACHE", False)                     # decode afresh (no cached split)
+    monkeypatch.setattr(C, "_ARRAY_SPLITS", collections.OrderedDict())
     bad_id = {split: int(tfds.data_source("mnist", split=split, data_dir=str(dd))[7]["image"][0, 0, 0])
               for split in ("train", "test")}
     orig = S.RecordSource.record
@@ -761,7 +982,7 @@ def test_eval_loader_every_example_once(mnist_dir, pipeline, process_count, batc
 def test_array_split_disk_cache(mnist_dir, monkeypatch):
     dd, arrays = mnist_dir
     path = D.dataset_dir("mnist", str(dd))
-    monkeypatch.setattr(S, "_ARRAY_SPLITS", collections.OrderedDict())
+    monkeypatch.setattr(C, "_ARRAY_SPLITS", collections.OrderedDict())
     a = D.load_array_split(path, "test")
     cached = path / "cache" / "test_28x28x1.npz"
     assert cached.is_file() and not list((path / "cache").glob("*.tmp"))
@@ -774,22 +995,22 @@ def test_array_split_disk_cache(mnist_dir, monkeypatch):
     def no_decode(*args, **kw):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(S, "_ARRAY_SPLITS", collections.OrderedDict())
-    monkeypatch.setattr(S, "decode_split", no_decode)
+    monkeypatch.setattr(C, "_ARRAY_SPLITS", collections.OrderedDict())
+    monkeypatch.setattr(C, "decode_split", no_decode)
     b = D.load_array_split(path, "test")                               # from the .npz
     np.testing.assert_array_equal(b.images, a.images)
-    monkeypatch.setattr(S, "_ARRAY_SPLITS", collections.OrderedDict())
-    monkeypatch.setattr(S, "fingerprint", lambda p: "changed dataset")
+    monkeypatch.setattr(C, "_ARRAY_SPLITS", collections.OrderedDict())
+    monkeypatch.setattr(C, "dataset_fingerprint", lambda p: "changed dataset")
     with pytest.raises(AssertionError, match="decoded again"):        # stale cache: decoded afresh
         D.load_array_split(path, "test")
-    monkeypatch.setenv(S.IN_MEMORY_ENV, str(N_TEST * 28 * 28 - 1))     # one byte too many: streaming
+    monkeypatch.setenv(C.IN_MEMORY_ENV, str(N_TEST * 28 * 28 - 1))     # one byte too many: streaming
     assert D.load_array_split(path, "test") is None
 
 
 def test_stream_loader_threads_and_stores(inet_dir, monkeypatch):
     """ImageNet stores stream (forced): the same uint8 batches from every store's loader for the same
     seed (raw256 = originals exactly; jpeg256 close), with 1 or 3 reader threads."""
-    monkeypatch.setenv(S.IN_MEMORY_ENV, "0")
+    monkeypatch.setenv(C.IN_MEMORY_ENV, "0")
     out = {}
     for name in ("imagenet2012", "imagenet2012/jpeg256", "imagenet2012/raw256"):
         for threads in (1, 3):

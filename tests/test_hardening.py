@@ -39,9 +39,9 @@ def _config(tfds_dir, **kw) -> Config:
     return Config(**dict(FAST, data_dir=str(tfds_dir), **kw))
 
 
-def _train(config, workdir):
-    from alexnet_jax.train import train_and_evaluate
-    return train_and_evaluate(config, str(workdir), progress=False)
+def _train(config, workdir, *, extend: bool = False):
+    from alexnet_jax.run import train_and_evaluate
+    return train_and_evaluate(config, str(workdir), progress=False, extend=extend)
 
 
 def read_events(tb_dir) -> list:
@@ -90,7 +90,7 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_the_run_goes_on(tfds_dir, 
     _train(_config(tfds_dir), wd)
     _damage(wd / "checkpoints" / "10")
     for resume_to in (15, 20):          # twice: the second resume must not meet the damaged step again
-        res = _train(_config(tfds_dir, num_steps=resume_to), wd)
+        res = _train(_config(tfds_dir, num_steps=resume_to), wd, extend=True)
         assert res["step"] == resume_to
     moved = [p.name for p in (wd / "checkpoints").iterdir() if ".corrupt-" in p.name]
     assert len(moved) == 1 and moved[0].startswith("10.corrupt-"), moved      # kept, never deleted
@@ -107,7 +107,7 @@ def test_tensorboard_purge_drops_only_later_steps(tmp_path):
     """purge_events against an independent reading of the TFRecord framing (length, crc, data, crc)."""
     from tensorboardX import SummaryWriter
 
-    from alexnet_jax.workdir import purge_events, read_records
+    from alexnet_jax.tensorboard import purge_events, read_records
 
     w = SummaryWriter(str(tmp_path))
     for s in range(1, 8):
@@ -121,7 +121,7 @@ def test_tensorboard_purge_drops_only_later_steps(tmp_path):
 
 
 def test_our_event_files_read_back_with_tensorboardx(tmp_path):
-    from alexnet_jax.workdir import EventWriter
+    from alexnet_jax.tensorboard import EventWriter
 
     w = EventWriter(str(tmp_path))
     for step, v in ((0, 2.5), (7, -1.25), (2**40, 3e-8)):
@@ -173,9 +173,9 @@ def test_the_lock_dies_with_its_process(tmp_path):
 # 3. A signal during the final evaluation does not lose the result; a finished workdir says so
 # ------------------------------------------------------------------------------------------------
 def test_signal_during_final_evaluation_and_rerun_of_a_finished_workdir(tfds_dir, tmp_path, monkeypatch, caplog):
-    from alexnet_jax import train
+    from alexnet_jax.trainer import Trainer
 
-    real = train.Trainer.evaluate
+    real = Trainer.evaluate
 
     def evaluate_then_interrupt(self, state, batches):
         out = real(self, state, batches)
@@ -183,10 +183,10 @@ def test_signal_during_final_evaluation_and_rerun_of_a_finished_workdir(tfds_dir
         return out
 
     caplog.set_level(logging.INFO)
-    monkeypatch.setattr(train.Trainer, "evaluate", evaluate_then_interrupt)
+    monkeypatch.setattr(Trainer, "evaluate", evaluate_then_interrupt)
     wd = tmp_path / "run"
     first = _train(_config(tfds_dir), wd)
-    monkeypatch.setattr(train.Trainer, "evaluate", real)
+    monkeypatch.setattr(Trainer, "evaluate", real)
     assert first["step"] == 10 and first["compile_seconds"] > 0 and 0 <= first["top1"] <= 1
     again = _train(_config(tfds_dir), wd)
     assert again["finished_before"] is True and again["compile_seconds"] is None     # no made-up timing
@@ -199,7 +199,8 @@ def test_signal_during_final_evaluation_and_rerun_of_a_finished_workdir(tfds_dir
 # ------------------------------------------------------------------------------------------------
 BAD = {  # one value each field must refuse (written here, not read from the code)
     "model": "vgg", "num_classes": 1, "input_size": 4, "width": 0.0, "dtype": "float16", "head": "sigmoid",
-    "init": "xavier", "dataset": "svhn", "data_dir": 3, "train_split": "", "eval_split": " ",
+    "init": "xavier", "lrn": "cuda-convnet", "preprocess": "keras", "dataset": "svhn", "data_dir": 3,
+    "train_split": "", "eval_split": " ",
     "augment": "mixup", "num_workers": -1, "optimizer": "adam", "sdlm_mu": 0.0, "sdlm_samples": 0,
     "batch_size": 0, "num_epochs": 0.0, "num_steps": -5, "lr": -1.0,
     "momentum": 2.0, "weight_decay": -0.1, "lr_schedule": "cosine", "lr_boundaries": (-1.0,),
@@ -481,7 +482,7 @@ def test_inspect_lists_the_checkpoint_steps(tfds_dir, tmp_path, capsys):
     wd = tmp_path / "w"
     _train(_config(tfds_dir), wd)
     _damage(wd / "checkpoints" / "10")
-    _train(_config(tfds_dir, num_steps=15), wd)
+    _train(_config(tfds_dir, num_steps=15), wd, extend=True)
     capsys.readouterr()
     assert cli.main(["inspect", "--workdir", str(wd)]) == 0
     s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -496,7 +497,8 @@ def test_nonfinite_loss_stops_and_nothing_nonfinite_is_saved(tfds_dir, tmp_path,
 
     from alexnet_jax import checkpoint as ckpt_lib
     from alexnet_jax import data as data_lib
-    from alexnet_jax import train
+    from alexnet_jax.restore import restore_workdir
+    from alexnet_jax.run import NonFiniteLossError
 
     real_make = data_lib.make_augment
 
@@ -512,14 +514,14 @@ def test_nonfinite_loss_stops_and_nothing_nonfinite_is_saved(tfds_dir, tmp_path,
 
     monkeypatch.setattr(data_lib, "make_augment", poisoned_make)
     wd = tmp_path / "nan"
-    with pytest.raises(train.NonFiniteLossError, match=r"loss became nan at step 8; stopping") as e:
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 8; stopping") as e:
         _train(_config(tfds_dir, num_steps=20, checkpoint_every_steps=3, log_every_steps=1), wd)
     assert "Nothing after checkpoint step 6 was saved" in str(e.value)
     monkeypatch.setattr(data_lib, "make_augment", real_make)
     steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [3, 6]
     for s in steps:
-        assert ckpt_lib.all_finite(train.restore(str(wd), step=s).state), f"checkpoint {s} is not finite"
+        assert ckpt_lib.all_finite(restore_workdir(str(wd), step=s).state), f"checkpoint {s} is not finite"
     assert np.isfinite([r["loss"] for r in _records(wd) if r["kind"] == "train"]).all()
 
 

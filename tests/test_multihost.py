@@ -160,7 +160,7 @@ def _fake_cifar(root: Path, per_class: int = 10) -> None:
     """A CIFAR-10-like folder tree (train/<class>/nnnn.jpg) of random 32x32 pictures."""
     from PIL import Image
 
-    from alexnet_jax.data.preparation import CIFAR10_CLASSES
+    from alexnet_jax.data.listing import CIFAR10_CLASSES
     rng = np.random.default_rng(0)
     for c in CIFAR10_CLASSES:
         d = root / "train" / c

@@ -12,17 +12,16 @@ import optax
 import pytest
 
 from alexnet_jax.config import Config, ConfigError
+from alexnet_jax.lr import get_lr, set_lr
 from alexnet_jax.optim import (
     LENET_PAPER_EPOCH_BOUNDARIES,
     LENET_PAPER_FACTORS,
     LENET_PAPER_LRS,
     PlateauController,
-    get_lr,
     kernel_mask,
     make_schedule,
     optimizer_from_config,
     paper_sgd,
-    set_lr,
 )
 
 LR0, DROP_STEP, NSTEPS = 0.01, 6, 12  # lr 0.01 for steps 0..5, 0.001 from step 6 (a /10 drop in the middle)

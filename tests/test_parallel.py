@@ -142,6 +142,18 @@ def test_meshes_train_identically_with_device_augmentation(tmp_path):
         assert res["param_max_diff"][name] <= 1e-5, name
 
 
+def test_caffe_lrn_on_the_column_split(tmp_path):
+    """lrn=caffe (bvlc_alexnet's LRN, across both columns' maps): the 1x2 column split trains as one device
+    does, and its forward pass gathers the columns' maps at lrn1 and lrn2 besides the paper's four exchanges."""
+    res = run_task("caffe_lrn", tmp_path / "caffe_lrn", steps=4)
+    ref, got = np.asarray(res["losses"]["1x1"]), np.asarray(res["losses"]["1x2"])
+    assert len(ref) == 4 and np.max(np.abs(got - ref) / np.abs(ref)) <= 1e-5, (got, ref)
+    assert res["param_max_diff"] <= 1e-5
+    cs = [c for c in res["forward"]["collectives"] if c["group_size"] > 1]
+    assert {c["op"] for c in cs} == {"all-gather"} and {c["axis"] for c in cs} == {"model"}
+    assert sorted(c["layer"] for c in cs) == sorted((*EXCHANGES, "lrn1", "lrn2"))
+
+
 # ================================================================================================
 # 2. Communication
 # ================================================================================================
@@ -236,7 +248,7 @@ def test_comms_parses_hlo_forms():
     assert rep.sent_by_axis() == {"model": 168.0, "data": 68.0}
     per_image = comms.bytes_per_image(rep, batch=4)            # 2 images per data replica
     assert per_image[("model", "conv3", "all-gather")] == 64.0
-    assert "| model | conv3 | fwd | all-gather | f32[8,8] | 256 | 2 | 128 |" in comms.format_table(rep)
+    assert "| model | conv3 | fwd | all-gather | f32[8,8] | 256 | 2 | 128 |" in comms.traffic_table(rep)
 
 
 # ================================================================================================
@@ -326,7 +338,7 @@ def _flat(tree) -> dict[str, np.ndarray]:
 
 
 def _trainer(config, mesh, **kw):
-    from alexnet_jax.train import Trainer
+    from alexnet_jax.trainer import Trainer
     return Trainer.build(config, mesh, steps_per_epoch=100, **kw)
 
 
@@ -408,6 +420,26 @@ def _sharding_report(state, tx, ref: dict) -> dict:
     return {"params": params, "momentum": {str(k): v for k, v in momentum.items()}}
 
 
+def task_caffe_lrn(out: Path, steps: int) -> dict:
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from alexnet_jax import comms, parallel
+    config = _small_config(lrn="caffe")
+    batches = _synthetic(config)
+    res, params = {"losses": {}}, {}
+    for d, m in ((1, 1), (1, 2)):
+        mesh = parallel.make_mesh(d, m)
+        state, losses, _, trainer = _train(config, mesh, batches, steps)
+        res["losses"][f"{d}x{m}"] = losses
+        params[m] = _flat(state.params)
+    res["param_max_diff"] = max(float(np.max(np.abs(params[2][k] - params[1][k]))) for k in params[1])
+    x = jax.device_put(batches[0]["image"], NamedSharding(mesh, P("data")))
+    res["forward"] = comms.analyze(_forward(trainer).lower(state.params, state.extra, x).compile(), mesh).to_dict()
+    return res
+
+
 def task_fullsize(out: Path) -> dict:
     import jax
     import jax.numpy as jnp
@@ -428,7 +460,7 @@ def task_fullsize(out: Path) -> dict:
         cs = [c for c in rep.collectives if c.group_size > 1]
         assert all(c.op == "all-gather" and c.axis == "model" for c in cs), cs
         images = batch / d
-        res[f"{d}x{m}"] = {"data": d, "table": comms.format_table(rep, batch), "per_image": {
+        res[f"{d}x{m}"] = {"data": d, "table": comms.traffic_table(rep, batch), "per_image": {
             c.layer: {"shape": _dims(c.shape),
                       "result_bytes": c.bytes / images, "sent_bytes": c.sent / images} for c in cs}}
     return res
@@ -443,7 +475,8 @@ def task_checkpoint(out: Path) -> dict:
     from jax.sharding import NamedSharding
 
     from alexnet_jax import checkpoint as ckpt_lib
-    from alexnet_jax import parallel, train
+    from alexnet_jax import parallel
+    from alexnet_jax.restore import restore_workdir
     config = _small_config()
     batches = _synthetic(config)
 
@@ -472,9 +505,9 @@ def task_checkpoint(out: Path) -> dict:
     state12, _, _, _ = _train(config, mesh12, batches, 3)
     specs = state12                                      # every leaf's spec, as created on a mesh
     saved = save(out / "run_1x2", state12, 3, mesh12)
-    # restore on 1x1 and on 2x2 through train.restore (which targets the abstract state on that mesh)
+    # restore on 1x1 and on 2x2 through restore_workdir (which targets the abstract state on that mesh)
     for mesh in (mesh11, mesh22):
-        restored = train.restore(str(out / "run_1x2"), mesh=mesh, batch_size=config.batch_size)
+        restored = restore_workdir(str(out / "run_1x2"), mesh=mesh, batch_size=config.batch_size)
         st = restored.state
         name = f"1x2->{mesh.shape['data']}x{mesh.shape['model']}"
         r = res[name] = dict(compare(saved, st, mesh), step=restored.step)
@@ -492,7 +525,7 @@ def task_checkpoint(out: Path) -> dict:
     res["2x2->1x2"] = compare(saved22, st12, mesh12)
     # and from one device (after a step there) onto two columns
     saved11 = save(out / "run_1x1", st11, 4, mesh11)
-    st = train.restore(str(out / "run_1x1"), mesh=mesh12, batch_size=config.batch_size).state
+    st = restore_workdir(str(out / "run_1x1"), mesh=mesh12, batch_size=config.batch_size).state
     res["1x1->1x2"] = compare(saved11, st, mesh12)
     return res
 
@@ -523,7 +556,8 @@ def task_onecolumn(out: Path) -> dict:
 
 
 def task_errors(out: Path) -> dict:
-    from alexnet_jax import parallel, train
+    from alexnet_jax import parallel
+    from alexnet_jax.run import train_and_evaluate
     res = {}
 
     def message(fn) -> str:
@@ -541,7 +575,7 @@ def task_errors(out: Path) -> dict:
     from alexnet_jax.config import Config
     cfg = Config(model="lenet5", dataset="digits", input_size=32, batch_size=6, mesh_data=4, mesh_model=1,
                  data_dir=str(out / "tfds"))
-    res["train_batch_6_on_data_4"] = message(lambda: train.train_and_evaluate(cfg, str(out / "wd"),
+    res["train_batch_6_on_data_4"] = message(lambda: train_and_evaluate(cfg, str(out / "wd"),
                                                                              progress=False))
     res["model_axis_3"] = message(lambda: _trainer(_small_config(), parallel.make_mesh(1, 3)))
     res["model_axis_2_on_4_devices_3"] = message(lambda: parallel.make_mesh(-1, 3))
@@ -557,8 +591,9 @@ def task_augmeshes(out: Path, steps: int) -> dict:
 
     from alexnet_jax import data as data_lib
     from alexnet_jax import parallel
-    from alexnet_jax.data.preparation import CIFAR10_CLASSES
-    from alexnet_jax.train import AUGMENT_STREAM
+    from alexnet_jax.data.listing import CIFAR10_CLASSES
+    from alexnet_jax.run import build_run
+    from alexnet_jax.trainer import AUGMENT_STREAM
 
     rng = np.random.default_rng(0)
     for c in CIFAR10_CLASSES:
@@ -571,9 +606,8 @@ def task_augmeshes(out: Path, steps: int) -> dict:
     res = {"losses": {}, "images_max_diff": {}, "param_max_diff": {}}
     ref_images = ref_params = None
     for d, m in MESHES:
-        trainer = _trainer(config, parallel.make_mesh(d, m))
-        trainer = type(trainer).build(config, trainer.mesh, steps_per_epoch=100, augment=data_lib.make_augment(config))
-        loader = data_lib.make_train_loader(config, batch_size=trainer.plan.per_process_batch, prefetch=0)
+        run = build_run(config, parallel.make_mesh(d, m), evaluation=False, prefetch=0)
+        trainer, loader = run.trainer, run.train_loader
         state, losses = trainer.init(), []
         key = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM)
         augment = jax.jit(trainer.augment.train)
@@ -589,12 +623,12 @@ def task_augmeshes(out: Path, steps: int) -> dict:
         res["losses"][name] = losses
         res["images_max_diff"][name] = float(np.max(np.abs(images - ref_images)))
         res["param_max_diff"][name] = max(float(np.max(np.abs(params[k] - ref_params[k]))) for k in params)
-        loader.close()
+        run.close()
     return res
 
 
 TASKS = {"meshes": task_meshes, "augmeshes": task_augmeshes, "fullsize": task_fullsize, "checkpoint": task_checkpoint,
-         "onecolumn": task_onecolumn, "errors": task_errors}
+         "onecolumn": task_onecolumn, "errors": task_errors, "caffe_lrn": task_caffe_lrn}
 
 if __name__ == "__main__":
     task, out = sys.argv[1], Path(sys.argv[2])

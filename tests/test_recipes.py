@@ -33,7 +33,7 @@ def tfds_dir(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(BUDGETS))
 def test_recipe_beats_chance_within_its_budget(name, tfds_dir, tmp_path):
     from alexnet_jax import data as data_lib
-    from alexnet_jax.train import train_and_evaluate
+    from alexnet_jax.run import train_and_evaluate
 
     steps, target = BUDGETS[name]
     config = get_config(name).replace(data_dir=str(tfds_dir))

@@ -7,7 +7,7 @@ alexnet / alexnet_half):
 * forward: `model(x)` in evaluation mode equals the reference logits, with parameters drawn here (He-scaled
   kernels, non-zero biases, non-trivial BatchNorm statistics) so that no layer is an identity; at 32 px for
   every case, and at the papers' sizes (224 / 227 / 260 px) for the AlexNets' 11x11/4 stems and pooling;
-* one training step, built by the real `train.Trainer` on a one-device
+* one training step, built by the real `trainer.Trainer` on a one-device
   mesh (all in `build_train_step`) and run twice from the real initialisation with a non-trivial learning
   rate, momentum and weight decay: the loss equals the reference loss; the gradient the step used (read off
   the velocity by inverting K12's update, which is exact because the previous velocity is known) equals the
@@ -50,10 +50,11 @@ import pytest
 import reference as ref  # tests/reference.py (pytest puts tests/ on sys.path)
 from flax import nnx
 
-from alexnet_jax import parallel, train
+from alexnet_jax import parallel
 from alexnet_jax.config import Config
 from alexnet_jax.models import MODELS, create_model
 from alexnet_jax.models.lenet import digit_codes
+from alexnet_jax.trainer import Trainer, cross_entropy
 
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
@@ -267,7 +268,7 @@ def build_train_step(config: Config):
     """(state, step, view): the real train state and jitted step on a one-device mesh, and
     view(state) -> {"params", "velocity", "extra", "rng", "step"} as float64 / numpy trees (read before the
     next step: the step donates its input state)."""
-    trainer = train.Trainer.build(config, parallel.make_mesh(1, 1))
+    trainer = Trainer.build(config, parallel.make_mesh(1, 1))
     state, step = trainer.init(), trainer.train_step
 
     def view(s):
@@ -440,7 +441,7 @@ def test_batchnorm_training_mode_matches_reference():
     def value_and_grad(params, extra, x, labels, key):
         def loss_fn(params):
             m = nnx.merge(graphdef, params, jax.tree.map(lambda a: a, extra))
-            loss = train.cross_entropy(m(x, train=True, dropout_key=key), labels).mean()
+            loss = cross_entropy(m(x, train=True, dropout_key=key), labels).mean()
             return loss, nnx.split(m, nnx.Param, ...)[2]
         return jax.value_and_grad(loss_fn, has_aux=True)(params)
 

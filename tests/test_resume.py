@@ -39,8 +39,9 @@ def _train_cmd(workdir: Path, overrides: list[str], *, devices: int = 1) -> list
 
 
 def _final(workdir: Path) -> dict[str, np.ndarray]:
-    code = ("import sys, numpy as np, jax; from alexnet_jax.train import restore; r = restore(sys.argv[1]);"
-            "st = r.state; np.savez(sys.argv[2], step=r.step, **{str(i): np.asarray(x) for i, x in "
+    code = ("import sys, numpy as np, jax; from alexnet_jax.restore import restore_workdir;"
+            "r = restore_workdir(sys.argv[1]); st = r.state;"
+            "np.savez(sys.argv[2], step=r.step, **{str(i): np.asarray(x) for i, x in "
             "enumerate(jax.tree.leaves((st.params, st.extra, st.opt_state, st.rng, st.step)))})")
     out = workdir / "final.npz"
     subprocess.run([sys.executable, "-c", code, str(workdir), str(out)], check=True, timeout=300, env=_env())
@@ -171,7 +172,7 @@ def test_prepare_train_resume_for_every_store(tmp_path, store):
     and training records, bit for bit."""
     from alexnet_jax.config import Config
     from alexnet_jax.data import prepare
-    from alexnet_jax.train import train_and_evaluate
+    from alexnet_jax.run import train_and_evaluate
 
     tfds = tmp_path / "tfds"
     prepare(store, str(_imagenet_tree(tmp_path / "src", per_class=6)), str(tfds))
@@ -180,6 +181,6 @@ def test_prepare_train_resume_for_every_store(tmp_path, store):
                  checkpoint_every_steps=3, log_every_steps=1, eval_every_epochs=100)
     train_and_evaluate(cfg, str(tmp_path / "straight"), progress=False)
     train_and_evaluate(cfg.replace(num_steps=3), str(tmp_path / "resumed"), progress=False)
-    train_and_evaluate(cfg, str(tmp_path / "resumed"), progress=False)
+    train_and_evaluate(cfg, str(tmp_path / "resumed"), progress=False, extend=True)
     # (the 3-step run also evaluated at its end, so only the training records are compared)
     _assert_same_run(tmp_path / "straight", tmp_path / "resumed", kinds=("train",))

@@ -16,8 +16,8 @@ import optax
 import pytest
 from flax import nnx
 
+from alexnet_jax.lr import get_lr, set_lr
 from alexnet_jax.models import create_model
-from alexnet_jax.optim import get_lr, set_lr
 from alexnet_jax.sdlm import (
     LC98_MU,
     SDLMState,

@@ -36,7 +36,7 @@ _TRAIN = """
 import json, sys
 from alexnet_jax.config import Config
 from alexnet_jax.data import prepare
-from alexnet_jax.train import train_and_evaluate
+from alexnet_jax.run import train_and_evaluate
 spec = json.loads(sys.argv[1])
 prepare("imagenet2012", spec["source"], spec["data_dir"])
 print(json.dumps(train_and_evaluate(Config.from_dict(spec["config"]), spec["workdir"], progress=False)))
@@ -171,6 +171,202 @@ def test_activation_stats_counts_exact_zeros():
 
 
 # ------------------------------------------------------------------------------------------------
+# Which examples a tool reads from a split: a seeded, class-balanced pick
+# ------------------------------------------------------------------------------------------------
+def _sorted_split(sizes: list[int]) -> tuple[np.ndarray, list[str]]:
+    """Labels and record names of a split stored sorted by class, as prepared splits are."""
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    return labels, [f"c{lb}/{i:04d}.jpg" for i, lb in enumerate(labels)]
+
+
+def test_balanced_pick_takes_every_class_in_equal_shares():
+    from alexnet_jax.tools._images import balanced_pick
+
+    labels, names = _sorted_split([50, 61, 47, 80, 52, 50, 55, 49, 70, 58])
+    for n in (1, 7, 10, 23, 64, 100, 470):                                  # up to 47 a class: none runs out
+        pick = balanced_pick(labels, n, keys=names)
+        assert len(pick) == n == len(set(pick.tolist()))
+        counts = np.bincount(labels[pick], minlength=10)
+        assert counts.max() - counts.min() <= 1, (n, counts)
+        assert len(np.unique(labels[pick[:min(n, 10)]])) == min(n, 10)     # the first ones: all different classes
+    assert len(balanced_pick(labels, 10_000)) == len(labels)                # all of them when fewer
+    few = np.repeat(np.arange(4), [3, 30, 30, 30])                          # a class that runs out
+    counts = np.bincount(few[balanced_pick(few, 40)], minlength=4)
+    assert counts[0] == 3 and counts[1:].max() - counts[1:].min() <= 1 and counts.sum() == 40
+    wide, _ = _sorted_split([3] * 1000)                                     # fewer picks than classes
+    classes = wide[balanced_pick(wide, 500)]
+    assert len(np.unique(classes)) == 500 and classes.max() > 600           # not the first 500 classes
+
+
+def test_balanced_pick_is_seeded_and_independent_of_storage_order():
+    from alexnet_jax.tools._images import balanced_pick
+
+    labels, names = _sorted_split([40, 35, 45, 38, 42])
+    a = balanced_pick(labels, 30, seed=3, keys=names)
+    assert np.array_equal(a, balanced_pick(labels, 30, seed=3, keys=names))
+    assert not np.array_equal(a, balanced_pick(labels, 30, seed=4, keys=names))
+    perm = np.random.default_rng(0).permutation(len(labels))               # the same records stored shuffled
+    b = balanced_pick(labels[perm], 30, seed=3, keys=[names[i] for i in perm])
+    assert [names[i] for i in a] == [names[perm[i]] for i in b]             # the same examples, same order
+    counts = np.bincount(labels[perm][b], minlength=5)
+    assert counts.min() == counts.max() == 6
+
+
+def test_pick_from_split_reads_labels_not_storage_order(monkeypatch):
+    from alexnet_jax.tools import _images
+
+    labels, names = _sorted_split([300, 300, 300])
+
+    class Split:                                # a split as RecordSource serves it
+        read = []
+
+        def __len__(self):
+            return len(labels)
+
+        def record(self, i):
+            self.read.append(i)
+            return {"image": b"", "label": int(labels[i]), "name": names[i]}
+
+    idx, how = _images.pick_from_split(Split(), 12, seed=0)
+    assert np.bincount(labels[idx], minlength=3).tolist() == [4, 4, 4]
+    assert "class-balanced over 3 classes" in how and "12 of 900" in how
+    monkeypatch.setattr(_images, "PICK_SCAN_MAX", 90)                      # a large split: a random part scanned
+    Split.read = []
+    idx, how = _images.pick_from_split(Split(), 12, seed=0)
+    assert len(Split.read) == 90 and set(idx.tolist()) <= set(Split.read) and "from 90 records" in how
+    assert np.bincount(labels[idx], minlength=3).tolist() == [4, 4, 4]
+
+
+# ------------------------------------------------------------------------------------------------
+# The figures: what is drawn, labelled, in which order, nothing overlapping
+# ------------------------------------------------------------------------------------------------
+LENET_ORDER = ["C1", "S2", "C3", "S4", "C5", "F6", "OUT"]      # LC98 Fig. 2, input to output
+
+
+def _extent(fig, artist):
+    fig.draw_without_rendering()                # runs the layout
+    return artist.get_window_extent(fig._get_renderer())
+
+
+def test_layers_in_network_order():
+    from alexnet_jax.tools._cli import in_network_order
+
+    model = _filled_model("lenet5", input_size=32)
+    by_name = {k: k.lower() for k in sorted(LENET_ORDER)}                  # what a dict is after jit
+    assert list(by_name) != LENET_ORDER
+    assert list(in_network_order(by_name, model)) == LENET_ORDER
+    assert in_network_order(by_name, model)["S2"] == "s2"
+
+
+@pytest.mark.slow
+def test_init_stats_rows_in_network_order():
+    from alexnet_jax import parallel
+    from alexnet_jax.config import Config
+    from alexnet_jax.restore import _augment_or_stand_in
+    from alexnet_jax.tools import init_stats
+    from alexnet_jax.trainer import Trainer
+
+    cfg = Config(batch_size=4, mesh_data=1, mesh_model=1, data_dir="/nonexistent")   # LeNet-5
+    augment = _augment_or_stand_in(cfg)
+    trainer = Trainer.build(cfg, parallel.make_mesh(1, 1), augment=augment)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (4, *augment.stored_shape), dtype=np.uint8),
+             "index": np.arange(4, dtype=np.int32), "label": np.arange(4, dtype=np.int32)}
+    rows = init_stats.layer_stats(trainer, trainer.init(), batch)["layers"]
+    assert [r["layer"] for r in rows] == LENET_ORDER
+
+
+def _variant(init: str, width: float, steps: int | None) -> dict:
+    def stats(scale):
+        return {"loss": 2.3, "logit_std": 0.1, "logit_input_std": 0.01,
+                "layers": [{"layer": n, "input_std": scale * 10.0 ** -i, "grad_std": scale * 10.0 ** (i - 9)}
+                           for i, n in enumerate(LENET_ORDER)]}
+    v = {"width": width, "init": init, "input_size": 32, "model": "lenet5", "at_init": stats(1.0)}
+    if steps:
+        v["after_steps"] = dict(stats(2.0), steps=steps)
+    return v
+
+
+def test_init_stats_figure_says_what_it_plots():
+    from alexnet_jax.tools import init_stats
+
+    fig = init_stats.figure([_variant(i, 0.25, 7) for i in ("paper", "paper_scaled", "he")], "alexnet_cifar10", 64)
+    title = fig.get_suptitle()
+    assert "inits paper, paper_scaled, he at width 0.25" in title and "batch of 64" in title
+    assert "vs width" not in title
+    axes = fig.axes
+    assert len(axes) == 4
+    assert all("at initialisation" in ax.get_title() for ax in axes[:2])
+    assert all("after 7 training steps" in ax.get_title() for ax in axes[2:])
+    for ax in axes:
+        assert ax.get_xlabel() and ax.get_ylabel() and ax.get_yscale() == "log"
+        assert [t.get_text() for t in ax.get_xticklabels()] == LENET_ORDER
+        assert len(ax.get_lines()) == 3 and ax.get_legend() is not None
+    widths = init_stats.figure([_variant("paper", w, None) for w in (1.0, 0.5)], "alexnet_cifar10", 8)
+    assert "init paper at widths 1, 0.5" in widths.get_suptitle() and len(widths.axes) == 2
+
+
+def test_neighbours_figure_titles_do_not_overlap_and_keep_long_names():
+    from alexnet_jax.tools.neighbours import figure
+
+    display = [np.full((32, 32, 3), i * 20, np.uint8) for i in range(8)]
+    names = [f"validation/n02085620/ILSVRC2012_val_{i:08d}.JPEG" for i in range(8)]
+    long_name = "American Staffordshire terrier, Staffordshire bullterrier"
+    captions = [long_name if i % 2 else "tench" for i in range(8)]
+    idx, dist = np.array([[1, 2, 3], [4, 5, 6], [7, 1, 2]]), np.ones((3, 3))
+    fig = figure(display, names, [0, 3, 6], idx, dist, title="fc7 nearest neighbours " * 12, captions=captions)
+    grid = np.array(fig.axes).reshape(3, 4)
+    for r in range(3):
+        for c in range(4):
+            ax = grid[r, c]
+            text = ax.get_title()
+            j = [0, 3, 6][r] if c == 0 else idx[r, c - 1]
+            assert " ".join(text.split()).count(captions[j]) == 1, text        # wrapped, not cut
+            title_box = _extent(fig, ax.title)
+            assert title_box.y0 >= _extent(fig, ax).y1 - 1                     # above its own image
+            above = grid[r - 1, c] if r else None
+            top = _extent(fig, above).y0 if above is not None else _extent(fig, fig._suptitle).y0
+            assert title_box.y1 <= top + 1, (r, c)                             # below the image (title) above
+    assert _extent(fig, fig._suptitle).y1 <= fig.bbox.height
+
+
+def test_filters_figure_title_fits_a_narrow_figure():
+    from alexnet_jax.tools import filters
+
+    blocks = [np.random.default_rng(0).normal(size=(6, 5, 5, 1))]
+    title = "C1 kernels of a_long_workdir_name at step 1320\n(each kernel scaled on its own: its minimum to 0, " \
+            "its maximum to 1)"
+    fig = filters.figure(blocks, [None], "C1", title=title)
+    box = _extent(fig, fig._suptitle)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+    assert _extent(fig, fig.axes[0].title).y1 <= box.y0 + 1
+
+
+def test_curves_figure_labels_split_and_scale(tmp_path):
+    from alexnet_jax.plotting import curves_figure
+
+    runs = []
+    for name, losses in (("wide", [2.3, 0.5, 0.05]), ("narrow", [2.38, 2.33, 2.28])):
+        wd = tmp_path / name
+        wd.mkdir()
+        recs = [{"step": 50 * (i + 1), "kind": "train", "loss": v} for i, v in enumerate(losses)]
+        recs.append({"step": 150, "kind": "eval", "top1": 0.4, "top5": 0.9, "loss": losses[-1]})
+        (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        (wd / "config.json").write_text(json.dumps({"model": "lenet5", "dataset": "digits", "eval_split": "test"}))
+        runs.append(str(wd))
+    for wd, scale in zip(runs, ("log", "linear"), strict=True):
+        fig = curves_figure([wd])
+        ax_loss, ax_err = fig.axes
+        assert ax_loss.get_yscale() == scale                   # log only where the loss spans a decade
+        assert Path(wd).name in fig.get_suptitle() and "lenet5" in fig.get_suptitle()
+        assert "test split" in ax_err.get_title() and ax_err.get_ylabel() == "top-1 error (%)"
+        for ax in (ax_loss, ax_err):
+            assert ax.get_xlabel() == "training step" and ax.get_ylabel() and ax.get_xlim()[0] == 0
+    both = curves_figure(runs, labels=["a", "b"])
+    assert [ln.get_label() for ln in both.axes[1].get_lines()] == ["a top-1 error (test)", "b top-1 error (test)"]
+
+
+# ------------------------------------------------------------------------------------------------
 # Forward taps against the models' own forward pass
 # ------------------------------------------------------------------------------------------------
 def _filled_model(name, **kw):
@@ -289,8 +485,8 @@ def test_filters_lenet_c1_grid_without_colour_score(tmp_path):
 
 def test_class_names_and_mean_without_the_dataset(tmp_path):
     from alexnet_jax.config import Config
+    from alexnet_jax.restore import _augment_or_stand_in
     from alexnet_jax.tools import _images
-    from alexnet_jax.train import _augment_or_stand_in
 
     cfg = Config(model="alexnet", num_classes=1000, input_size=64, dataset="imagenet2012", augment="alexnet",
                  data_dir=str(tmp_path / "empty"))
@@ -308,8 +504,9 @@ def test_image_inputs_from_folders_and_tars(tmp_path):
     from PIL import Image
 
     from alexnet_jax.config import Config
+    from alexnet_jax.restore import Restored, _augment_or_stand_in
     from alexnet_jax.tools import _images
-    from alexnet_jax.train import Restored, Trainer, _augment_or_stand_in
+    from alexnet_jax.trainer import Trainer
 
     photos = tmp_path / "photos" / "sub"
     photos.mkdir(parents=True)
@@ -338,10 +535,16 @@ def test_image_inputs_from_folders_and_tars(tmp_path):
 
 
 def test_wrapper_scripts():
+    from alexnet_jax.cli import TOOLS
+
     scripts = {p.stem for p in (ROOT / "tools").glob("*.py")}
     # a script run from tools/ puts the folder first on sys.path: no file there may shadow a stdlib module
     assert not scripts & set(sys.stdlib_module_names)
-    assert {"inspect_checkpoint", "filters", "neighbours", "predict", "plot", "activations"} <= scripts
+    expected = {"inspect_checkpoint" if t == "inspect" else t for t in TOOLS}   # README: one script per tool
+    assert scripts == expected
+    for t in TOOLS:
+        text = (ROOT / "tools" / f"{'inspect_checkpoint' if t == 'inspect' else t}.py").read_text()
+        assert f'main(["{t.replace("_", "-")}", *sys.argv[1:]])' in text
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_checkpoint.py"), "--help"],
                        capture_output=True, text=True, timeout=120, cwd="/")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -409,8 +612,10 @@ def test_neighbours_on_a_dataset_split(run, capsys, tmp_path):
     assert out.is_file() and out.stat().st_size > 0
     assert s["feature_layer"] == "fc7" and s["feature_dim"] == 256 and s["images"] == 12
     assert s["source"] == "imagenet2012:train" and "training-split mean" in s["mean"]
+    assert s["pick"] == "12 of 16, class-balanced over 4 classes, seed 0"
     rows = json.loads(Path(s["json"]).read_text())["rows"]
     assert len(rows) == 3
+    assert len({row["label"] for row in rows}) == 3                 # the queries: three different classes
     for row in rows:
         nbrs = row["neighbours"]
         assert len(nbrs) == 4 and row["index"] not in [n["index"] for n in nbrs]

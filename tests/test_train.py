@@ -42,8 +42,8 @@ def _cli(args, tfds_dir, **kw):
 
 def _final_params(workdir):
     """Restore the newest checkpoint of `workdir` in a fresh process and return its arrays."""
-    code = ("import sys, numpy as np, jax; from alexnet_jax.train import restore;"
-            "r = restore(sys.argv[1]); st = r.state;"
+    code = ("import sys, numpy as np, jax; from alexnet_jax.restore import restore_workdir;"
+            "r = restore_workdir(sys.argv[1]); st = r.state;"
             "np.savez(sys.argv[2], step=r.step, **{str(i): np.asarray(x) for i, x in "
             "enumerate(jax.tree.leaves((st.params, st.opt_state, st.rng, st.step)))})")
     out = Path(workdir) / "final.npz"

@@ -50,7 +50,7 @@ def lenet_epoch(mnist_dir: str | os.PathLike, *, batch: int = 128, chunks: list[
     import jax
 
     from alexnet_jax.bench.step import bench_config, device_info
-    from alexnet_jax.train import Trainer
+    from alexnet_jax.trainer import Trainer
 
     x, y = load_mnist_train(mnist_dir)
     n_steps = len(x) // batch

@@ -56,7 +56,7 @@ def profile_step(config, *, steps: int = 3, top: int = 15, trace_dir: str | None
     import jax
 
     from alexnet_jax.bench.step import synthetic_batch
-    from alexnet_jax.train import Trainer
+    from alexnet_jax.trainer import Trainer
 
     trainer = Trainer.build(config)
     state = trainer.init()

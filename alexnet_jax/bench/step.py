@@ -124,7 +124,7 @@ def bench_step(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float |
     """Compile and time the train step of `config` (see the module docstring for each number)."""
     import jax
 
-    from alexnet_jax.train import Trainer
+    from alexnet_jax.trainer import Trainer
 
     info = device_info()
     trainer = Trainer.build(config)
@@ -188,7 +188,7 @@ def _fmt(v, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
-def format_table(results: list[dict[str, Any]], ratios: dict[str, Any] | None = None) -> str:
+def step_table(results: list[dict[str, Any]], ratios: dict[str, Any] | None = None) -> str:
     head = (f"{'model':<14}{'input':>6}{'width':>7}{'batch':>6}{'dtype':>10}{'mesh':>7}{'compile s':>10}"
             f"{'step ms':>10}{'img/s':>11}{'img/s pipe':>11}{'MFU':>7}{'peak MiB':>10}{'GMAC/img':>10}")
     lines = [head]

@@ -1,20 +1,22 @@
 """Datasets and input pipelines (TFDS array_record read without TensorFlow; augmentation on the device).
 
-Import-light: ``import alexnet_jax.data`` (and ``alexnet_jax.data.catalog``) imports neither
-tensorflow_datasets nor jax; the names below are loaded on first use.
+Import-light: ``import alexnet_jax.data`` (and ``.catalog``) imports neither tensorflow_datasets nor jax;
+the names below load on first use.  Modules, each importing only those above it:
 
-catalog      DATASETS, AUGMENTS, STORES, dataset_names(): the accepted names (``imagenet2012/raw256``, ...)
-preparation prepare(name, source, data_dir): build a dataset offline (staging, resume, process pool)
-sources      ensure_prepared / dataset_dir / dataset_info / RecordSource / load_array_split / mean_image
-loader       make_train_loader (infinite, resumable, per-process uint8 batches with stream positions),
-             make_eval_loader (one padded, masked pass)
-augment      Augment / make_augment: preprocessing + augmentation in JAX, inside the jitted step
-files        read_idx, iter_image_files / read_image_files, decode_images (photos -> stored shape)
+catalog, records  the accepted names; what a stored record is (STORED_SHAPES, features, tf.Example parser)
+files             source files and photos: read_idx (the one IDX reader), iter_image_files, decode_images
+datasets          where datasets live: data dirs, a dataset's folder and TFDS metadata, ``Dataset``
+sources, cache    RecordSource: the one reader, with the one bad-image rule; decoded splits, mean images
+listing, shards, preparation  prepare(name, source, data_dir): the source listed, the shards and metadata
+                  written, staging, lock, checks, resume; locate(config) -> Dataset
+loader, augment   make_train_loader / make_eval_loader: uint8 batches; make_augment: JAX, in the step
 """
 
 from __future__ import annotations
 
 import importlib
+
+from alexnet_jax.errors import DatasetNotPreparedError, PreparationError, SourceError
 
 from .catalog import AUGMENTS, DATASETS, STORES, dataset_names
 
@@ -22,15 +24,17 @@ _LAZY = {
     "Augment": "augment", "make_augment": "augment", "IMAGENET_EIGVAL": "augment", "IMAGENET_EIGVEC": "augment",
     "CIFAR_CHANNEL_MEAN": "augment",
     "TrainLoader": "loader", "EvalLoader": "loader", "make_train_loader": "loader", "make_eval_loader": "loader",
-    "DatasetInfo": "sources", "DatasetNotPreparedError": "sources", "RecordSource": "sources",
-    "ArraySplit": "sources", "dataset_dir": "sources", "dataset_info": "sources", "ensure_prepared": "sources",
-    "load_array_split": "sources", "mean_image": "sources", "resolve_data_dir": "sources",
-    "stored_shape": "sources",
-    "prepare": "preparation", "SourceError": "preparation",
+    "STORED_SHAPES": "records", "stored_shape_of": "records",
+    "Dataset": "datasets", "dataset_at": "datasets", "dataset_dir": "datasets", "resolve_data_dir": "datasets",
+    "RecordSource": "sources", "ArraySplit": "cache", "load_array_split": "cache", "mean_image": "cache",
+    "clear_disk_cache": "cache",
+    "prepare": "preparation", "locate": "preparation", "ensure_prepared": "preparation",
+    "dataset_info": "preparation",
     "read_idx": "files", "iter_image_files": "files", "read_image_files": "files", "decode_images": "files",
 }
 
-__all__ = ["AUGMENTS", "DATASETS", "STORES", "dataset_names", *sorted(_LAZY)]
+__all__ = ["AUGMENTS", "DATASETS", "STORES", "DatasetNotPreparedError", "PreparationError", "SourceError",
+           "dataset_names", *sorted(_LAZY)]
 
 
 def __getattr__(name: str):

@@ -45,9 +45,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax.config import ConfigError
+from alexnet_jax.errors import ConfigError
 
+from .cache import mean_image
 from .catalog import AUGMENTS
+from .datasets import Dataset
+from .preparation import locate
+from .records import STORED_SHAPES, stored_shape_of
 
 # fb.resnet.torch datasets/imagenet.lua: columns of IMAGENET_EIGVEC are the eigenvectors of IMAGENET_EIGVAL
 IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
@@ -60,11 +64,17 @@ AFFINE_SCALE = (0.85, 1.15)
 AFFINE_SHEAR = 0.3
 AFFINE_TRANSLATE = 2.0
 CIFAR_PAD = 4
-CIFAR_SIZE = 32
+CIFAR_SIZE = STORED_SHAPES["cifar10"][0]
 CIFAR_CHANNEL_MEAN = (125.3, 123.0, 113.9)
 # The usual ImageNet per-channel RGB mean (0..255): stands in for the training mean image where the
 # dataset is not prepared (tools running a checkpoint on photos).
 IMAGENET_RGB_MEAN = (123.68, 116.78, 103.94)
+# torchvision's ImageNet Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) in 0..255 units: the
+# mean of config.preprocess=torchvision (its std, 255 * (0.229, 0.224, 0.225), is alexnet_owt's input scale,
+# models/init.py IMAGENET_STD)
+TORCHVISION_MEAN = (123.675, 116.28, 103.53)
+# config.preprocess=caffe: the imported net's mean image, float32 (H, W, 3) RGB in 0..255, in the workdir
+CAFFE_MEAN_FILE = "input_mean.npy"
 
 _LENET_SCALE = (LENET_FOREGROUND - LENET_BACKGROUND) / 255.0
 
@@ -279,21 +289,44 @@ def stand_in_mean(kind: str, channels: int) -> np.ndarray | None:
     return channel_mean(channels) if kind == "cifar" else None
 
 
+def preprocess_mean(config, workdir: str | None) -> np.ndarray:
+    """The mean an imported net's inputs are centred with (``config.preprocess`` torchvision or caffe)."""
+    if config.preprocess == "torchvision":
+        return np.array(TORCHVISION_MEAN, np.float32)
+    import os
+
+    from alexnet_jax.workdir import WorkdirError
+
+    path = os.path.join(workdir or "<workdir>", CAFFE_MEAN_FILE)
+    try:
+        mean = np.load(path)
+    except (OSError, ValueError) as e:
+        raise WorkdirError(f"preprocess=caffe centres inputs with the mean image in {path}, which cannot be read "
+                           f"({type(e).__name__}); import the net again (alexnet-jax import caffe ... --mean FILE)"
+                           ) from None
+    return np.asarray(mean, np.float32)
+
+
 def make_augment(config, *, stored_shape: tuple[int, int, int] | None = None, mean: Any = "dataset",
-                 path=None) -> Augment:
+                 dataset: Dataset | None = None, workdir: str | None = None) -> Augment:
     """The ``Augment`` of ``config`` (augment, input_size) for its prepared dataset.
+
+    ``config.preprocess`` other than "dataset" (an imported net) fixes the mean (``preprocess_mean``; the caffe
+    mean image is read from ``workdir``) and needs no dataset: the stored shape is the dataset's catalog shape.
 
     ``stored_shape`` defaults to the shape the dataset's loaders deliver.  ``mean="dataset"`` loads (or
     computes once and caches next to the dataset) the per-pixel mean image of ``config.train_split`` for
     ``alexnet``, and for ``cifar`` at input_size 32 (else CIFAR-10's per-channel mean); ``mean="stand-in"``
     uses a per-channel mean instead (`stand_in_mean`: tools running a checkpoint without its dataset);
-    or pass an array, or None.  Never prepares a dataset."""
+    or pass an array, or None.  ``dataset``: ``locate(config)`` where already located.  Never prepares a
+    dataset."""
     kind, s = config.augment, int(config.input_size)
+    if getattr(config, "preprocess", "dataset") != "dataset":
+        shape = tuple(stored_shape or stored_shape_of(config.dataset))
+        return Augment(kind, s, shape, preprocess_mean(config, workdir))
     if stored_shape is None or (isinstance(mean, str) and mean == "dataset" and kind in ("cifar", "alexnet")):
-        from . import sources
-
-        path = sources.ensure_prepared(config, auto=False) if path is None else path
-        stored_shape = stored_shape or sources.stored_shape(path)
+        dataset = dataset or locate(config, auto=False)
+        stored_shape = stored_shape or dataset.stored_shape
     if isinstance(mean, str):
         if mean == "stand-in":
             mean = stand_in_mean(kind, stored_shape[-1])
@@ -301,9 +334,7 @@ def make_augment(config, *, stored_shape: tuple[int, int, int] | None = None, me
             raise ValueError(f"mean must be 'dataset', 'stand-in', an array or None, not {mean!r}")
         elif kind == "alexnet" or (kind == "cifar" and max(s, CIFAR_SIZE) == CIFAR_SIZE
                                    and tuple(stored_shape[:2]) == (CIFAR_SIZE, CIFAR_SIZE)):
-            from . import sources
-
-            mean = sources.mean_image(path, config.train_split)
+            mean = mean_image(dataset, config.train_split)
         else:
             mean = channel_mean(stored_shape[-1]) if kind == "cifar" else None
     return Augment(kind, s, tuple(stored_shape), mean)

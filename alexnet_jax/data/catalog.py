@@ -17,28 +17,13 @@ dataset was prepared (TFDS builder configs of the same dataset):
 
 from __future__ import annotations
 
-from alexnet_jax.errors import AlexnetJaxError
-
-
-class DatasetNameError(AlexnetJaxError, ValueError):
-    pass
-
+from alexnet_jax.errors import DatasetNameError
 
 DATASETS = ("digits", "mnist", "cifar10", "imagenet2012")
 AUGMENTS = ("none", "lenet", "lenet_affine", "cifar", "alexnet")
 STORES = {"imagenet2012": ("jpeg256", "raw256")}
 VERSIONS = {"digits": "1.0.0", "mnist": "3.0.1", "cifar10": "3.0.2", "imagenet2012": "5.1.0"}
-STORE_SIZE = 256              # K12 §2: images stored at 256x256
 JPEG256_QUALITY = 90          # ~21-25 KB a 256x256 ImageNet image (85: ~20 KB, 95: ~36 KB), 1.5x decode vs 95
-RAW256_RECORD_BYTES = STORE_SIZE * STORE_SIZE * 3
-# (H, W, C) of the uint8 images the loaders deliver, per dataset (every imagenet2012 store: 256x256)
-STORED_SHAPES = {"digits": (28, 28, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3),
-                 "imagenet2012": (STORE_SIZE, STORE_SIZE, 3)}
-
-
-def stored_shape_of(name: str) -> tuple[int, int, int]:
-    """The stored shape of a dataset name, without the prepared dataset (tools run checkpoints without it)."""
-    return STORED_SHAPES[split_name(name)[0]]
 
 
 def dataset_names() -> tuple[str, ...]:

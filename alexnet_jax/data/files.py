@@ -7,10 +7,7 @@ One reader each, used by ``prepare``, the benchmark and the tools:
                                archives; names are full relative paths (folder-relative, or the tar member
                                name), never base names alone.
 ``decode_images(spec, data)``  encoded images -> uint8 (N, H, W, C) in the stored shape the device
-                               augmentation expects (``Augment.stored_shape``): ``alexnet`` shorter side to
-                               256 + centre 256x256 (K12 §2); ``cifar`` shorter side + centre crop to 32;
-                               ``lenet``/``lenet_affine`` greyscale, fitted to 28x28 (LC98 §III: the
-                               digits are 28x28); ``none`` fitted to input_size.
+                               augmentation expects (shorter side resized, centre kept).
 
 JPEG decoding: simplejpeg (libjpeg-turbo, wheels for x86-64 and aarch64) when it is installed, else
 Pillow (also libjpeg-turbo).  Both give bit-identical pixels, also for DCT-domain reduced decodes, because
@@ -25,6 +22,7 @@ import gzip
 import io
 import math
 import os
+import re
 import struct
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -33,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .records import AUGMENT_STORED, STORED_SHAPES
+
 try:  # optional fast JPEG decoder (same pixels as Pillow, see the module docstring)
     import simplejpeg
 except ImportError:  # pragma: no cover - depends on the install
@@ -40,8 +40,6 @@ except ImportError:  # pragma: no cover - depends on the install
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".webp", ".tif", ".tiff")
 JPEG_MAGIC = b"\xff\xd8"
-LENET_STORED = 28
-CIFAR_STORED = 32
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -115,6 +113,11 @@ def read_image_files(paths, limit: int | None = None) -> list[tuple[str, bytes]]
 # ----------------------------------------------------------------------------------------------------
 # decoding
 # ----------------------------------------------------------------------------------------------------
+def decode_error(e: BaseException) -> str:
+    """A decoder's exception in one line, without Pillow's in-memory file object (``<_io.BytesIO ...>``)."""
+    return f"{type(e).__name__}: {re.sub(r' ?<_io.BytesIO object at 0x[0-9a-f]+>', '', str(e))}"
+
+
 def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) from the header."""
     if simplejpeg is not None and data[:2] == JPEG_MAGIC:
@@ -182,48 +185,26 @@ def decode_fit(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def fit_pad_or_crop(arr: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W, C) -> (size, size, C): zero-padded (centred) where smaller, centre-cropped where larger."""
-    h, w, c = arr.shape
-    out = np.zeros((size, size, c), np.uint8)
-    sh, sw = min(h, size), min(w, size)
-    st, sl = (h - sh) // 2, (w - sw) // 2
-    dt, dl = (size - sh) // 2, (size - sw) // 2
-    out[dt:dt + sh, dl:dl + sw] = arr[st:st + sh, sl:sl + sw]
-    return out
-
-
-def default_stored_shape(kind: str, input_size: int | None = None, channels: int | None = None):
-    """The stored shape loaders deliver for ``kind`` (an augment name) when no dataset says otherwise."""
-    if kind == "alexnet":
-        return (256, 256, channels or 3)
-    if kind == "cifar":
-        return (CIFAR_STORED, CIFAR_STORED, channels or 3)
-    if kind in ("lenet", "lenet_affine"):
-        return (LENET_STORED, LENET_STORED, channels or 1)
-    if kind == "none":
-        if not input_size:
-            raise ValueError("augment 'none' needs input_size to know the stored shape")
-        return (int(input_size), int(input_size), channels or 3)
-    raise ValueError(f"unknown augment {kind!r}")
-
-
 def _spec_shape(spec, input_size=None, channels=None) -> tuple[int, int, int]:
-    shape = getattr(spec, "stored_shape", None)            # an Augment
-    if shape is not None:
-        return tuple(int(v) for v in shape)
-    if isinstance(spec, str):
-        return default_stored_shape(spec, input_size, channels)
-    model = str(getattr(spec, "model", ""))                 # a Config
-    c = channels or (1 if model.startswith("lenet") else 3)
-    return default_stored_shape(spec.augment, input_size or spec.input_size, c)
+    """The stored shape of an Augment, an augment name (``records.AUGMENT_STORED``) or a Config."""
+    if getattr(spec, "stored_shape", None) is not None:
+        return tuple(int(v) for v in spec.stored_shape)
+    kind = spec if isinstance(spec, str) else spec.augment
+    if not isinstance(spec, str):
+        input_size, channels = input_size or spec.input_size, channels or (1 if spec.model.startswith("lenet") else 3)
+    if kind == "none" and not input_size:
+        raise ValueError("augment 'none' needs input_size to know the stored shape")
+    if kind != "none" and kind not in AUGMENT_STORED:
+        raise ValueError(f"unknown augment {kind!r}")
+    h, w, c = (input_size, input_size, 3) if kind == "none" else STORED_SHAPES[AUGMENT_STORED[kind]]
+    return (int(h), int(w), channels or c)
 
 
 def decode_images(spec, images: Iterable[bytes], *, input_size: int | None = None,
                   channels: int | None = None) -> np.ndarray:
     """Encoded images (e.g. arbitrary photos) -> uint8 (N, H, W, C) in the stored shape of ``spec``: an
     ``Augment`` (its ``stored_shape``), a Config (its augment; 1 channel for LeNet models) or an augment
-    name (see ``default_stored_shape``).  Each image is fitted by resizing its shorter side and keeping
+    name (``records.AUGMENT_STORED``).  Each image is fitted by resizing its shorter side and keeping
     the centre, so a non-square photo is cropped, never squashed.  Raises ValueError naming the image
     (by position) that cannot be decoded."""
     shape = _spec_shape(spec, input_size, channels)

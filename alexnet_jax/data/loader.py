@@ -11,13 +11,14 @@ the per-process batch and ``index`` holds each row's position in the global trai
   across epoch boundaries; ``steps_per_epoch`` = share // B.
 * State: (epoch, cursor into this process's slice, step).  ``get_state()`` -> JSON bytes of the state
   after the last batch returned; ``set_state`` on a loader built with the same settings resumes exactly.
-* Bad images (undecodable): reported once by file name and skipped - the batch takes the next records
-  of the slice, so the stream of good records (and the state) is still a pure function of the settings.
+* Bad images (``RecordSource.read_into``'s rule): skipped, the batch takes the next records of the slice,
+  so the stream of good records (and the state) is still a pure function of the settings.
 * Prefetch: a background thread builds the next ``prefetch`` batches while the step runs.
 
-Two ways to read, chosen per split (same batches, same states, same API):
+Two ways to read, chosen per split (same batches, same states, same API; ``dataset=locate(config)``, else
+located here):
 
-in-memory  splits whose images have one static shape and fit in ``sources.in_memory_max_bytes()``
+in-memory  splits whose images have one static shape and fit in ``cache.in_memory_max_bytes()``
            (digits, mnist, cifar10): decoded once to uint8 (cached on disk as .npz) and gathered with
            ``np.take``; undecodable images are left out of the permutation up front.
 streaming  everything else (ImageNet and its stores): records read with one array_record reader per shard
@@ -48,9 +49,12 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax.config import ConfigError
+from alexnet_jax.errors import ConfigError
 
-from .sources import RecordSource, ensure_prepared, load_array_split, report_bad
+from .cache import load_array_split
+from .datasets import Dataset, prepare_command
+from .preparation import locate
+from .sources import RecordSource
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +63,18 @@ PREFETCH = 2                      # batches built ahead by the background thread
 _PERM_STREAM = 1                  # first SeedSequence word of the epoch permutations
 
 
-def _check_process(process_index: int, process_count: int) -> None:
+def _open(config, split, batch_size, process_index, process_count, num_threads, arrays, dataset):
+    """(dataset, _Reader, batch size) of a loader of ``split``, its settings checked."""
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-
-
-def default_threads(config) -> int:
+    if int(batch_size) <= 0:
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
+    ds = dataset or locate(config)
+    if isinstance(arrays, str) and arrays == "auto":
+        arrays = load_array_split(ds, split)
     n = int(getattr(config, "num_workers", 0) or 0)
-    return n if n > 0 else max(1, os.cpu_count() or 1)
+    threads = num_threads if num_threads is not None else (n if n > 0 else os.cpu_count() or 1)
+    return ds, _Reader(RecordSource(ds, split), arrays, threads), int(batch_size)
 
 
 class _Reader:
@@ -75,7 +83,6 @@ class _Reader:
     def __init__(self, source: RecordSource, arrays, num_threads: int):
         self.source, self.arrays = source, arrays
         self.num_threads = max(1, int(num_threads))
-        self.reported: set = set()
         self._pool: cf.ThreadPoolExecutor | None = None
 
     @property
@@ -94,16 +101,7 @@ class _Reader:
         ok = np.zeros(len(idx), bool)
 
         def work(lo: int, hi: int) -> None:
-            for j in range(lo, hi):
-                i = int(idx[j])
-                rec = self.source.record(i)
-                labels[j] = rec["label"]
-                try:
-                    images[j] = self.source.decode(rec)
-                    ok[j] = True
-                except Exception as e:  # noqa: BLE001 - any decoder failure: report once, skip / mask
-                    report_bad(rec["name"], e, self.reported)
-                    images[j] = 0
+            ok[lo:hi] = self.source.read_into(idx[lo:hi], images[lo:hi], labels[lo:hi])
 
         n = len(idx)
         chunks = min(self.num_threads, n)
@@ -190,27 +188,24 @@ class TrainLoader:
 
     def __init__(self, config, *, batch_size: int, process_index: int = 0, process_count: int = 1,
                  seed: int | None = None, prefetch: int = PREFETCH, num_threads: int | None = None,
-                 arrays: Any = "auto"):
-        _check_process(process_index, process_count)
-        path = ensure_prepared(config)
-        self.config = config
-        self.split = config.train_split
-        self.batch_size = int(batch_size)
-        if self.batch_size <= 0:
-            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+                 arrays: Any = "auto", dataset: Dataset | None = None):
+        self.config, self.split = config, config.train_split
+        ds, self._reader, self.batch_size = _open(config, self.split, batch_size, process_index, process_count,
+                                                  num_threads, arrays, dataset)
         self.seed = int(config.seed if seed is None else seed)
         self.process_index, self.process_count = int(process_index), int(process_count)
-        source = RecordSource(path, self.split)
-        if isinstance(arrays, str) and arrays == "auto":
-            arrays = load_array_split(path, self.split)
-        self._reader = _Reader(source, arrays, default_threads(config) if num_threads is None else num_threads)
+        source, arrays = self._reader.source, self._reader.arrays
         self.stored_shape = source.shape
         self._pool = np.flatnonzero(arrays.valid) if arrays is not None else np.arange(len(source))
         self.num_examples = len(self._pool) // self.process_count          # this process's share an epoch
         self.steps_per_epoch = self.num_examples // self.batch_size
+        if not len(self._pool):
+            raise ConfigError(f"{ds.name} [{self.split}] at {ds.path} has no usable images ({len(source)} records, "
+                              f"{len(source) - len(self._pool)} undecodable): prepare it again from a good source:\n  "
+                              f"{prepare_command(ds.name, ds.data_dir)} --overwrite")
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"{config.dataset}[{self.split}]: a share of {self.num_examples} examples is smaller "
-                             f"than the per-process batch size {self.batch_size}")
+            raise ConfigError(f"{ds.name} [{self.split}] at {ds.path}: this process's share of {self.num_examples} "
+                              f"usable examples is smaller than its batch of {self.batch_size}: lower batch_size")
         self.prefetch = int(prefetch)
         self._state = (0, 0, 0)                   # (epoch, cursor, step) of the next batch to return
         self._orders: collections.OrderedDict = collections.OrderedDict()
@@ -332,19 +327,13 @@ class EvalLoader:
     """One deterministic pass per ``iter()`` over this process's share of a split (module docstring)."""
 
     def __init__(self, config, split: str, *, batch_size: int, process_index: int = 0, process_count: int = 1,
-                 prefetch: int = PREFETCH, num_threads: int | None = None, arrays: Any = "auto"):
-        _check_process(process_index, process_count)
-        path = ensure_prepared(config)
+                 prefetch: int = PREFETCH, num_threads: int | None = None, arrays: Any = "auto",
+                 dataset: Dataset | None = None):
         self.config, self.split = config, split
-        self.batch_size = int(batch_size)
-        if self.batch_size <= 0:
-            raise ConfigError(f"batch_size must be positive, got {batch_size}")
-        source = RecordSource(path, split)
-        if isinstance(arrays, str) and arrays == "auto":
-            arrays = load_array_split(path, split)
-        self._reader = _Reader(source, arrays, default_threads(config) if num_threads is None else num_threads)
-        self.stored_shape = source.shape
-        n = len(source)
+        _, self._reader, self.batch_size = _open(config, split, batch_size, process_index, process_count,
+                                                 num_threads, arrays, dataset)
+        self.stored_shape = self._reader.source.shape
+        n = len(self._reader.source)
         self.total_examples = n
         self.start = process_index * n // process_count
         self.stop = (process_index + 1) * n // process_count

@@ -19,13 +19,13 @@ MODELS: dict[str, tuple[str, str, str, str]] = {
     "lenet5_modern": ("lenet", "LeNet5Modern", "ReLU + max-pool, fully connected C3", "common variant"),
     "alexnet": ("alexnet", "AlexNet2012", "the 2012 two-column net (48+48 ... 2048+2048)",
                 "Krizhevsky et al. 2012"),
-    "alexnet_half": ("alexnet", "AlexNetHalf", "the paper's one-GPU comparison net (§3.2, fn. 2)",
+    "alexnet_half": ("alexnet_one_column", "AlexNetHalf", "the paper's one-GPU comparison net (§3.2, fn. 2)",
                      "Krizhevsky et al. 2012"),
-    "alexnet_owt": ("alexnet", "AlexNetOWT", "torchvision's one-column net (64-192-384-256-256)",
+    "alexnet_owt": ("alexnet_one_column", "AlexNetOWT", "torchvision's one-column net (64-192-384-256-256)",
                     "torchvision / Krizhevsky 2014"),
-    "alexnet_keras": ("alexnet", "AlexNetKeras", "Keras-style one-column net (four conv layers)",
+    "alexnet_keras": ("alexnet_one_column", "AlexNetKeras", "Keras-style one-column net (four conv layers)",
                       "user-supplied Keras layout"),
-    "alexnet_bn": ("alexnet", "AlexNetBN", "PyTorch-style net with BatchNorm after every conv",
+    "alexnet_bn": ("alexnet_one_column", "AlexNetBN", "PyTorch-style net with BatchNorm after every conv",
                    "user-supplied PyTorch layout"),
 }
 

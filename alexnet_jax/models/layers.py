@@ -98,6 +98,10 @@ def channels_last(v: jax.Array, ndim: int) -> jax.Array:
 # nn.LocalResponseNorm(size=5, alpha=5e-4, k=2) is the printed formula, which is what the
 # PyTorch peer in ../shared/peers uses, so our default and the peer compute the same function.
 LRN_K, LRN_N, LRN_ALPHA, LRN_BETA = 2.0, 5, 1e-4, 0.75
+# Caffe's LRN layer (ACROSS_CHANNELS; lrn_layer.cpp) computes x * (k + alpha / n * window_sum(x^2)) ** -beta
+# with its defaults k = 1 and the bvlc_alexnet definition's local_size 5, alpha 1e-4, beta 0.75: in this
+# function's convention k = 1, alpha = 1e-4 / 5.  (The 2012 net's "caffe" LRN option, models/alexnet.py.)
+CAFFE_LRN = dict(k=1.0, n=5, alpha=1e-4 / 5, beta=0.75)
 
 
 def lrn(x_BHWC: jax.Array, *, k: float = LRN_K, n: int = LRN_N, alpha: float = LRN_ALPHA,

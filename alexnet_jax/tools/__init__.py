@@ -12,7 +12,7 @@
 Each module defines `add_arguments(parser)` and `run(args) -> int`, writes its output file to `--out`
 (default `<workdir>/analysis/<tool>.png|json`, details in a .json beside a PNG) and prints one JSON
 summary as its last stdout line.  Checkpoints are restored onto every device present through
-`alexnet_jax.train.restore` (one CPU is enough), and layer outputs come from the models' own taps.
+`alexnet_jax.restore.restore_workdir` (one CPU is enough), and layer outputs come from the models' own taps.
 `_cli` holds the shared plumbing, `_images` the image inputs.  Scripts: tools/<name>.py, except
 tools/inspect_checkpoint.py (a tools/inspect.py would shadow the standard library's `inspect`).
 """

@@ -23,13 +23,16 @@ def add_checkpoint_args(p: argparse.ArgumentParser, out_help: str) -> None:
 
 
 def add_input_args(p: argparse.ArgumentParser, *, limit: int) -> None:
-    g = p.add_argument_group("inputs (default: the checkpoint's dataset, its eval split)")
+    g = p.add_argument_group("inputs (default: the checkpoint's dataset, its eval split, a class-balanced pick)")
     g.add_argument("--images", nargs="+", metavar="PATH",
                    help="image files, folders of images, or tar archives")
     g.add_argument("--dataset", help="a prepared dataset (default: the checkpoint's)")
     g.add_argument("--split", help="dataset split (default: the config's eval_split)")
     g.add_argument("--data-dir", help="TFDS data dir (default $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
     g.add_argument("--limit", type=int, default=limit, help=f"at most this many images (default {limit})")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the pick from a split: every class in equal shares, the same examples for the "
+                        "same seed (default 0)")
     g.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
 
 
@@ -65,17 +68,18 @@ def emit(summary: dict[str, Any]) -> None:
     print(json.dumps(summary, default=_jsonable), flush=True)
 
 
-def restore(args):
-    """The checkpoint of `--workdir` (`--step`), restored onto every device present (train.restore)."""
-    from alexnet_jax.train import restore
+def restore_from_args(args):
+    """The checkpoint of `--workdir` (`--step`), restored onto every device present (restore_workdir)."""
+    from alexnet_jax.restore import restore_workdir
 
-    return restore(args.workdir, step=getattr(args, "step", None), data_dir=getattr(args, "data_dir", None))
+    return restore_workdir(args.workdir, step=getattr(args, "step", None), data_dir=getattr(args, "data_dir", None))
 
 
 def run_model(restored, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:
     """(logits, taps) of a restored checkpoint over `x` in evaluation mode, in batches padded to the
     mesh's batch split (one compilation).  taps[layer] holds one array per column (Tap, layers.py): the
-    layer's output after its activation, exactly as the model's forward pass computed it."""
+    layer's output after its activation, exactly as the model's forward pass computed it; the layers
+    in network order."""
     import jax
 
     trainer, state = restored.trainer, restored.state
@@ -93,7 +97,14 @@ def run_model(restored, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray
         logits.append(np.asarray(out[0])[:keep])
         taps.append({k: [np.asarray(v)[:keep] for v in vs] for k, vs in out[1].items()})
     joined = {k: [np.concatenate([t[k][c] for t in taps]) for c in range(len(taps[0][k]))] for k in taps[0]}
-    return np.concatenate(logits), joined
+    return np.concatenate(logits), in_network_order(joined, restored.model)
+
+
+def in_network_order(layers: dict, model) -> dict:
+    """`layers` (by layer name) in the order the model computes them (its `layer_kinds`), not by name
+    (what a dict becomes after passing through jit: LeNet's C1, C3, C5, F6, OUT, S2, S4)."""
+    order = [k for k in model.layer_kinds if k in layers]
+    return {k: layers[k] for k in order + [k for k in layers if k not in order]}
 
 
 def features(restored, taps: dict[str, list[np.ndarray]]) -> np.ndarray:

@@ -6,6 +6,7 @@ Kept import-light at module level (no JAX): `alexnet-jax --help` imports every t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -34,6 +35,27 @@ def sample_label(name: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2).replace("_", " ")) if m else None
 
 
+def torchvision_fit(data: bytes, size: int) -> np.ndarray:
+    """An encoded photo as torchvision's ImageNet transform sees it before its centre crop: decoded whole,
+    Resize(size) (shorter side to `size`, the longer to int(size * long / short), Pillow bilinear with its
+    antialiasing, as torchvision's resize of a PIL image), then the centre size x size kept with
+    torchvision's CenterCrop offsets (round((h - size) / 2)).  The device's centre crop of this
+    (Augment.eval: offset (size - s) // 2, an even difference for s = 224) is then exactly CenterCrop(s)."""
+    from PIL import Image
+
+    from alexnet_jax.data.files import decode
+
+    arr = decode(data, 3)
+    h, w, _ = arr.shape
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    nw, nh = (size, new_long) if w <= h else (new_long, size)
+    if (nw, nh) != (w, h):
+        arr = np.asarray(Image.fromarray(arr).resize((nw, nh), Image.BILINEAR), np.uint8)
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    return np.ascontiguousarray(arr[top:top + size, left:left + size])
+
+
 def display_crop(img: np.ndarray, size: int) -> np.ndarray:
     """The centre `size` crop of a stored image (what the model sees, before mean subtraction)."""
     h, w = img.shape[:2]
@@ -41,6 +63,13 @@ def display_crop(img: np.ndarray, size: int) -> np.ndarray:
         return img
     t, l = max(0, (h - size) // 2), max(0, (w - size) // 2)
     return img[t:t + size, l:l + size]
+
+
+def _decoded(i: int, fit, data: bytes, size: int) -> np.ndarray:
+    try:
+        return fit(data, size)
+    except Exception as e:  # noqa: BLE001 - any decoder error: say which image (as data.decode_images)
+        raise ValueError(f"image {i} cannot be decoded: {type(e).__name__}: {e}") from e
 
 
 @dataclasses.dataclass
@@ -51,19 +80,88 @@ class Inputs:
     labels: list[int | None]
     source: str
     mean: str                     # what was subtracted: the training mean image, or what stood in for it
+    pick: str = ""                # which examples of the source, and how they were chosen
 
 
-def describe_mean(augment) -> str:
+# ------------------------------------------------------------------------------------------------
+# Which examples of a split: a fixed, seeded, class-balanced pick
+# ------------------------------------------------------------------------------------------------
+PICK_SEED = 0                 # the default seed of balanced_pick (tools' --seed)
+PICK_SCAN_MAX = 100_000       # a larger split is picked from this many records drawn at random
+
+
+def _priority(seed: int, key) -> int:
+    """A fixed pseudo-random 64-bit rank of one example, from the seed and the example's own key."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest(), "little")
+
+
+def balanced_pick(labels, n: int, *, seed: int = PICK_SEED, keys=None) -> np.ndarray:
+    """Indices of `n` examples (all of them if there are fewer) taken from every class in turn.
+
+    Each example gets a fixed pseudo-random rank from (`seed`, its key); within a class the examples
+    are taken in rank order, and the classes take turns in a seeded order of their labels.  So any
+    prefix of the pick holds every class in equal shares, give or take one (until a class runs out of
+    examples), and the first examples are of different classes.  With `keys` (e.g. record names) the
+    pick is the same examples in the same order however the split is stored; without them the keys are
+    the storage positions.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    keys = range(len(labels)) if keys is None else list(keys)
+    if len(keys) != len(labels):
+        raise ValueError(f"{len(keys)} keys for {len(labels)} labels")
+    rank = np.array([_priority(seed, k) for k in keys], np.uint64)
+    by_class = np.lexsort((rank, labels))                              # label, then rank within it
+    sorted_labels = labels[by_class]
+    first = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    within = np.arange(len(labels)) - first                            # position within its class
+    classes = np.unique(labels)
+    turn = np.empty(len(classes), np.int64)
+    turn[np.random.default_rng(seed).permutation(len(classes))] = np.arange(len(classes))
+    class_turn = turn[np.searchsorted(classes, sorted_labels)]
+    order = by_class[np.lexsort((class_turn, within))]                 # round by round, classes in turn
+    return order[:max(0, min(int(n), len(labels)))]
+
+
+def pick_from_split(source, n: int | None, seed: int = PICK_SEED) -> tuple[np.ndarray, str]:
+    """(record indices, how they were chosen) of `n` examples of a split (`RecordSource`), chosen by
+    `balanced_pick` on the records' labels and names: a split is stored sorted by class, so its first
+    records are one class.  A split of more than `PICK_SCAN_MAX` records is picked from that many of
+    its records drawn with the seed (reading every label of a large split would take long)."""
+    total = len(source)
+    n = total if n is None else min(int(n), total)
+    scan = np.arange(total)
+    if total > PICK_SCAN_MAX:
+        scan = np.sort(np.random.default_rng(seed).choice(total, PICK_SCAN_MAX, replace=False))
+    labels, names = [], []
+    for i in scan:                  # keep each record's label and name only, not its image
+        rec = source.record(int(i))
+        labels.append(rec["label"])
+        names.append(rec["name"])
+    picked = scan[balanced_pick(labels, n, seed=seed, keys=names)]
+    classes = len(set(labels))
+    how = f"{n} of {total:,}, class-balanced over {classes} classes, seed {seed}"
+    if total > PICK_SCAN_MAX:
+        how += f", from {PICK_SCAN_MAX:,} records drawn at random"
+    return picked, how
+
+
+def describe_mean(augment, preprocess: str = "dataset") -> str:
     m = augment.mean
     if m is None:
         return "none"
+    if preprocess != "dataset":
+        what = "mean image" if np.ndim(m) == 3 else f"per-channel mean {np.round(np.float64(m), 3).tolist()}"
+        return f"the imported net's ({preprocess}) {what}"
     return "training-split mean image" if np.ndim(m) == 3 else f"per-channel mean {np.round(m, 2).tolist()}"
 
 
-def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, data_dir=None) -> Inputs:
+def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, data_dir=None,
+                seed: int = PICK_SEED) -> Inputs:
     """Model inputs from image files (`images`: each photo's shorter side resized and its centre kept,
-    to the run's stored shape) or from a prepared dataset split (default: the checkpoint's dataset and
-    eval split), then the run's own evaluation preprocessing on the device (Trainer.augment.eval)."""
+    to the run's stored shape, with torchvision's own arithmetic for `preprocess=torchvision`,
+    `torchvision_fit`; the first `limit`) or from a prepared dataset split (default: the checkpoint's dataset
+    and eval split; `limit` examples picked by `pick_from_split` with `seed`), then the run's own evaluation
+    preprocessing on the device (Trainer.augment.eval)."""
     import jax
 
     from alexnet_jax import data as data_lib
@@ -71,25 +169,29 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
     augment = restored.trainer.augment
     if images:
         items = read_image_files(images, limit)
-        stored = data_lib.decode_images(augment, [b for _, b in items])
+        if restored.config.preprocess == "torchvision":
+            size = augment.stored_shape[0]
+            stored = np.stack([_decoded(i, torchvision_fit, b, size) for i, (_, b) in enumerate(items)])
+        else:
+            stored = data_lib.decode_images(augment, [b for _, b in items])
         names, labels, source = [n for n, _ in items], [None] * len(items), ", ".join(map(str, images))
+        how = f"{len(items)} image files in the order given (inside folders and tars by name)"
     else:
-        from alexnet_jax.data.sources import RecordSource
-
         cfg = restored.config.replace(dataset=dataset) if dataset else restored.config
         cfg = cfg.replace(data_dir=data_dir) if data_dir else cfg
         split = split or cfg.eval_split
-        src = RecordSource(data_lib.ensure_prepared(cfg), split)
-        n = min(len(src), limit) if limit else len(src)
-        recs = [src.record(i) for i in range(n)]
-        stored = np.stack([src.decode(r) for r in recs]) if recs else np.zeros((0, *src.shape), np.uint8)
-        names, labels = [r["name"] for r in recs], [r["label"] for r in recs]
+        src = data_lib.RecordSource(data_lib.locate(cfg), split)
+        picked, how = pick_from_split(src, limit, seed)
+        n = len(picked)
+        stored, labels, names = np.zeros((n, *src.shape), np.uint8), np.zeros(n, int), [""] * n
+        ok = src.read_into(picked, stored, labels, names)    # undecodable images: reported, left out
+        stored, names, labels = stored[ok], [m for m, k in zip(names, ok) if k], labels[ok].tolist()
         source = f"{cfg.dataset}:{split}"
     if not len(stored):
         raise ValueError(f"no images in {source}")
     x = np.asarray(jax.jit(augment.eval)(stored))
     return Inputs(x=x, display=[display_crop(d, augment.input_size) for d in stored], names=names,
-                  labels=labels, source=source, mean=describe_mean(augment))
+                  labels=labels, source=source, mean=describe_mean(augment, restored.config.preprocess), pick=how)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -97,7 +199,7 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
 # ------------------------------------------------------------------------------------------------
 def imagenet_synsets() -> list[str]:
     """The 1000 ILSVRC-2012 wnids in TFDS label order (sorted), from tensorflow_datasets' labels.txt."""
-    from alexnet_jax.data.preparation import imagenet_synsets as synsets
+    from alexnet_jax.data.datasets import imagenet_synsets as synsets
 
     return synsets()
 

@@ -1,6 +1,6 @@
 """Per-layer activation statistics and dead (exactly zero) fractions on a batch.
 
-    alexnet-jax activations --workdir runs/alexnet_cifar10 [--split validation --limit 64]
+    alexnet-jax activations --workdir runs/alexnet_cifar10 [--split validation --limit 64 --seed 0]
     alexnet-jax activations --workdir runs/alexnet_cifar10 --synthetic [--limit 16]
     alexnet-jax activations --workdir runs/alexnet_imagenet --images ../shared/data/imagenet_samples
 
@@ -11,7 +11,8 @@ mean, std, min, max, the *dead fraction* = fraction of values that are exactly 0
 (sparsity), and *dead units* = fraction of channels (conv) or features (fc) that are 0 for every
 image and position of the batch.  LeNet-5's squashing layers (tanh) are almost never exactly 0, and
 a linear output layer's zeros mean nothing; their kind is reported so the numbers can be read.
-Inputs: a dataset split (default: the checkpoint's dataset and eval split), image files, or
+Inputs: `--limit` examples of a dataset split (default: the checkpoint's dataset and eval split), picked
+from every class in equal shares with `--seed` (the same examples for the same seed), image files, or
 `--synthetic` Gaussian images at the scale of the preprocessed inputs (std 60 for augment=alexnet
 and cifar, whose inputs are centred raw RGB; 0.5 otherwise).  Table on stdout, full report in JSON (default
 <workdir>/analysis/activations.json); the last stdout line is a JSON summary.
@@ -29,8 +30,8 @@ SYNTHETIC_STD = {"alexnet": 60.0, "cifar": 60.0}   # centred raw RGB, 0..255 uni
 def add_arguments(p) -> None:
     _cli.add_checkpoint_args(p, "report JSON (default <workdir>/analysis/activations.json)")
     _cli.add_input_args(p, limit=64)
-    p.add_argument("--synthetic", action="store_true", help="random Gaussian inputs instead of images")
-    p.add_argument("--seed", type=int, default=0, help="seed of --synthetic (default 0)")
+    p.add_argument("--synthetic", action="store_true", help="random Gaussian inputs instead of images (drawn "
+                                                            "with --seed)")
 
 
 def activation_stats(a: np.ndarray) -> dict[str, float]:
@@ -62,7 +63,7 @@ def layer_report(layers: dict[str, list[np.ndarray]], kinds: dict[str, str], col
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
+def activation_table(rows: list[dict]) -> str:
     head = (f"{'layer':<7} {'col':>5} {'kind':<7} {'shape':<16} {'mean':>9} {'std':>9} {'max':>9} "
             f"{'dead frac':>9} {'dead units':>10}")
     lines = [head, "-" * len(head)]
@@ -74,22 +75,22 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(args) -> int:
-    r = _cli.restore(args)
+    r = _cli.restore_from_args(args)
     if args.synthetic:
         x, mean = synthetic_inputs(r.config, args.limit, args.seed), None
-        source = f"synthetic, seed {args.seed}"
+        source, pick = f"synthetic, seed {args.seed}", f"{args.limit} Gaussian images"
     else:
         inputs = _images.load_inputs(r, images=args.images, dataset=args.dataset, split=args.split,
-                                     limit=args.limit, data_dir=args.data_dir)
-        x, source, mean = inputs.x, inputs.source, inputs.mean
+                                     limit=args.limit, data_dir=args.data_dir, seed=args.seed)
+        x, source, mean, pick = inputs.x, inputs.source, inputs.mean, inputs.pick
     _, layers = _cli.run_model(r, x, args.batch_size)
     rows = layer_report(layers, r.model.layer_kinds, r.model.columns)
-    print(f"{len(x)} inputs from {source}")
-    print(format_table(rows))
+    print(f"{len(x)} inputs from {source}: {pick}")
+    print(activation_table(rows))
     out = _cli.out_path(args, r.workdir, "activations.json")
     keys = ("layer", "column", "kind", "dead_fraction", "dead_units")
     summary = {"tool": "activations", "workdir": r.workdir, "step": r.step, "inputs": int(len(x)),
-               "source": source, "mean": mean, "out": out,
+               "source": source, "pick": pick, "mean": mean, "out": out,
                "layers": [{k: row[k] for k in keys} for row in rows]}
     _cli.write_json(out, dict(summary, layers=rows))
     _cli.emit(summary)

@@ -232,7 +232,7 @@ def run(args) -> int:
         out = {**results[0], **out}
     if profiles:
         out["profiles"] = profiles
-    lines = [step.format_table(results, ratios)]
+    lines = [step.step_table(results, ratios)]
     for prof in profiles or []:
         if "error" in prof:
             lines.append(f"profile: {prof['error']}")

@@ -26,6 +26,7 @@ PNG (per kernel and per column); the last stdout line is a JSON summary.
 from __future__ import annotations
 
 import os
+import textwrap
 
 import numpy as np
 
@@ -88,11 +89,9 @@ def mosaic(kernels_NHWC: np.ndarray, cols: int, scale: int, gap: int = 1) -> np.
     return img
 
 
-def draw(blocks: list[np.ndarray], scores: list[float | None], layer: str, out_png: str, scale: int = 0,
-         title: str = "") -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def figure(blocks: list[np.ndarray], scores: list[float | None], layer: str, scale: int = 0, title: str = ""):
+    """One panel per column: its kernels as a mosaic, titled with their count, shape and column score."""
+    from matplotlib.figure import Figure
 
     h = blocks[0].shape[1]
     scale = scale or max(1, round(60 / h))
@@ -101,20 +100,26 @@ def draw(blocks: list[np.ndarray], scores: list[float | None], layer: str, out_p
     images = [mosaic(b, cols, scale, gap=max(1, scale // 4)) for b in blocks]
     dpi = 100                                   # one mosaic pixel per screen pixel
     h_px, w_px = images[0].shape[:2]
-    fig, axes = plt.subplots(1, len(images), figsize=(len(images) * (w_px / dpi + 0.4), h_px / dpi + 0.9),
-                             squeeze=False)
+    width = max(4.5, len(images) * (w_px / dpi + 0.4))
+    head = [ln for part in title.splitlines() for ln in textwrap.wrap(part, int(width * 13))]   # ~7 px a letter
+    fig = Figure(figsize=(width, h_px / dpi + 0.7 + 0.17 * len(head)), dpi=dpi, layout="constrained")
+    axes = fig.subplots(1, len(images), squeeze=False)
     for c, (ax, im, s) in enumerate(zip(axes[0], images, scores, strict=True)):
         ax.imshow(im, interpolation="nearest")
         ax.set_axis_off()
-        who = f"column {c}" if len(images) > 1 else "one column"
+        who = f" column {c}" if len(images) > 1 else ""
         score = "colour specificity n/a" if s is None else f"colour specificity {s:.3f}"
         shape = "x".join(map(str, blocks[c].shape[1:]))
-        ax.set_title(f"{layer} {who}: {blocks[c].shape[0]} kernels {shape}\n{score}", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=dpi)
-    plt.close(fig)
+        ax.set_title(f"{layer}{who}: {blocks[c].shape[0]} kernels {shape}\n{score}", fontsize=9)
+    if head:
+        fig.suptitle("\n".join(head), fontsize=9)
+    return fig
+
+
+def draw(blocks: list[np.ndarray], scores: list[float | None], layer: str, out_png: str, scale: int = 0,
+         title: str = "") -> str:
+    fig = figure(blocks, scores, layer, scale, title)
+    fig.savefig(out_png, dpi=fig.dpi)
     return out_png
 
 
@@ -128,11 +133,12 @@ def analyse(model) -> dict:
 
 
 def run(args) -> int:
-    r = _cli.restore(args)
+    r = _cli.restore_from_args(args)
     a = analyse(r.model)
     out = _cli.out_path(args, r.workdir, "filters.png")
     draw(a["blocks"], a["per_column"], a["layer"], out, args.scale,
-         title=f"{os.path.basename(r.workdir)} step {r.step}")
+         title=f"{a['layer']} kernels of {os.path.basename(r.workdir)} at step {r.step}\n"
+               "(each kernel scaled on its own: its minimum to 0, its maximum to 1)")
     shape = list(a["blocks"][0].shape[1:])
     columns = [{"column": c, "kernels": int(b.shape[0]), "colour_specificity": a["per_column"][c]}
                for c, b in enumerate(a["blocks"])]

@@ -50,7 +50,7 @@ def layer_stats(trainer, state, batch) -> dict:
     import jax.numpy as jnp
     from flax import nnx
 
-    from alexnet_jax.train import AUGMENT_STREAM, cross_entropy
+    from alexnet_jax.trainer import AUGMENT_STREAM, cross_entropy
 
     c = trainer.config
     key = jax.random.fold_in(jax.random.key(c.seed), AUGMENT_STREAM)
@@ -91,7 +91,7 @@ def layer_stats(trainer, state, batch) -> dict:
             layer = keys[0].upper() if keys[0] in ("c1", "c3", "c5", "f6") else keys[0]
             kernels.setdefault(layer, []).append(np.asarray(leaf[...] if hasattr(leaf, "__getitem__") else leaf))
     rows = []
-    for name, per_col in acts.items():
+    for name, per_col in _cli.in_network_order(acts, nnx.merge(graphdef, state.params, state.extra)).items():
         a = np.concatenate([np.asarray(v, np.float64).reshape(len(v), -1) for v in per_col], axis=-1)
         g = np.concatenate([np.asarray(v, np.float64).reshape(len(v), -1) for v in g_act[name]], axis=-1)
         k = kernels.get(name) or kernels.get(name.lower())
@@ -110,30 +110,28 @@ def measure(config, *, batch: int, steps: int) -> dict:
 
     import jax
 
-    from alexnet_jax import data as data_lib
     from alexnet_jax import parallel
-    from alexnet_jax.train import Trainer
+    from alexnet_jax.run import build_run
 
     config = config.replace(batch_size=batch, mesh_data=1, mesh_model=1)
-    loader = data_lib.make_train_loader(config, batch_size=batch, prefetch=0)
-    trainer = Trainer.build(config, parallel.make_mesh(1, 1), steps_per_epoch=loader.steps_per_epoch,
-                            augment=data_lib.make_augment(config))
-    state = trainer.init()
-    probe_batch = next(loader)
-    out = {"width": config.width, "init": config.init, "input_size": config.input_size,
-           "model": config.model, "at_init": layer_stats(trainer, state, probe_batch)}
-    if steps:
-        losses = []
-        for b in itertools.islice(loader, steps):
-            state, m = trainer.train_step(state, trainer.global_batch(b))
-            losses.append(float(jax.device_get(m["loss"])))
-        out["train_losses"] = losses
-        out["after_steps"] = dict(layer_stats(trainer, state, probe_batch), steps=steps)
-    loader.close()
+    with build_run(config, parallel.make_mesh(1, 1), evaluation=False, prefetch=0) as run:
+        trainer, loader = run.trainer, run.train_loader
+        state = trainer.init()
+        probe_batch = next(loader)
+        out = {"width": config.width, "init": config.init, "input_size": config.input_size,
+               "model": config.model, "at_init": layer_stats(trainer, state, probe_batch)}
+        if steps:
+            # not the run loop: the state after N steps is what is measured (no workdir, evaluation or checkpoint)
+            losses = []
+            for b in itertools.islice(loader, steps):
+                state, m = trainer.train_step(state, trainer.global_batch(b))
+                losses.append(float(jax.device_get(m["loss"])))
+            out["train_losses"] = losses
+            out["after_steps"] = dict(layer_stats(trainer, state, probe_batch), steps=steps)
     return out
 
 
-def format_table(variant: dict, when: str) -> str:
+def layer_stats_table(variant: dict, when: str) -> str:
     s = variant[when]
     head = (f"{variant['model']} width {variant['width']:g} init {variant['init']} input {variant['input_size']}"
             f" ({'at init' if when == 'at_init' else 'after ' + str(s['steps']) + ' steps'}): loss "
@@ -147,31 +145,53 @@ def format_table(variant: dict, when: str) -> str:
     return "\n".join(lines)
 
 
-def plot(variants: list[dict], out_png: str, title: str) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def describe_variants(variants: list[dict]) -> str:
+    """What the variants vary, e.g. "inits paper, he at width 0.25" or "init paper at widths 1, 0.5"."""
+    def listing(one: str, many: str, values: list) -> str:
+        return f"{one} {values[0]}" if len(values) == 1 else f"{many} {', '.join(map(str, values))}"
+
+    inits = list(dict.fromkeys(v["init"] for v in variants))
+    widths = list(dict.fromkeys(f"{v['width']:g}" for v in variants))
+    return f"{listing('init', 'inits', inits)} at {listing('width', 'widths', widths)}"
+
+
+def figure(variants: list[dict], recipe: str, batch: int):
+    """The figure of `plot`: input-dependent activation std (left) and gradient std (right) per layer, in
+    network order, one line per variant; a second row after the training steps when measured."""
+    from matplotlib.figure import Figure
+
+    from alexnet_jax.plotting import plain_log_ticks
 
     whens = ["at_init"] + (["after_steps"] if any("after_steps" in v for v in variants) else [])
-    fig, axes = plt.subplots(len(whens), 2, figsize=(12, 4 * len(whens)), squeeze=False)
+    fig = Figure(figsize=(12, 4.2 * len(whens) + 0.5), layout="constrained")
+    axes = fig.subplots(len(whens), 2, squeeze=False)
     for row, when in enumerate(whens):
+        steps = sorted({v[when]["steps"] for v in variants if when in v and "steps" in v[when]})
+        suffix = "at initialisation" if when == "at_init" else \
+            f"after {', '.join(map(str, steps))} training step{'s' if steps != [1] else ''}"
         for v in variants:
             if when not in v:
                 continue
             layers = [r["layer"] for r in v[when]["layers"]]
-            label = f"width {v['width']:g}, {v['init']}, {v['input_size']} px"
+            label = f"width {v['width']:g}, init {v['init']}, {v['input_size']} px"
             axes[row][0].plot(layers, [max(r["input_std"], 1e-12) for r in v[when]["layers"]], "o-", label=label)
             axes[row][1].plot(layers, [max(r["grad_std"], 1e-12) for r in v[when]["layers"]], "o-", label=label)
-        suffix = "at initialisation" if when == "at_init" else "after training steps"
-        axes[row][0].set(title=f"input-dependent activation std, {suffix}", yscale="log")
-        axes[row][1].set(title=f"gradient std reaching each layer, {suffix}", yscale="log")
+        axes[row][0].set(title=f"input-dependent activation std, {suffix}", yscale="log",
+                         ylabel="std across the batch (log)")
+        axes[row][1].set(title=f"gradient std reaching each layer, {suffix}", yscale="log",
+                         ylabel="std of d loss / d layer output (log)")
         for ax in axes[row]:
+            plain_log_ticks(ax)
+            ax.set_xlabel("layer (network order; output after its activation)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    fig.suptitle(f"{recipe}: per-layer scales, {describe_variants(variants)} "
+                 f"(one batch of {batch} training images)", fontsize=10)
+    return fig
+
+
+def plot(variants: list[dict], out_png: str, recipe: str, batch: int) -> str:
+    figure(variants, recipe, batch).savefig(out_png, dpi=100)
     return out_png
 
 
@@ -188,15 +208,15 @@ def run(args) -> int:
     variants = []
     for init in inits:
         for width in widths:
-            v = measure(base.replace(width=width, init=init).validate(), batch=args.batch, steps=args.steps)
+            v = measure(base.replace(width=width, init=init), batch=args.batch, steps=args.steps)
             variants.append(v)
-            print(format_table(v, "at_init"))
+            print(layer_stats_table(v, "at_init"))
             if "after_steps" in v:
-                print(format_table(v, "after_steps"))
+                print(layer_stats_table(v, "after_steps"))
             print()
     out = args.out or os.path.join("runs", "init_stats", f"{args.config}.png")
     check_writable(os.path.dirname(os.path.abspath(out)), "output folder")
-    plot(variants, out, f"{args.config} {' '.join(args.set)}: paper init vs width (real images, batch {args.batch})")
+    plot(variants, out, " ".join([args.config, *args.set]), args.batch)
     json_path = _cli.write_json(os.path.splitext(out)[0] + ".json", {"config": base.to_dict(), "variants": variants})
     _cli.emit({"tool": "init-stats", "config": args.config, "out": out, "json": json_path,
                "variants": [{"width": v["width"], "init": v["init"], "input_size": v["input_size"],

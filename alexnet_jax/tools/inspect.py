@@ -100,7 +100,7 @@ def checkpoint_steps(workdir: str) -> dict[str, list]:
             "moved_aside": sorted(n for n in names if ".corrupt-" in n)}
 
 
-def format_table(rows: list[dict], stats: bool) -> str:
+def parameter_table_text(rows: list[dict], stats: bool) -> str:
     head = f"{'parameter':<22} {'column':>6} {'shape':<22} {'dtype':<8} {'size':>11}"
     if stats:
         head += f" {'mean':>10} {'std':>9} {'min':>9} {'max':>9} {'|w|<1e-3':>8}"
@@ -116,7 +116,7 @@ def format_table(rows: list[dict], stats: bool) -> str:
 
 
 def run(args) -> int:
-    r = _cli.restore(args)
+    r = _cli.restore_from_args(args)
     rows = parameter_table(r.model, stats=args.stats)
     total = sum(row["size"] for row in rows)
     by_column: dict[str, int] = {}
@@ -143,7 +143,7 @@ def run(args) -> int:
         print("evals:  " + "; ".join(
             f"step {h.get('step')}: top1 {h.get('top1', nan):.4f} top5 {h.get('top5', nan):.4f} "
             f"loss {h.get('loss', nan):.4f}" for h in history))
-    print(format_table(rows, args.stats))
+    print(parameter_table_text(rows, args.stats))
     print(f"total {total:,} parameters (" + ", ".join(
         f"{'column ' + k if k != 'shared' else k} {v:,}" for k, v in by_column.items()) + ")")
     last = history[-1] if history else {}

@@ -49,7 +49,7 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(args) -> int:
-    r = _cli.restore(args)
+    r = _cli.restore_from_args(args)
     inputs = _images.load_inputs(r, images=args.images, limit=args.limit)
     names = _images.class_names(r.config)
     probs = softmax(_cli.run_model(r, inputs.x, args.batch_size)[0])
