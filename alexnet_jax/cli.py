@@ -7,6 +7,7 @@
     alexnet-jax import torchvision FILE.pth --workdir DIR
     alexnet-jax import caffe FILE.caffemodel --deploy deploy.prototxt --mean MEAN.binaryproto --workdir DIR
     alexnet-jax export torchvision --workdir DIR FILE.pth
+    alexnet-jax compile --topology v5e:2x2|h100:2 [--config NAME] [--set key=value ...] [--eval]
     alexnet-jax bench | inspect | filters | neighbours | predict | plot | activations | init-stats ...
 
 Subcommands that run on devices accept --force-host-devices N (N virtual CPU devices, e.g. to run
@@ -120,6 +121,30 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    from alexnet_jax import compile as compile_lib
+    from alexnet_jax.config import apply_overrides
+    from alexnet_jax.configs import get_config
+
+    config = apply_overrides(get_config(args.config), args.set or [])
+    compile_lib.mesh_shape(config, args.topology)      # a bad name or mesh is refused before JAX starts anything
+    _host_backend_only()
+    report = compile_lib.compile_report(config, args.topology, eval=args.eval)
+    print(compile_lib.format_report(report))
+    print(json.dumps(report))
+    return 0
+
+
+def _host_backend_only() -> None:
+    """`compile` runs nothing on a device: start only the CPU backend (where the user did not choose), so that
+    a host with libtpu or the CUDA plugin installed does not try to bring up a runtime it does not need."""
+    from jax._src import xla_bridge
+
+    if not os.environ.get("JAX_PLATFORMS") and not xla_bridge.backends_are_initialized():
+        import jax
+        jax.config.update("jax_platforms", "cpu")
+
+
 def cmd_import(args) -> int:
     if args.source == "torchvision":
         from alexnet_jax.zoo.torchvision import import_torchvision
@@ -216,6 +241,22 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--head", choices=["softmax", "rbf"], help="lenet5 only")
     s.set_defaults(fn=cmd_summary)
 
+    c = sub.add_parser("compile", help="compile the train (and eval) steps for TPU chips or NVIDIA GPUs that are "
+                                       "not here: memory, collectives, a roofline prediction; last line is JSON",
+                       description="Compile a config's real steps with XLA for chips that are not here; nothing runs. "
+                                   "TPU needs libtpu (pip install -e \".[tpu]\"); NVIDIA GPUs need JAX's CUDA plugin "
+                                   "without the CUDA libraries (pip install --no-deps jax-cuda13-plugin "
+                                   "jax-cuda13-pjrt, the installed jax's version).  The train step's report, then one "
+                                   "JSON line.", epilog="config keys (--set key=value):\n" + describe_keys(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--topology", required=True, help="a TPU generation and its chip grid (v5e:2x2, v6e:2x4, v4:2x2x1, "
+                                                      "v5p:2x2x1, ...) or NVIDIA GPUs of one host (h100:2, h200:8); "
+                                                      "mesh_data x mesh_model of the config are placed on its first "
+                                                      "chips")
+    c.add_argument("--config", default=DEFAULT, help=f"one of: {', '.join(CONFIGS)} (default {DEFAULT})")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    c.add_argument("--eval", action="store_true", help="also compile the eval steps (centre crop and ten crops)")
+    c.set_defaults(fn=cmd_compile)
     im = sub.add_parser("import", help="a published AlexNet (torchvision .pth, Caffe bvlc_alexnet) as a new workdir")
     src = im.add_subparsers(dest="source", required=True)
     it = src.add_parser("torchvision", help="torchvision's alexnet state_dict -> an alexnet_owt workdir")

@@ -18,6 +18,14 @@ layer).  For each:
                 layer (conv1..conv5, lrn1, lrn2, pool5, fc6, fc7, fc8); parallel.apply names each
                 column exchange after the layer it feeds.  `backward` is True for ops under
                 `transpose(...)` (the gradient pass).
+                An op without metadata (XLA:TPU emits some) takes the op_name of the nearest operand
+                that has one.
+* TPU        - XLA:TPU writes some reduce-scatters as a fusion whose body all-reduces a padded buffer
+                and keeps this device's slice (an "all-reduce-scatter": the body's ROOT is a
+                dynamic-slice of an all-reduce, sent as a ring reduce-scatter): it is reported as one
+                reduce-scatter of the fusion's result, and its body's all-reduce is not counted again.
+                Where the padded slices do not line up with the devices' shards, a collective-permute
+                of the boundary rows follows: reported as itself, with its operand's layer.
 * `sent`      - bytes each device sends (= receives) with a bandwidth-optimal ring of g devices:
                 all-gather (g-1)/g * result, reduce-scatter (g-1) * result, all-reduce
                 2 (g-1)/g * buffer, all-to-all (g-1)/g * buffer, collective-permute the buffer.
@@ -107,7 +115,7 @@ def _nbytes(dt: str, dims: tuple[int, ...]) -> int:
 def _result_arrays(op: str, is_start: bool, shape: str):
     """The result buffers; async -start ops return (operands..., results...) tuples."""
     arrs = _arrays(shape)
-    if is_start and op == "all-gather" and len(arrs) >= 2:
+    if is_start and op in ("all-gather", "reduce-scatter", "all-to-all") and len(arrs) >= 2:
         return arrs[len(arrs) // 2:]
     if is_start and op == "collective-permute" and len(arrs) >= 2:
         return [arrs[1]]
@@ -134,6 +142,15 @@ def _groups(rest: str, num_devices: int) -> list[tuple[int, ...]]:
             return [tuple(range(num_devices))]
         return [tuple(int(v) for v in g.split(",") if v.strip())
                 for g in re.findall(r"\{([\d,\s]*)\}", inner)]
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", rest)
+    if m:  # mesh form (XLA:GPU): mesh['a'=2,'b'=1] {'a'}: the devices varying along the listed axes
+        axes = [(k.strip().strip("'\""), int(v)) for k, v in (a.split("=") for a in m.group(1).split(",") if a)]
+        names = [a for a, _ in axes]
+        grouped = [names.index(a.strip().strip("'\"")) for a in m.group(2).split(",") if a.strip()]
+        ids = np.arange(int(np.prod([n for _, n in axes]))).reshape([n for _, n in axes])
+        ids = np.moveaxis(ids, grouped, list(range(len(names) - len(grouped), len(names))))
+        size = int(np.prod([axes[i][1] for i in grouped]))
+        return [tuple(int(v) for v in row) for row in ids.reshape(-1, size)]
     m = re.search(r"replica_groups=\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", rest)
     if m:  # iota form: [groups,size]<=[reshape dims]T(perm)
         dims = [int(v) for v in m.group(1).split(",")]
@@ -203,29 +220,100 @@ def _split_op_names(op_name: str, k: int) -> list[str]:
     return [op_name] * k
 
 
+# any instruction: %name = shape op(operands), attributes
+_ANY = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+) = (?P<shape>.+?) (?P<op>[a-z][\w\-]*)\((?P<args>[^)]*)\)"
+                  r"(?P<rest>.*)$")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+
+
+def _blocks(text: str) -> dict[str, list[str]]:
+    """{computation name: its instruction lines}; lines outside any computation header go under ""."""
+    blocks: dict[str, list[str]] = {"": []}
+    cur = ""
+    for line in text.splitlines():
+        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .*\{$", line)
+        if m:
+            cur = m.group(1)
+            blocks[cur] = []
+        elif line.strip() == "}":
+            cur = ""
+        elif line.strip():
+            blocks[cur].append(line)
+    return blocks
+
+
+def _all_reduce_scatter_bodies(blocks: dict[str, list[str]]) -> dict[str, str]:
+    """{fusion body: its all-reduce line} for XLA:TPU's fused reduce-scatters (module docstring)."""
+    out = {}
+    for name, lines in blocks.items():
+        ar = [ln for ln in lines if (m := _INSTR.match(ln)) and m.group("op") == "all-reduce"]
+        root = next((ln for ln in lines if ln.lstrip().startswith("ROOT ")), "")
+        if name and len(ar) == 1 and (m := _ANY.match(root)) and m.group("op") == "dynamic-slice":
+            out[name] = ar[0]
+    return out
+
+
+def _resolve_op_name(name: str, instrs: dict[str, re.Match], depth: int = 12) -> str:
+    """The op_name of the nearest operand (breadth first) whose metadata names a layer, else any op_name."""
+    seen, frontier, fallback = {name}, [name], ""
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            m = instrs.get(n)
+            if m is None:
+                continue
+            om = _OP_NAME.search(m.group("rest"))
+            if om and n != name:
+                if layer_scope(om.group(1)):
+                    return om.group(1)
+                fallback = fallback or om.group(1)
+            for a in re.findall(r"%([\w.\-]+)", m.group("args")):
+                if a not in seen:
+                    seen.add(a)
+                    nxt.append(a)
+        frontier = nxt
+    return fallback
+
+
 def analyze(compiled_or_text, mesh) -> Report:
     """Every collective in a compiled executable (or its `as_text()`), on `mesh` (or a {axis: size} dict)."""
     text = compiled_or_text if isinstance(compiled_or_text, str) else compiled_or_text.as_text()
     mesh_shape = dict(mesh) if isinstance(mesh, dict) else dict(mesh.shape)
     n = int(np.prod(list(mesh_shape.values())))
+    blocks = _blocks(text)
+    fused_rs = _all_reduce_scatter_bodies(blocks)
     out = []
-    for line in text.splitlines():
-        m = _INSTR.match(line)
-        if not m:
-            continue
-        op, rest = m.group("op"), m.group("rest")
-        groups = _groups(rest, n)
-        g = max((len(x) for x in groups), default=1)
-        if op == "collective-permute":
-            g = 2
-        arrays = _result_arrays(op, bool(m.group("start")), m.group("shape"))
-        om = _OP_NAME.search(rest)
-        names = _split_op_names(om.group(1) if om else "", len(arrays))
-        for (dt, dims), op_name in zip(arrays, names, strict=True):
-            out.append(Collective(op=op, name=m.group("name"), shape=f"{dt}[{','.join(map(str, dims))}]",
-                                  bytes=_nbytes(dt, dims), group_size=g, groups=tuple(groups),
-                                  axis=_axis(groups, mesh_shape), layer=layer_scope(op_name),
-                                  backward=is_backward(op_name), op_name=op_name))
+    for comp, lines in blocks.items():
+        if comp in fused_rs:
+            continue   # counted where the fusion is called
+        instrs = {m.group("name"): m for ln in lines if (m := _ANY.match(ln))}
+        for line in lines:
+            m = _INSTR.match(line)
+            if m:
+                name, op, rest, shape = m.group("name"), m.group("op"), m.group("rest"), m.group("shape")
+                start = bool(m.group("start"))
+            else:
+                call = _ANY.match(line)
+                callee = _CALLS.search(call.group("rest")) if call and call.group("op") == "fusion" else None
+                if not callee or callee.group(1) not in fused_rs:
+                    continue
+                inner = _INSTR.match(fused_rs[callee.group(1)])
+                name, op, shape, start = call.group("name"), "reduce-scatter", call.group("shape"), False
+                rest = inner.group("rest") + call.group("rest")
+            groups = _groups(rest, n)
+            g = max((len(x) for x in groups), default=1)
+            if op == "collective-permute":
+                g = 2
+            arrays = _result_arrays(op, start, shape)
+            om = _OP_NAME.search(rest)
+            own = om.group(1) if om else _resolve_op_name(name, instrs)
+            names = _split_op_names(own, len(arrays))
+            for (dt, dims), op_name in zip(arrays, names, strict=True):
+                out.append(Collective(op=op, name=name,
+                                      shape=f"{dt}[{','.join(map(str, dims))}]",
+                                      bytes=_nbytes(dt, dims), group_size=g, groups=tuple(groups),
+                                      axis=_axis(groups, mesh_shape), layer=layer_scope(op_name),
+                                      backward=is_backward(op_name), op_name=op_name))
     return Report(out, mesh_shape)
 
 

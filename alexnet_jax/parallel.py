@@ -30,7 +30,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alexnet_jax.errors import AlexnetJaxError
-from alexnet_jax.models.layers import COLUMN_AXIS, no_tap
+from alexnet_jax.models.layers import COLUMN_AXIS, compiling_for, no_tap
 
 DATA, MODEL = "data", "model"
 # Logical axis -> mesh axis (maxtext's logical-axis rules, sized down).  Models name only logical
@@ -120,6 +120,12 @@ class Plan:
     @property
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, P())
+
+    @property
+    def platform(self) -> str:
+        """The platform of the mesh's devices ("cpu", "tpu", "gpu"): the compiler its programs are for, and
+        so the formulation the models are traced in (models.layers.cpu_tuned)."""
+        return self.mesh.devices.flat[0].platform
 
     def global_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Per-process numpy arrays -> global arrays split over the batch axes (one transfer for the
@@ -215,7 +221,17 @@ def apply(model: nnx.Module, x_BHWC: jax.Array, plan: Plan | None = None, *, tra
 
     taps[layer] is a list with one array per column (one element for one-column nets and for layers
     the columns share): the layer's output after its activation, as the model's own forward pass
-    computed it (layers.Tap).  A column model runs under shard_map with its columns on `model`."""
+    computed it (layers.Tap).  A column model runs under shard_map with its columns on `model`.
+
+    The model is traced for the compiler of the plan's devices (`layers.compiling_for(plan.platform)`): a
+    step compiled for TPU chips holds the plain formulations, one for CPU devices the CPU-tuned ones."""
+    if plan is None:
+        return _apply(model, x_BHWC, plan, train=train, dropout_key=dropout_key, taps=taps)
+    with compiling_for(plan.platform):
+        return _apply(model, x_BHWC, plan, train=train, dropout_key=dropout_key, taps=taps)
+
+
+def _apply(model, x_BHWC, plan, *, train, dropout_key, taps):
     if plan is None or plan.columns == 1:
         rec = _Recorder()
         logits = model(x_BHWC, train=train, dropout_key=dropout_key, tap=rec if taps else no_tap)

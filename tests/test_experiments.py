@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["lenet5_mnist.py", "alexnet_columns_cifar10.py", "alexnet_imagenet.py", "compare_splits.py", "bench_cpu.py"]
+SCRIPTS = ["lenet5_mnist.py", "alexnet_columns_cifar10.py", "alexnet_imagenet.py", "compare_splits.py", "bench_cpu.py",
+           "tpu_compile.py", "recipe_run.py", "zoo_fidelity.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

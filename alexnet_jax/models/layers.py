@@ -1,12 +1,22 @@
 """Layers shared by the model families: LRN, pooling, initialisers.
 
 Tensors are NHWC throughout (`x_BHWC`); kernels are HWIO (`kernel_HWIO`).
+
+Two formulations of some layers.  Where XLA:CPU runs a layer's straightforward form slowly, the layer
+has a second, CPU-tuned formulation of the same function: the written-out max-pool and LRN gradients
+(`_max_pool_valid`, `_lrn_f32`), LeNet's batch-minor convolutions and pooling (`conv_batch_minor`, ...)
+and the layout constraints they carry.  Which one a trace uses follows the compiler the program is for
+(`cpu_tuned()`), never the devices this host happens to have: `parallel.apply` traces every model under
+`compiling_for(<platform of the mesh's devices>)`, so a step compiled for a TPU topology on a CPU host
+holds the plain formulation a TPU run executes (`alexnet-jax compile`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +39,48 @@ Tap = Callable[[str, "int | None", jax.Array], jax.Array]
 
 def no_tap(name: str, column: int | None, value: jax.Array) -> jax.Array:
     return value
+
+
+# --------------------------------------------------------------------------------------------
+# The compiler a trace is for: CPU-tuned or plain formulations
+# --------------------------------------------------------------------------------------------
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("alexnet_jax_target_platform",
+                                                                             default=None)
+FORMULATIONS = {
+    "cpu-tuned": "written-out max-pool and LRN gradients, LeNet's layers as batch-minor patch matmuls",
+    "plain": "XLA's reduce_window max-pool and its select-and-scatter gradient, the LRN formula differentiated by "
+             "JAX, LeNet's layers as NHWC convolutions",
+}
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str | None) -> Iterator[None]:
+    """Trace the models inside for `platform`'s compiler ("cpu", "tpu", "gpu", ...; None: the default
+    backend's).  Only traces are affected: wrap the code that traces, inside the jitted function (a jit
+    cache keyed on arguments must not be shared between platforms)."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
+
+
+def target_platform() -> str:
+    """The platform the program being traced is for (see `compiling_for`)."""
+    return _TARGET_PLATFORM.get() or jax.default_backend()
+
+
+def cpu_tuned() -> bool:
+    """True when the program being traced is for XLA:CPU: layers then use their CPU-tuned formulations.
+
+    The one switch for every CPU-only formulation: a layer with a faster form for XLA:CPU writes
+    `if cpu_tuned(): <CPU form> else: <plain form>`, both the same function (tests compare them)."""
+    return target_platform() == "cpu"
+
+
+def formulation(platform: str | None = None) -> str:
+    """"cpu-tuned" or "plain": which formulation a trace for `platform` (default: the current target) uses."""
+    return "cpu-tuned" if (platform or target_platform()) == "cpu" else "plain"
 
 
 def channels_last(v: jax.Array, ndim: int) -> jax.Array:
@@ -57,11 +109,14 @@ def lrn(x_BHWC: jax.Array, *, k: float = LRN_K, n: int = LRN_N, alpha: float = L
     """Cross-channel LRN over the last axis, computed in float32 for stability.
 
     The windowed sum of squares is the clipped sum of the paper's formula: channels outside
-    [0, N) count as zero.  Forward and gradient are each one or two elementwise passes
-    (`_lrn_f32`); see there.
+    [0, N) count as zero.  For XLA:CPU the gradient is written out (`_lrn_f32`), forward and gradient
+    each one or two elementwise passes; elsewhere JAX differentiates the formula.
     """
     dtype = x_BHWC.dtype
-    return _lrn_f32(x_BHWC.astype(jnp.float32), float(k), int(n), float(alpha), float(beta)).astype(dtype)
+    x, k, n, alpha, beta = x_BHWC.astype(jnp.float32), float(k), int(n), float(alpha), float(beta)
+    if cpu_tuned():
+        return _lrn_f32(x, k, n, alpha, beta).astype(dtype)
+    return (x * _lrn_scale(x, k, n, alpha, beta)[1]).astype(dtype)
 
 
 def _channel_window_sum(v: jax.Array, n: int, lo: int) -> jax.Array:
@@ -115,10 +170,10 @@ _lrn_f32.defvjp(_lrn_fwd, _lrn_bwd)
 def max_pool(x_BHWC: jax.Array, window: int = 3, stride: int = 2, padding="VALID") -> jax.Array:
     """Max-pool; window 3, stride 2 is AlexNet's overlapping pooling (K12 §3.4).
 
-    VALID pooling runs as `_max_pool_valid` (the same function and the same gradient as
-    `nnx.max_pool`, i.e. `reduce_window` max and its select-and-scatter gradient, a third of the
-    CIFAR AlexNet's step on XLA:CPU otherwise); other paddings use `nnx.max_pool`."""
-    if isinstance(padding, str) and padding.upper() == "VALID":
+    `nnx.max_pool` (XLA's `reduce_window` max, whose gradient is a select-and-scatter); for XLA:CPU,
+    VALID pooling runs as `_max_pool_valid` instead (the same function and the same gradient, written
+    out: the select-and-scatter was a third of the CIFAR AlexNet's step on XLA:CPU)."""
+    if cpu_tuned() and isinstance(padding, str) and padding.upper() == "VALID":
         return _max_pool_valid(x_BHWC, window, stride)
     return nnx.max_pool(x_BHWC, (window, window), (stride, stride), padding)
 
@@ -211,9 +266,11 @@ def adaptive_avg_pool(x_BHWC: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
 # times slower (experiments/results/bench_cpu_2026-11-25.md).  Layers convert with
 # `to_batch_minor` / `from_batch_minor` at their boundaries; XLA cancels the transpose pairs
 # between consecutive layers, so a chain of such layers stays batch-minor.
+# These are the CPU-tuned formulations (`cpu_tuned()`); other compilers get NHWC convolutions.
 def _one_device() -> bool:
     """True when this process sees a single device, so no computation here can be split over devices
-    (then the batch-minor layers use forms that XLA's SPMD partitioner would turn into gathers)."""
+    (then the batch-minor layers use forms that XLA's SPMD partitioner would turn into gathers).  Read
+    only by the CPU-tuned formulations, i.e. in traces for XLA:CPU, whose devices are this host's."""
     return jax.device_count() == 1
 
 
@@ -335,6 +392,14 @@ def _sum_pool_bwd(_, g):
 
 
 _sum_pool_2x2_even.defvjp(_sum_pool_fwd, _sum_pool_bwd)
+
+
+def sum_pool_2x2(x_BHWC: jax.Array) -> jax.Array:
+    """Sums of non-overlapping 2x2 windows, (B, H, W, C) -> (B, H//2, W//2, C) (an odd last row / column
+    is dropped, like VALID pooling): the plain formulation of `sum_pool_2x2_batch_minor`."""
+    b, h, w, c = x_BHWC.shape
+    x = x_BHWC[:, :h - h % 2, :w - w % 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).sum(axis=(2, 4))
 
 
 def conv_out(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int) -> int:

@@ -21,9 +21,10 @@ that is padding 2 on every side, the usual "padding=2" LeNet), because with a 28
 which are flattened before F6 (the paper's reason for calling C5 a convolution).  Subsampling of an odd
 map drops the last row/column (floor, like VALID pooling).
 
-The layers C1-C5 compute in batch-minor (C, H, W, B) layout (layers.conv_batch_minor and
+For XLA:CPU the layers C1-C5 compute in batch-minor (C, H, W, B) layout (layers.conv_batch_minor and
 layers.sum_pool_2x2_batch_minor; see layers.py for why) and take and return NHWC like every model here;
-XLA removes the transposes between consecutive layers.
+XLA removes the transposes between consecutive layers.  For any other compiler (layers.cpu_tuned() is
+False) they are NHWC convolutions and a 2x2 sum pool: the same functions.
 
 Layer calls are wrapped in `jax.named_scope("C1")`, ..., `"OUT"` so that a jaxpr walk can attribute
 each layer's arithmetic to it.  Parameters are float32; inputs and parameters are cast to the compute
@@ -44,8 +45,10 @@ from alexnet_jax.models.layers import (
     Tap,
     channels_last,
     conv_batch_minor,
+    cpu_tuned,
     from_batch_minor,
     no_tap,
+    sum_pool_2x2,
     sum_pool_2x2_batch_minor,
     to_batch_minor,
 )
@@ -135,6 +138,11 @@ def _per_map(v_C: jax.Array, like_CHWB: jax.Array) -> jax.Array:
     return jnp.broadcast_to(v_C[:, None, None, None], like_CHWB.shape).astype(like_CHWB.dtype)
 
 
+def _per_channel(v_C: jax.Array, like_BHWC: jax.Array) -> jax.Array:
+    """`_per_map` for a channels-last (B, H, W, C) array."""
+    return jnp.broadcast_to(channels_last(v_C, like_BHWC.ndim), like_BHWC.shape).astype(like_BHWC.dtype)
+
+
 def c1_padding(input_size: int) -> tuple[int, int]:
     """(low, high) zero padding of C1 so that the padded input is at least 32 (paper size)."""
     total = max(0, PAPER_INPUT - input_size)
@@ -153,9 +161,10 @@ def _conv(x_BHWC: jax.Array, kernel_HWIO: jax.Array, *, groups: int = 1, padding
 class SquashConv(nnx.Module):
     """Fully connected 5x5 convolution + bias, then f (C1, C5, and C3 when width != 1).
 
-    Init U(-2.4/F, 2.4/F) with F = k*k*C_in for both kernel and bias.  Computed batch-minor, as one
-    matmul over patches (`layers.conv_batch_minor`): the function of `lax.conv_general_dilated`, about
-    3x faster on XLA:CPU at LeNet's sizes, forward and backward (tests/test_lenet.py compares them).
+    Init U(-2.4/F, 2.4/F) with F = k*k*C_in for both kernel and bias.  For XLA:CPU computed batch-minor,
+    as one matmul over patches (`layers.conv_batch_minor`): the function of `lax.conv_general_dilated`,
+    about 3x faster on XLA:CPU at LeNet's sizes, forward and backward (tests/test_lenet.py compares
+    them); for other compilers the convolution itself.
     """
 
     def __init__(self, in_ch: int, out_ch: int, *, kernel: int = 5, padding="VALID", dtype=jnp.float32,
@@ -173,12 +182,20 @@ class SquashConv(nnx.Module):
         a = conv_batch_minor(x, self.kernel_HWIO[...].astype(self.dtype), padding=self.padding)
         return a + _per_map(self.bias_C[...], a)
 
+    def _weighted_sum_BHWC(self, x_BHWC: jax.Array) -> jax.Array:
+        a = _conv(x_BHWC.astype(self.dtype), self.kernel_HWIO[...].astype(self.dtype), padding=self.padding)
+        return a + _per_channel(self.bias_C[...], a)
+
     def weighted_sum(self, x_BHWC: jax.Array) -> jax.Array:
         """a = kernel * x + bias, the units' total input before f (LC98's a_i)."""
-        return from_batch_minor(self._weighted_sum_CHWB(x_BHWC))
+        if cpu_tuned():
+            return from_batch_minor(self._weighted_sum_CHWB(x_BHWC))
+        return self._weighted_sum_BHWC(x_BHWC)
 
     def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-        return from_batch_minor(squash(self._weighted_sum_CHWB(x_BHWC)))
+        if cpu_tuned():   # f applied before leaving the batch-minor layout
+            return from_batch_minor(squash(self._weighted_sum_CHWB(x_BHWC)))
+        return squash(self._weighted_sum_BHWC(x_BHWC))
 
 
 class Subsampling(nnx.Module):
@@ -200,12 +217,20 @@ class Subsampling(nnx.Module):
         s = sum_pool_2x2_batch_minor(to_batch_minor(x_BHWC.astype(self.dtype)))   # layers.py
         return s * _per_map(self.coef_C[...], s) + _per_map(self.bias_C[...], s)
 
+    def _weighted_sum_BHWC(self, x_BHWC: jax.Array) -> jax.Array:
+        s = sum_pool_2x2(x_BHWC.astype(self.dtype))
+        return s * _per_channel(self.coef_C[...], s) + _per_channel(self.bias_C[...], s)
+
     def weighted_sum(self, x_BHWC: jax.Array) -> jax.Array:
         """a = coef * (sum of the 2x2 window) + bias, before f."""
-        return from_batch_minor(self._weighted_sum_CHWB(x_BHWC))
+        if cpu_tuned():
+            return from_batch_minor(self._weighted_sum_CHWB(x_BHWC))
+        return self._weighted_sum_BHWC(x_BHWC)
 
     def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-        return from_batch_minor(squash(self._weighted_sum_CHWB(x_BHWC)))
+        if cpu_tuned():
+            return from_batch_minor(squash(self._weighted_sum_CHWB(x_BHWC)))
+        return squash(self._weighted_sum_BHWC(x_BHWC))
 
 
 class SparseC3(nnx.Module):
@@ -214,8 +239,8 @@ class SparseC3(nnx.Module):
     Parameters are only the connections Table I has: kernels (5,5,3,6) for maps 0-5 (contiguous
     triples), (5,5,4,9) for maps 6-14 (quadruples) and (5,5,6,1) for map 15 (all six), plus 16
     biases: 25*(18+36+6) + 16 = 1,516.  The forward pass assembles them into the dense (5,5,6,16)
-    kernel with structural zeros (one gather) and runs one ordinary convolution (as the matmul over
-    batch-minor patches of `layers.conv_batch_minor`, like SquashConv): the 150,000 multiply-adds of
+    kernel with structural zeros (one gather) and runs one ordinary convolution (for XLA:CPU as the
+    matmul over batch-minor patches of `layers.conv_batch_minor`, like SquashConv): the 150,000 multiply-adds of
     the paper's connections plus 90,000 with zeros (240,000 executed).  That is 20x faster on
     XLA:CPU than the formulations that execute only the 150,000 (a grouped convolution over
     gathered maps, whose kernel gradient is ~60x slower, or per-group contractions), and the
@@ -250,12 +275,22 @@ class SparseC3(nnx.Module):
         a = conv_batch_minor(x, self.dense_kernel_HWIO().astype(self.dtype))
         return a + _per_map(self.bias_C[...], a)
 
+    def _weighted_sum_BHWC(self, x_BHWC: jax.Array) -> jax.Array:
+        if x_BHWC.shape[-1] != 6:
+            raise ValueError(f"sparse C3 needs 6 S2 maps, got {x_BHWC.shape[-1]}")
+        a = _conv(x_BHWC.astype(self.dtype), self.dense_kernel_HWIO().astype(self.dtype))
+        return a + _per_channel(self.bias_C[...], a)
+
     def weighted_sum(self, x_BHWC: jax.Array) -> jax.Array:
         """a = (Table I kernel) * x + bias, before f."""
-        return from_batch_minor(self._weighted_sum_CHWB(x_BHWC))
+        if cpu_tuned():
+            return from_batch_minor(self._weighted_sum_CHWB(x_BHWC))
+        return self._weighted_sum_BHWC(x_BHWC)
 
     def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-        return from_batch_minor(squash(self._weighted_sum_CHWB(x_BHWC)))
+        if cpu_tuned():
+            return from_batch_minor(squash(self._weighted_sum_CHWB(x_BHWC)))
+        return squash(self._weighted_sum_BHWC(x_BHWC))
 
 
 @functools.cache
