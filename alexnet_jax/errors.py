@@ -37,3 +37,12 @@ class InputFileError(AlexnetJaxError, ValueError):
 
 class UsageError(AlexnetJaxError, ValueError):
     """Command-line arguments that do not fit together (e.g. 2 labels for 1 workdir)."""
+
+
+class Interrupted(AlexnetJaxError):
+    """Stopped by a signal at a step, batch or shard boundary; the message says what was saved.  The command
+    exits 128 + the signal's number (130 for Ctrl-C)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum

@@ -71,7 +71,7 @@ def display_crop(img: np.ndarray, size: int) -> np.ndarray:
     return img[t:t + size, l:l + size]
 
 
-def decode_files(items: list[tuple[str, bytes]], fit) -> tuple[list[str], np.ndarray]:
+def decode_files(items: list[tuple[str, bytes]], fit, source: str) -> tuple[list[str], np.ndarray]:
     """(names, stored images) of the (name, bytes) `items` that `fit(bytes)` decodes; each one it cannot
     is skipped with one warning naming the file.  None decodable: InputFileError."""
     from alexnet_jax.data.files import decode_error
@@ -86,8 +86,8 @@ def decode_files(items: list[tuple[str, bytes]], fit) -> tuple[list[str], np.nda
             continue
         names.append(name)
     if not stored:
-        raise InputFileError(f"none of the {len(items)} image file(s) can be decoded (see the warnings above); "
-                             f"give JPEG, PNG or other image files Pillow reads")
+        raise InputFileError(f"none of the {len(items)} image file(s) in {source} can be decoded (see the warnings "
+                             f"above): give JPEG, PNG or other image files Pillow reads")
     return names, np.stack(stored)
 
 
@@ -189,11 +189,12 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
     augment = restored.trainer.augment
     if images:
         items = read_image_files(images, limit)
+        source = ", ".join(map(str, images))
         if restored.config.preprocess == "torchvision":
-            names, stored = decode_files(items, lambda b: torchvision_fit(b, augment.stored_shape[0]))
+            names, stored = decode_files(items, lambda b: torchvision_fit(b, augment.stored_shape[0]), source)
         else:
-            names, stored = decode_files(items, lambda b: decode_fit(b, augment.stored_shape))  # as decode_images
-        labels, source = [None] * len(names), ", ".join(map(str, images))
+            names, stored = decode_files(items, lambda b: decode_fit(b, augment.stored_shape), source)  # decode_images'
+        labels = [None] * len(names)
         how = f"{len(names)} image files in the order given (inside folders and tars by name)"
         if len(names) < len(items):
             how += f", {len(items) - len(names)} undecodable skipped"
