@@ -248,8 +248,8 @@ def _prepare_locked(dataset, listing: Listing, digest, staging: Path, final: Pat
         kept = any(done_dir.iterdir())
         if not kept:
             _discard(staging, root)
-        shards = f"{len(done)} of {len(done) + len(tasks)} shards are kept in {staging}; run the same command again " \
-                 f"to resume"
+        shards = f"{len(done)} of {sum(num_shards.values())} shards are kept in {staging}; run the same command " \
+                 f"again to resume"
         if isinstance(e, KeyboardInterrupt):
             raise Interrupted(f"prepare {dataset} stopped by SIGINT (Ctrl-C): " + (shards if kept else
                               "no shard was finished, nothing was kept"), signal.SIGINT) from None
