@@ -98,7 +98,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from alexnet_jax import data
+    from alexnet_jax.errors import Interrupted
+
+    try:
+        from alexnet_jax import data
+    except KeyboardInterrupt:       # prepare itself says what it kept once it has begun writing
+        raise Interrupted(f"prepare {args.dataset} stopped by SIGINT (Ctrl-C) while starting: nothing was written",
+                          signal.SIGINT) from None
 
     if args.clear_cache:
         path = data.dataset_dir(args.dataset, args.data_dir)
@@ -297,9 +303,35 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace | None:
+    """The parsed command line, or None after a Ctrl-C while parsing (it imports JAX and Flax: seconds).  The
+    Ctrl-C is only noted meanwhile: a KeyboardInterrupt raised in a garbage-collector callback (JAX installs
+    one) would be printed as a traceback and swallowed, and the command would go on as if none had come."""
+    import threading
+
+    seen: list[int] = []
+
+    def note(signum, frame):
+        seen.append(signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, note) if main_thread else None
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except KeyboardInterrupt:
+        seen.append(signal.SIGINT)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, old)
+    return None if seen else args
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
-    args = build_parser(argv).parse_args(argv)
+    args = _parse(argv)
+    if args is None:
+        print("stopped by SIGINT (Ctrl-C) while starting: nothing was written", file=sys.stderr)
+        return 128 + signal.SIGINT
     try:
         force_host_devices(getattr(args, "force_host_devices", None))
         _distributed(args)
@@ -308,8 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped by SIGINT (Ctrl-C)", file=sys.stderr)
         return 128 + signal.SIGINT
     except Exception as e:
-        from alexnet_jax.errors import AlexnetJaxError
-        from alexnet_jax.workdir import Interrupted
+        from alexnet_jax.errors import AlexnetJaxError, Interrupted
         if isinstance(e, Interrupted):    # stopped at a step or batch boundary: what was saved, and the exit code
             print(e, file=sys.stderr)
             return e.exit_code

@@ -24,3 +24,25 @@ class SourceError(AlexnetJaxError, ValueError):
 
 class PreparationError(AlexnetJaxError, RuntimeError):
     """A prepare refused (an empty or mostly unreadable dataset, or another prepare writing it)."""
+
+
+class InputNotFoundError(AlexnetJaxError, FileNotFoundError):
+    """An input named on the command line (a file, folder or workdir) that does not exist, or holds
+    nothing of what was asked for; the message names it."""
+
+
+class InputFileError(AlexnetJaxError, ValueError):
+    """An input file that cannot be used (not an image, not decodable, damaged); the message names it."""
+
+
+class UsageError(AlexnetJaxError, ValueError):
+    """Command-line arguments that do not fit together (e.g. 2 labels for 1 workdir)."""
+
+
+class Interrupted(AlexnetJaxError):
+    """Stopped by a signal at a step, batch or shard boundary; the message says what was saved.  The command
+    exits 128 + the signal's number (130 for Ctrl-C)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum

@@ -6,11 +6,15 @@ import json
 import os
 import textwrap
 
+from alexnet_jax.errors import InputNotFoundError
+
 
 def read_metrics(workdir: str) -> list[dict]:
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: train in {workdir} first")
+        what = "no such folder" if not os.path.isdir(workdir) else "not found"
+        raise InputNotFoundError(f"{path}: {what}; give a workdir written by `alexnet-jax train` (it writes "
+                                 f"metrics.jsonl as it trains)")
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 

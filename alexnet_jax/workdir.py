@@ -35,7 +35,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from alexnet_jax.config import Config, show_value
-from alexnet_jax.errors import AlexnetJaxError
+from alexnet_jax.errors import AlexnetJaxError, Interrupted
 from alexnet_jax.tensorboard import EventWriter, purge_events
 
 log = logging.getLogger("alexnet_jax")
@@ -340,15 +340,6 @@ class Progress:
             self._redirect.__exit__(*exc)
         if self.bar is not None:
             self.bar.close()
-
-
-class Interrupted(AlexnetJaxError):
-    """Stopped by a signal at a step or batch boundary; the message says what was saved.  The command
-    exits 128 + the signal's number (130 for Ctrl-C)."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum, self.exit_code = signum, 128 + signum
 
 
 class StopFlag:

@@ -60,3 +60,35 @@ def ctrl_c_in_evaluations(monkeypatch):
 
     monkeypatch.setattr(Trainer, "evaluate", evaluate)
     yield seen
+
+
+DIGITS_RUN = dict(num_steps=4, checkpoint_every_steps=2, eval_every_epochs=100, log_every_steps=2, batch_size=16,
+                  keep_checkpoints=10)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A finished 4-step LeNet-5 run on the bundled digits (checkpoints 2 and 4): `<root>/wd`, its TFDS folder
+    `<root>/tfds`.  Trained once per test session, shared by the xdist workers through a file lock; tests
+    that change it work on a copy."""
+    import fcntl
+    import os
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "digits_run"
+    root.mkdir(exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (root / "ready").exists():
+                from alexnet_jax.config import Config
+                from alexnet_jax.data import prepare
+                from alexnet_jax.run import train_and_evaluate
+
+                prepare("digits", None, str(root / "tfds"))
+                train_and_evaluate(Config(**DIGITS_RUN, data_dir=str(root / "tfds")), str(root / "wd"),
+                                   progress=False)
+                (root / "ready").touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return root

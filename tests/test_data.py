@@ -572,8 +572,12 @@ def test_interrupted_prepare_resumes(inet_tree, tmp_path, monkeypatch, caplog):
         return real(task)
 
     monkeypatch.setattr(PR, "write_shard", flaky)
-    with pytest.raises(KeyboardInterrupt):
+    from alexnet_jax.errors import Interrupted
+
+    with pytest.raises(Interrupted, match=r"stopped by SIGINT \(Ctrl-C\): 2 of 6 shards are kept in .*; run the same "
+                                          r"command again to resume") as stop:
         D.prepare("imagenet2012/jpeg256", root, dd, workers=0, shard_size=2)
+    assert stop.value.exit_code == 130
     staging = dd / "imagenet2012" / "jpeg256" / ("5.1.0" + PR.STAGING_SUFFIX)
     assert staging.is_dir() and len(list((staging / "done").iterdir())) == 2
     assert not (dd / "imagenet2012" / "jpeg256" / "5.1.0").exists()
@@ -592,7 +596,7 @@ def test_interrupted_prepare_resumes(inet_tree, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(PR, "write_shard", flaky)
     calls.clear()
     fail["at"] = 2
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="1 of 6 shards are kept"):
         D.prepare("imagenet2012/raw256", root, dd, workers=0, shard_size=2)
     other = tmp_path / "other_tree"
     (other / "train" / "n01440764").mkdir(parents=True)

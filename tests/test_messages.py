@@ -17,16 +17,10 @@ FAST = dict(num_steps=4, checkpoint_every_steps=2, eval_every_epochs=100, log_ev
             keep_checkpoints=10)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished 4-step LeNet-5 run (checkpoints 2 and 4) and its TFDS folder."""
-    from alexnet_jax.data import prepare
-    from alexnet_jax.run import train_and_evaluate
-
-    root = tmp_path_factory.mktemp("messages")
-    prepare("digits", None, str(root / "tfds"))
-    train_and_evaluate(Config(**FAST, data_dir=str(root / "tfds")), str(root / "wd"), progress=False)
-    return root
+@pytest.fixture
+def trained(digits_run):
+    """A finished 4-step LeNet-5 run (checkpoints 2 and 4) and its TFDS folder (conftest's digits_run)."""
+    return digits_run
 
 
 def _copy(trained: Path, tmp_path: Path) -> Path:

@@ -25,11 +25,13 @@ import os
 import re
 import struct
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from alexnet_jax.errors import InputFileError, InputNotFoundError
 
 from .records import AUGMENT_STORED, STORED_SHAPES
 
@@ -74,39 +76,68 @@ def _tar_images(path: Path, prefix: str = "") -> Iterator[tuple[str, bytes]]:
                 yield prefix + m.name.lstrip("./"), tar.extractfile(m).read()
 
 
-def iter_image_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[tuple[str, bytes]]:
+def iter_image_files(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
+                     skip: Callable[[str, str], None] | None = None) -> Iterator[tuple[str, bytes]]:
     """(relative name, bytes) of every image under ``paths``: an image file (its name), a folder (searched
     recursively, names relative to it, sorted) or a tar archive, also compressed (member names, archive
-    order).  A tar inside a folder is read too (names ``<tar path relative to the folder>/<member>``)."""
+    order).  A tar inside a folder is read too (names ``<tar path relative to the folder>/<member>``).
+
+    A path that does not exist raises InputNotFoundError.  A named file that is neither an image nor a tar
+    archive, or a file that cannot be read, raises InputFileError; with ``skip`` it is passed to
+    ``skip(path, why)`` instead and the rest are still read."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+
+    def unusable(path, why):
+        if skip is None:
+            raise InputFileError(f"{path}: {why}")
+        skip(str(path), why)
+
+    def read(f: Path) -> bytes | None:
+        try:
+            return f.read_bytes()
+        except OSError as e:
+            unusable(f, f"cannot be read ({e.strerror or e})")
+            return None
+
+    def tar_images(f: Path, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        try:
+            yield from _tar_images(f, prefix)
+        except (OSError, tarfile.TarError, EOFError) as e:
+            unusable(f, f"a damaged tar archive ({type(e).__name__}: {e})")
+
     for p in map(Path, paths):
         if p.is_dir():
             for f in sorted(q for q in p.rglob("*") if q.is_file()):
                 rel = f.relative_to(p).as_posix()
                 if is_image_name(f.name):
-                    yield rel, f.read_bytes()
+                    if (data := read(f)) is not None:
+                        yield rel, data
                 elif tarfile.is_tarfile(f):
-                    yield from _tar_images(f, rel + "/")
+                    yield from tar_images(f, rel + "/")
         elif p.is_file() and is_image_name(p.name):
-            yield p.name, p.read_bytes()
+            if (data := read(p)) is not None:
+                yield p.name, data
         elif p.is_file() and tarfile.is_tarfile(p):
-            yield from _tar_images(p)
+            yield from tar_images(p)
         elif not p.exists():
-            raise FileNotFoundError(f"{p}: no such file or folder")
+            raise InputNotFoundError(f"{p}: no such file or folder (give image files, folders of images or "
+                                     f"tar archives)")
         else:
-            raise ValueError(f"{p}: not an image ({', '.join(IMAGE_EXTS)}), a folder or a tar archive")
+            unusable(p, f"not an image ({', '.join(IMAGE_EXTS)}), a folder or a tar archive")
 
 
-def read_image_files(paths, limit: int | None = None) -> list[tuple[str, bytes]]:
-    """``iter_image_files`` as a list (the first ``limit``); raises FileNotFoundError when there is none."""
+def read_image_files(paths, limit: int | None = None, *, skip: Callable[[str, str], None] | None = None
+                     ) -> list[tuple[str, bytes]]:
+    """``iter_image_files`` as a list (the first ``limit``); raises InputNotFoundError when there is none."""
     out = []
-    for item in iter_image_files(paths):
+    for item in iter_image_files(paths, skip=skip):
         out.append(item)
         if limit and len(out) >= limit:
             break
     if not out:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) found in {paths}")
+        named = ", ".join(map(str, [paths] if isinstance(paths, (str, os.PathLike)) else paths))
+        raise InputNotFoundError(f"no readable images ({', '.join(IMAGE_EXTS)}) found in {named}")
     return out
 
 
@@ -213,7 +244,7 @@ def decode_images(spec, images: Iterable[bytes], *, input_size: int | None = Non
         try:
             out.append(decode_fit(data, shape))
         except Exception as e:  # noqa: BLE001 - any decoder error: say which image
-            raise ValueError(f"image {i} cannot be decoded: {type(e).__name__}: {e}") from e
+            raise ValueError(f"image {i} cannot be decoded: {decode_error(e)}") from e
     if not out:
         return np.zeros((0, *shape), np.uint8)
     return np.stack(out)

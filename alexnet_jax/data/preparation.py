@@ -13,6 +13,8 @@
     may be unreadable; else the prepare is refused (``PreparationError`` naming the source and the splits)
     and the staging folder removed: nothing is left that looks prepared.  Then the TFDS metadata and
     ``prepare_report.json`` (unreadable and resized files) are written and the folder renamed into place.
+  * Ctrl-C (SIGINT) stops after the shards being written (the workers ignore it), says in one line
+    (``Interrupted``, exit 130) what was kept and how to resume.
   * Resume: an interrupted prepare keeps its staging folder; the next one from the same source and settings
     (``plan.json``) writes only the shards not done (another source starts afresh); a staging folder with no
     finished shard is removed.
@@ -31,12 +33,13 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
 from pathlib import Path
 
-from alexnet_jax.errors import ConfigError, PreparationError
+from alexnet_jax.errors import ConfigError, Interrupted, PreparationError
 
 from .catalog import JPEG256_QUALITY, VERSIONS, split_name
 from .datasets import Dataset, dataset_at, dataset_dir, dataset_root, find_dataset_dir, resolve_data_dir
@@ -152,7 +155,11 @@ def prepare(dataset: str, source: str | os.PathLike | None = None, data_dir: str
         log.warning("%s at %s fails the checks (%s): preparing it again", dataset, existing, "; ".join(problems))
     t0 = time.perf_counter()
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    listing = list_source(dataset, source)     # checks the source: nothing is written before this succeeds
+    try:
+        listing = list_source(dataset, source)     # checks the source: nothing is written before this succeeds
+    except KeyboardInterrupt:
+        raise Interrupted(f"prepare {dataset} stopped by SIGINT (Ctrl-C) while listing its source: nothing was "
+                          f"written", signal.SIGINT) from None
     shard_size = int(shard_size or SHARD_SIZES.get(store, SHARD_SIZES[None]))
     staging = final.parent / (final.name + STAGING_SUFFIX)
     new_staging = not staging.is_dir()
@@ -216,20 +223,38 @@ def _prepare_locked(dataset, listing: Listing, digest, staging: Path, final: Pat
                 finish(task, write_shard(task))
         else:
             ctx = multiprocessing.get_context("spawn")   # the parent may hold JAX / threads: no fork
+            # the workers never see Ctrl-C (a terminal sends it to all of them): they are started with SIGINT
+            # ignored, which an exec keeps and Python leaves so (a Ctrl-C while they are started is lost)
+            handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
             with cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
-                futures = {pool.submit(write_shard, t): t for t in tasks}
+                try:
+                    futures = {pool.submit(write_shard, t): t for t in tasks}
+                finally:
+                    signal.signal(signal.SIGINT, handler)
                 try:
                     for fut in cf.as_completed(futures):
                         finish(futures[fut], fut.result())
+                except KeyboardInterrupt:       # Ctrl-C: the shards being written are finished and kept
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    for fut, t in futures.items():
+                        if fut.done() and not fut.cancelled() and fut.exception() is None \
+                                and (t["split"], t["shard"]) not in done:
+                            finish(t, fut.result())
+                    raise
                 except BaseException:
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise
     except BaseException as e:
-        if not any(done_dir.iterdir()):
+        kept = any(done_dir.iterdir())
+        if not kept:
             _discard(staging, root)
-        else:
-            log.warning("prepare %s stopped (%s): %d of %d shards are kept in %s; run the same command again to "
-                        "resume", dataset, type(e).__name__, len(done), len(done) + len(tasks), staging)
+        shards = f"{len(done)} of {sum(num_shards.values())} shards are kept in {staging}; run the same command " \
+                 f"again to resume"
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted(f"prepare {dataset} stopped by SIGINT (Ctrl-C): " + (shards if kept else
+                              "no shard was finished, nothing was kept"), signal.SIGINT) from None
+        if kept:
+            log.warning("prepare %s stopped (%s): %s", dataset, type(e).__name__, shards)
         raise
     progress.update(0, force=True)
 

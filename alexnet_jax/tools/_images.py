@@ -22,11 +22,17 @@ _SAMPLE_NAME = re.compile(r"^(n\d{8})_(.+)$")
 # ------------------------------------------------------------------------------------------------
 # Images: files / folders / tars, and a dataset split
 # ------------------------------------------------------------------------------------------------
+def _skipping(path: str, why: str) -> None:
+    log.warning("skipping %s: %s", path, why)
+
+
 def read_image_files(paths, limit: int | None = None) -> list[tuple[str, bytes]]:
-    """(full relative name, encoded bytes) of every image among `paths` (files, folders, tars)."""
+    """(full relative name, encoded bytes) of every image among `paths` (files, folders, tars).  A named
+    file that is not an image or cannot be read is skipped with one warning naming it; a missing path,
+    or no image at all, is an error (InputNotFoundError)."""
     from alexnet_jax.data import read_image_files as read
 
-    return read(paths, limit)
+    return read(paths, limit, skip=_skipping)
 
 
 def sample_label(name: str) -> tuple[str, str] | None:
@@ -65,11 +71,24 @@ def display_crop(img: np.ndarray, size: int) -> np.ndarray:
     return img[t:t + size, l:l + size]
 
 
-def _decoded(i: int, fit, data: bytes, size: int) -> np.ndarray:
-    try:
-        return fit(data, size)
-    except Exception as e:  # noqa: BLE001 - any decoder error: say which image (as data.decode_images)
-        raise ValueError(f"image {i} cannot be decoded: {type(e).__name__}: {e}") from e
+def decode_files(items: list[tuple[str, bytes]], fit, source: str) -> tuple[list[str], np.ndarray]:
+    """(names, stored images) of the (name, bytes) `items` that `fit(bytes)` decodes; each one it cannot
+    is skipped with one warning naming the file.  None decodable: InputFileError."""
+    from alexnet_jax.data.files import decode_error
+    from alexnet_jax.errors import InputFileError
+
+    names, stored = [], []
+    for name, data in items:
+        try:
+            stored.append(fit(data))
+        except Exception as e:  # noqa: BLE001 - any decoder error: name the file, keep the others
+            _skipping(name, f"cannot be decoded ({decode_error(e) if data else 'an empty file'})")
+            continue
+        names.append(name)
+    if not stored:
+        raise InputFileError(f"none of the {len(items)} image file(s) in {source} can be decoded (see the warnings "
+                             f"above): give JPEG, PNG or other image files Pillow reads")
+    return names, np.stack(stored)
 
 
 @dataclasses.dataclass
@@ -165,17 +184,20 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
     import jax
 
     from alexnet_jax import data as data_lib
+    from alexnet_jax.data.files import decode_fit
 
     augment = restored.trainer.augment
     if images:
         items = read_image_files(images, limit)
+        source = ", ".join(map(str, images))
         if restored.config.preprocess == "torchvision":
-            size = augment.stored_shape[0]
-            stored = np.stack([_decoded(i, torchvision_fit, b, size) for i, (_, b) in enumerate(items)])
+            names, stored = decode_files(items, lambda b: torchvision_fit(b, augment.stored_shape[0]), source)
         else:
-            stored = data_lib.decode_images(augment, [b for _, b in items])
-        names, labels, source = [n for n, _ in items], [None] * len(items), ", ".join(map(str, images))
-        how = f"{len(items)} image files in the order given (inside folders and tars by name)"
+            names, stored = decode_files(items, lambda b: decode_fit(b, augment.stored_shape), source)  # decode_images'
+        labels = [None] * len(names)
+        how = f"{len(names)} image files in the order given (inside folders and tars by name)"
+        if len(names) < len(items):
+            how += f", {len(items) - len(names)} undecodable skipped"
     else:
         cfg = restored.config.replace(dataset=dataset) if dataset else restored.config
         cfg = cfg.replace(data_dir=data_dir) if data_dir else cfg
@@ -188,7 +210,8 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
         stored, names, labels = stored[ok], [m for m, k in zip(names, ok) if k], labels[ok].tolist()
         source = f"{cfg.dataset}:{split}"
     if not len(stored):
-        raise ValueError(f"no images in {source}")
+        from alexnet_jax.errors import InputFileError
+        raise InputFileError(f"no decodable images in {source} (see the warnings above)")
     x = np.asarray(jax.jit(augment.eval)(stored))
     return Inputs(x=x, display=[display_crop(d, augment.input_size) for d in stored], names=names,
                   labels=labels, source=source, mean=describe_mean(augment, restored.config.preprocess), pick=how)

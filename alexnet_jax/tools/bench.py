@@ -29,6 +29,8 @@ import json
 import os
 import sys
 
+from alexnet_jax.errors import UsageError
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", nargs="+", default=["alexnet"], metavar="M",
@@ -137,11 +139,14 @@ def parse_mesh(text: str | None) -> tuple[int, int]:
         if not part.strip():
             continue
         if "=" not in part:
-            raise ValueError(f"bad --mesh {text!r}: expected data=N,model=M")
+            raise UsageError(f"bad --mesh {text!r}: expected data=N,model=M")
         k, v = (s.strip() for s in part.split("=", 1))
         if k not in out:
-            raise ValueError(f"bad --mesh axis {k!r}: the axes are data and model")
-        out[k] = int(v)
+            raise UsageError(f"bad --mesh axis {k!r}: the axes are data and model")
+        try:
+            out[k] = int(v)
+        except ValueError:
+            raise UsageError(f"bad --mesh {text!r}: {k}={v!r} is not a whole number of devices") from None
     return out["data"], out["model"]
 
 
@@ -239,7 +244,10 @@ def _lenet(args, threads: int, peer_dir: str) -> int:
 
 def run(args) -> int:
     from alexnet_jax.bench import peers, step
+    from alexnet_jax.workdir import check_writable
 
+    if args.out:                     # before the measurement, not after it
+        check_writable(os.path.dirname(os.path.abspath(args.out)), "output folder")
     peer_dir = args.peer_dir or str(peers.default_peer_dir())
     threads = _threads(args)
 

@@ -201,6 +201,8 @@ def run(args) -> int:
     from alexnet_jax.workdir import check_writable
 
     base = apply_overrides(get_config(args.config), args.set)
+    out = args.out or os.path.join("runs", "init_stats", f"{args.config}.png")
+    check_writable(os.path.dirname(os.path.abspath(out)), "output folder")   # before minutes of measuring
     if args.data_dir:
         base = base.replace(data_dir=args.data_dir)
     widths = [float(w) for w in args.widths.split(",")] if args.widths else [base.width]
@@ -214,8 +216,6 @@ def run(args) -> int:
             if "after_steps" in v:
                 print(layer_stats_table(v, "after_steps"))
             print()
-    out = args.out or os.path.join("runs", "init_stats", f"{args.config}.png")
-    check_writable(os.path.dirname(os.path.abspath(out)), "output folder")
     plot(variants, out, " ".join([args.config, *args.set]), args.batch)
     json_path = _cli.write_json(os.path.splitext(out)[0] + ".json", {"config": base.to_dict(), "variants": variants})
     _cli.emit({"tool": "init-stats", "config": args.config, "out": out, "json": json_path,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alexnet_jax.errors import UsageError
 from alexnet_jax.tools import _cli, _images
 
 
@@ -145,7 +146,11 @@ def run(args) -> int:
     queries = args.query_indices if args.query_indices else list(range(min(args.queries, n)))
     k = min(args.k, n - 1)
     if k < 1:
-        raise ValueError(f"need at least 2 images for neighbours, got {n}")
+        raise UsageError(f"neighbours needs at least 2 images, {inputs.source} gave {n}: give more --images "
+                         f"or a larger --limit")
+    if any(not 0 <= q < n for q in queries):
+        raise UsageError(f"--query-indices {[q for q in queries if not 0 <= q < n]} outside the {n} images: "
+                         f"give indices 0..{n - 1}")
     idx = nearest_neighbours(feats, queries, k)
     dist = distances(feats, queries, idx)
     layer = r.model.feature_layer

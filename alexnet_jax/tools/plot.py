@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from alexnet_jax.errors import UsageError
 from alexnet_jax.tools import _cli
 
 USES_DEVICES = False
@@ -30,7 +31,7 @@ def parse_labels(labels: list[str] | None, n: int) -> list[str] | None:
         return None
     flat = [s.strip() for item in labels for s in (item.split(",") if len(labels) == 1 else [item])]
     if len(flat) != n:
-        raise ValueError(f"{len(flat)} labels for {n} workdirs: give one label per workdir")
+        raise UsageError(f"--labels: {len(flat)} labels for {n} workdir(s): give one label per workdir")
     return flat
 
 
@@ -39,13 +40,13 @@ def run(args) -> int:
 
     workdirs = list(args.workdirs) + list(args.workdir)
     if not workdirs:
-        raise ValueError("give at least one workdir")
+        raise UsageError("give at least one workdir (a folder with the metrics.jsonl `alexnet-jax train` writes)")
     labels = parse_labels(args.labels, len(workdirs))
+    metrics = [read_metrics(wd) for wd in workdirs]     # every workdir checked before anything is written
     out = _cli.out_path(args, workdirs[0], "curves_overlay.png")
     plot_runs(workdirs, out, labels)
     runs = []
-    for i, wd in enumerate(workdirs):
-        recs = read_metrics(wd)
+    for i, (wd, recs) in enumerate(zip(workdirs, metrics, strict=True)):
         train = [r for r in recs if r.get("kind") == "train"]
         evals = [r for r in recs if r.get("kind") == "eval"]
         last = evals[-1] if evals else {}
