@@ -1,12 +1,27 @@
-"""Shared pytest setup.
+"""Shared pytest setup, fixtures and helpers.
 
 * Tests marked `slow` run only when selected with `-m slow` (or any -m naming slow).
 * Implicit rank promotion is an error in every test (jax_numpy_rank_promotion="raise"): broadcasting a
   lower-rank array must be written out.
+* `digits_run`: one finished 4-step LeNet-5 run on the bundled digits per test session.
+* `tfds_dir`: the bundled `digits` dataset prepared once per test module into a temporary TFDS folder;
+  `fast_config`, `train_in_process`, `metrics_records`, `read_events` and `damage_checkpoint` train on it
+  in-process and read back what a run wrote (test modules import them: `from conftest import ...`).
 """
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import jax
 import pytest
+
+from alexnet_jax.config import Config
+
+# a 10-step run on digits saving every 5 steps, no evaluation before the final one
+FAST = dict(num_steps=10, checkpoint_every_steps=5, eval_every_epochs=100, log_every_steps=5, batch_size=16,
+            keep_checkpoints=10)
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -81,7 +96,6 @@ def digits_run(tmp_path_factory):
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not (root / "ready").exists():
-                from alexnet_jax.config import Config
                 from alexnet_jax.data import prepare
                 from alexnet_jax.run import train_and_evaluate
 
@@ -92,3 +106,58 @@ def digits_run(tmp_path_factory):
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return root
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tfds")
+    from alexnet_jax.data import prepare
+    prepare("digits", None, str(d))
+    return d
+
+
+def fast_config(tfds_dir, **kw) -> Config:
+    return Config(**dict(FAST, data_dir=str(tfds_dir), **kw))
+
+
+def train_in_process(config, workdir, *, extend: bool = False):
+    from alexnet_jax.run import train_and_evaluate
+    return train_and_evaluate(config, str(workdir), progress=False, extend=extend)
+
+
+def read_events(tb_dir) -> list:
+    """Every Event in a TensorBoard folder, read with tensorboardX's own protobuf and crc32c (an independent
+    reader of what alexnet_jax.workdir writes)."""
+    import struct
+
+    from tensorboardX.crc32c import crc32c
+    from tensorboardX.proto.event_pb2 import Event
+
+    def masked(b):
+        c = crc32c(b)
+        return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    events = []
+    for f in sorted(Path(tb_dir).glob("events.out.tfevents*")):
+        data = f.read_bytes()
+        i = 0
+        while i + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            assert struct.unpack("<I", data[i + 8:i + 12])[0] == masked(data[i:i + 8]), f
+            rec = data[i + 12:i + 12 + n]
+            assert struct.unpack("<I", data[i + 12 + n:i + 16 + n])[0] == masked(rec), f
+            events.append(Event.FromString(rec))
+            i += 16 + n
+        assert i == len(data), f"{f}: trailing bytes"
+    return events
+
+
+def metrics_records(workdir: Path) -> list[dict]:
+    return [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+def damage_checkpoint(step_dir: Path) -> None:
+    """Truncate the two largest data files of a checkpoint step (as a crash of the disk would)."""
+    files = sorted((f for f in (step_dir / "state").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    for f in files[-2:]:
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])

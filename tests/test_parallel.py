@@ -117,7 +117,7 @@ def _assert_meshes_agree(res: dict, out: Path, steps: int, tol: float = 1e-5) ->
 
 
 # ================================================================================================
-# 1. Equivalence
+# Equivalence
 # ================================================================================================
 def test_meshes_train_identically_8_steps(meshes8):
     res, out = meshes8
@@ -155,7 +155,7 @@ def test_caffe_lrn_on_the_column_split(tmp_path):
 
 
 # ================================================================================================
-# 2. Communication
+# Communication
 # ================================================================================================
 def _check_forward(rep: dict) -> None:
     cs = [c for c in rep["collectives"] if c["group_size"] > 1]
@@ -252,7 +252,7 @@ def test_comms_parses_hlo_forms():
 
 
 # ================================================================================================
-# 3. Where every parameter lives
+# Where every parameter lives
 # ================================================================================================
 def test_parameter_shardings_1x2(meshes8):
     res, _ = meshes8
@@ -273,7 +273,7 @@ def test_parameter_shardings_1x2(meshes8):
 
 
 # ================================================================================================
-# 4. Checkpoints move between meshes
+# Checkpoints move between meshes
 # ================================================================================================
 def test_checkpoints_move_between_meshes(tmp_path):
     res = run_task("checkpoint", tmp_path)
@@ -286,7 +286,7 @@ def test_checkpoints_move_between_meshes(tmp_path):
 
 
 # ================================================================================================
-# 5. One-column nets are data-parallel over every device
+# One-column nets are data-parallel over every device
 # ================================================================================================
 def test_one_column_models_data_parallel_2x2(tmp_path):
     res = run_task("onecolumn", tmp_path)
@@ -299,7 +299,7 @@ def test_one_column_models_data_parallel_2x2(tmp_path):
 
 
 # ================================================================================================
-# 6. Bad input fails clearly
+# Bad input fails clearly
 # ================================================================================================
 def test_bad_shapes_fail_clearly(tmp_path):
     res = run_task("errors", tmp_path)
@@ -311,6 +311,23 @@ def test_bad_shapes_fail_clearly(tmp_path):
     assert "mesh_model=3 needs a multiple of 3 devices, but 4 are present" in res["model_axis_2_on_4_devices_3"]
     # a one-column model on a model axis of 2 stays data-parallel over both devices, and says so
     assert res["one_column_on_model_2"] == "mesh data=1 x model=2: one-column model: data-parallel over all 2 devices"
+
+
+# ================================================================================================
+# The column axis follows the devices (mesh_model=-1)
+# ================================================================================================
+def test_the_column_axis_follows_the_devices():
+    """mesh_model=-1 (alexnet_cifar10's default): two columns over two devices when 2+ are free, one device
+    otherwise."""
+    from alexnet_jax import parallel
+    from alexnet_jax.configs import get_config
+
+    assert get_config("alexnet_cifar10").mesh_model == -1
+    assert parallel.resolve_mesh_shape(-1, -1, 1) == (1, 1)
+    assert parallel.resolve_mesh_shape(-1, -1, 2) == (1, 2)
+    assert parallel.resolve_mesh_shape(-1, -1, 4) == (2, 2)
+    assert parallel.resolve_mesh_shape(3, -1, 3) == (3, 1)      # the data axis leaves one device each
+    assert parallel.resolve_mesh_shape(1, -1, 3) == (1, 1)      # 3 free devices: no even split of 2 columns
 
 
 # ================================================================================================

@@ -29,24 +29,24 @@ def test_every_config_has_a_budget_or_its_own_check():
 
 
 @pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
+def recipes_tfds_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tfds")
 
 
 @pytest.mark.parametrize("name", sorted(BUDGETS))
-def test_recipe_beats_chance_within_its_budget(name, tfds_dir, tmp_path):
+def test_recipe_beats_chance_within_its_budget(name, recipes_tfds_dir, tmp_path):
     from alexnet_jax import data as data_lib
     from alexnet_jax.run import train_and_evaluate
 
     steps, target = BUDGETS[name]
-    config = get_config(name).replace(data_dir=str(tfds_dir))
+    config = get_config(name).replace(data_dir=str(recipes_tfds_dir))
     source = SOURCES[config.dataset]
     if not source.exists():
         pytest.skip(f"{source} not found")
     try:
         data_lib.ensure_prepared(config)
     except data_lib.DatasetNotPreparedError:
-        data_lib.prepare(config.dataset, str(source), str(tfds_dir))
+        data_lib.prepare(config.dataset, str(source), str(recipes_tfds_dir))
     # the recipe as shipped; only the run's length (and how often it saves) is the budget's
     res = train_and_evaluate(config.replace(num_steps=steps, checkpoint_every_steps=steps), str(tmp_path / "run"),
                              progress=False)

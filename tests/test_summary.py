@@ -85,6 +85,15 @@ def test_cli_summary_alexnet(capsys):
     assert "alexnet" in table.splitlines()[0]
 
 
+def test_summary_says_which_shapes_are_per_column(capsys):
+    from alexnet_jax import cli
+
+    assert cli.main(["summary", "alexnet"]) == 0
+    out = capsys.readouterr().out
+    assert "conv1       55x55x48 (per column, x2)" in out and "fc8         1000 " in out
+    assert "2 columns: parameters and multiply-adds count every column" in out
+
+
 def test_alexnet_224_published_counts(abstract_models):
     """derived layer by layer: the same count holds at 224 with cuda-convnet's 55x55 conv1."""
     s = summary_mod.summarize("alexnet", input_size=224)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import damage_checkpoint, fast_config, train_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = Path(__file__).resolve().parents[2] / "shared/data/imagenet_samples/imagenet_samples_100.tar"
@@ -366,6 +367,64 @@ def test_curves_figure_labels_split_and_scale(tmp_path):
     assert [ln.get_label() for ln in both.axes[1].get_lines()] == ["a top-1 error (test)", "b top-1 error (test)"]
 
 
+def _captured_figure(monkeypatch):
+    """The figure a drawing function saves (its savefig still writes the file)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    seen = []
+    real = Figure.savefig
+
+    def savefig(self, *a, **k):
+        seen.append(self)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return seen
+
+
+def test_filters_name_columns_not_gpus(monkeypatch, tmp_path):
+    from alexnet_jax.tools.filters import draw
+
+    seen = _captured_figure(monkeypatch)
+    blocks = [np.random.default_rng(c).normal(size=(6, 5, 5, 3)) for c in range(2)]
+    draw(blocks, [0.5, 0.6], "conv1", str(tmp_path / "f.png"))
+    titles = [ax.get_title() for ax in seen[0].axes]
+    assert titles[0].startswith("conv1 column 0") and titles[1].startswith("conv1 column 1")
+    assert not any("GPU" in t for t in titles)
+
+
+def test_neighbours_title_clears_the_first_row(monkeypatch, tmp_path):
+    from alexnet_jax.tools.neighbours import draw
+
+    seen = _captured_figure(monkeypatch)
+    display = [np.full((8, 8, 3), i / 10, np.float32) for i in range(6)]
+    idx = np.array([[1, 2], [3, 4]])
+    draw(display, [f"train/c/{i}.jpg" for i in range(6)], [0, 5], idx, np.ones((2, 2)), str(tmp_path / "n.png"),
+         title="a long title " * 3)
+    fig = seen[0]
+    renderer = fig._get_renderer()
+    title_box = fig._suptitle.get_window_extent(renderer)
+    first_row_top = max(ax.title.get_window_extent(renderer).y1 for ax in fig.axes[:3])
+    assert title_box.y0 >= first_row_top, (title_box, first_row_top)
+
+
+def test_curves_show_a_single_evaluation(monkeypatch, tmp_path):
+    from alexnet_jax.plotting import plot_runs
+
+    seen = _captured_figure(monkeypatch)
+    recs = [{"step": s, "kind": "train", "loss": 2.0 / s, "accuracy": 0.1} for s in (1, 2, 3)]
+    recs.append({"step": 3, "kind": "eval", "top1": 0.9, "top5": 1.0, "loss": 0.3})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    plot_runs([str(tmp_path)], str(tmp_path / "c.png"))
+    ax_loss, ax_acc = seen[0].axes
+    evals = [ln for ln in ax_loss.get_lines() if ln.get_label().endswith("eval")]
+    assert len(evals) == 1 and len(evals[0].get_xdata()) == 1 and evals[0].get_marker() == "o"
+    (err,) = ax_acc.get_lines()
+    assert err.get_marker() == "o" and list(err.get_ydata()) == pytest.approx([10.0])
+
+
 # ------------------------------------------------------------------------------------------------
 # Forward taps against the models' own forward pass
 # ------------------------------------------------------------------------------------------------
@@ -587,6 +646,20 @@ def test_inspect_lists_every_parameter_with_its_column(run, capsys, tmp_path):
     conv1 = [r["path"] for r in rows if r["path"].startswith("conv1.kernel")]
     assert conv1 == ["conv1.kernel[0]", "conv1.kernel[1]"]
     assert report["config"]["mesh_model"] == 2 and report["evals"][-1]["step"] == CONFIG["num_steps"]
+
+
+def test_inspect_lists_the_checkpoint_steps(tfds_dir, tmp_path, capsys):
+    from alexnet_jax import cli
+
+    wd = tmp_path / "w"
+    train_in_process(fast_config(tfds_dir), wd)
+    damage_checkpoint(wd / "checkpoints" / "10")
+    train_in_process(fast_config(tfds_dir, num_steps=15), wd, extend=True)
+    capsys.readouterr()
+    assert cli.main(["inspect", "--workdir", str(wd)]) == 0
+    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert s["checkpoint_steps"]["usable_or_unchecked"] == [5, 10, 15]
+    assert len(s["checkpoint_steps"]["moved_aside"]) == 1
 
 
 def test_filters_through_the_cli(run, capsys):

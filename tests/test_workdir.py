@@ -1,27 +1,29 @@
 """A workdir owns its run: `train --workdir DIR` resumes with DIR's own config, a changed schedule is refused
-unless asked for with --extend, and a finished schedule's final checkpoint is never pruned.  In-process
-through the CLI's main on the bundled digits (the quick start's recipe, shortened with --set)."""
+unless asked for with --extend, and a finished schedule's final checkpoint is never pruned; one run at a time
+holds it (a lock that dies with its process); a signal, during training or its evaluations, loses nothing;
+a workdir or output folder that cannot be written is one clear message; progress is plain lines when piped.
+In-process through the CLI's main or train_and_evaluate on the bundled digits (the quick start's recipe,
+shortened with --set); subprocesses only where the point is a process's death or its output."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from conftest import fast_config, train_in_process
 
 from alexnet_jax import cli
 
+ROOT = Path(__file__).resolve().parents[1]
 FIRST = ["--set", "num_steps=6", "--set", "checkpoint_every_steps=2", "--set", "keep_checkpoints=1"]
-
-
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tfds")
-    from alexnet_jax.data import prepare
-    prepare("digits", None, str(d))
-    return d
 
 
 def _steps(wd: Path) -> list[int]:
@@ -41,6 +43,45 @@ def _params(wd: Path, step: int) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(restore_workdir(str(wd), step=step).state.params)]
 
 
+# -----------------------------------------------------------------------------------------------
+# One run per workdir
+# -----------------------------------------------------------------------------------------------
+def test_second_run_in_a_locked_workdir_exits_naming_the_holder(tfds_dir, tmp_path):
+    from alexnet_jax.workdir import WorkdirError, WorkdirLock
+
+    wd = tmp_path / "run"
+    wd.mkdir()
+    holder = WorkdirLock(str(wd))
+    holder.acquire()
+    try:
+        with pytest.raises(WorkdirError, match=rf"in use by another run \(pid {os.getpid()} on host "):
+            train_in_process(fast_config(tfds_dir), wd)
+        assert not (wd / "metrics.jsonl").exists() and not (wd / "checkpoints").exists()
+    finally:
+        holder.release()
+    assert train_in_process(fast_config(tfds_dir), wd)["step"] == 10          # free again
+
+
+def test_the_lock_dies_with_its_process(tmp_path):
+    """SIGKILL leaves no stale lock: the kernel drops an flock when the holder dies."""
+    code = ("import sys, time; from alexnet_jax.workdir import WorkdirLock; WorkdirLock(sys.argv[1]).acquire(); "
+            "print('locked', flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.stdout.readline().strip() == "locked"
+    from alexnet_jax.workdir import WorkdirError, WorkdirLock
+    with pytest.raises(WorkdirError, match=f"pid {p.pid}"):
+        WorkdirLock(str(tmp_path)).acquire()
+    p.send_signal(signal.SIGKILL)
+    p.wait(30)
+    lock = WorkdirLock(str(tmp_path))
+    lock.acquire()
+    lock.release()
+
+
+# -----------------------------------------------------------------------------------------------
+# Resume, extend, another model: the workdir keeps its run
+# -----------------------------------------------------------------------------------------------
 def test_a_finished_run_is_neither_extended_nor_pruned_by_accident(tfds_dir, tmp_path, capsys):
     wd = tmp_path / "short"
     common = ["--workdir", str(wd), "--data-dir", str(tfds_dir)]
@@ -91,6 +132,31 @@ def test_another_model_in_a_workdir_is_refused_naming_the_change(tfds_dir, tmp_p
     # where and how it runs may change freely (here: how often it saves)
     rc, errors, res = _train(capsys, *common, "--set", "checkpoint_every_steps=3")
     assert rc == 0 and res["finished_before"] is True
+
+
+# -----------------------------------------------------------------------------------------------
+# A signal during training or an evaluation loses nothing
+# -----------------------------------------------------------------------------------------------
+def test_signal_during_final_evaluation_and_rerun_of_a_finished_workdir(tfds_dir, tmp_path, monkeypatch, caplog):
+    from alexnet_jax.trainer import Trainer
+
+    real = Trainer.evaluate
+
+    def evaluate_then_interrupt(self, state, batches):
+        out = real(self, state, batches)
+        os.kill(os.getpid(), signal.SIGINT)       # arrives during the final evaluation: the work is done
+        return out
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(Trainer, "evaluate", evaluate_then_interrupt)
+    wd = tmp_path / "run"
+    first = train_in_process(fast_config(tfds_dir), wd)
+    monkeypatch.setattr(Trainer, "evaluate", real)
+    assert first["step"] == 10 and first["compile_seconds"] > 0 and 0 <= first["top1"] <= 1
+    again = train_in_process(fast_config(tfds_dir), wd)
+    assert again["finished_before"] is True and again["compile_seconds"] is None     # no made-up timing
+    assert again["top1"] == first["top1"] and again["step"] == 10
+    assert any("is finished (step 10 of 10)" in r.getMessage() for r in caplog.records)
 
 
 def test_ctrl_c_during_evaluations_saves_and_the_next_command_resumes_bitwise(tfds_dir, tmp_path,
@@ -181,3 +247,68 @@ def test_extending_a_finished_run_to_the_recipes_schedule_keeps_its_final_checkp
     assert _steps(wd) == [6, 1320]
     for a, b in zip(kept, _params(wd, 6), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# -----------------------------------------------------------------------------------------------
+# Paths that cannot be written
+# -----------------------------------------------------------------------------------------------
+def _unwritable(tmp_path: Path) -> Path:
+    """A directory this process cannot create files in: read-only for a normal user; under a regular
+    file for root (who ignores permissions), which fails the same way (an OSError on create)."""
+    if os.geteuid() != 0:
+        d = tmp_path / "ro"
+        d.mkdir()
+        d.chmod(0o555)
+        return d / "run"
+    f = tmp_path / "a_file"
+    f.write_text("")
+    return f / "run"
+
+
+def test_unwritable_workdir_and_output_paths_give_one_clear_message(tfds_dir, tmp_path, capsys):
+    from alexnet_jax import cli
+
+    bad = _unwritable(tmp_path)
+    assert cli.main(["train", "--workdir", str(bad), "--no-progress", "--data-dir", str(tfds_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot write to the workdir {bad}"), err
+    wd = tmp_path / "ok"
+    train_in_process(fast_config(tfds_dir), wd)
+    for tool in ("inspect", "filters", "activations"):
+        assert cli.main([tool, "--workdir", str(wd), "--out", str(bad / "x.json")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: cannot write to the output folder"), (tool, err)
+
+
+# -----------------------------------------------------------------------------------------------
+# What a run prints
+# -----------------------------------------------------------------------------------------------
+def test_piped_progress_is_plain_lines(tfds_dir, tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", ALEXNET_JAX_PROGRESS_SECONDS="0")
+    r = subprocess.run([sys.executable, "-m", "alexnet_jax.cli", "train", "--workdir", str(tmp_path / "w"),
+                        "--data-dir", str(tfds_dir), "--set", "num_steps=6", "--set", "batch_size=16",
+                        "--set", "eval_every_epochs=100"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "\r" not in r.stderr
+    progress = [x for x in r.stderr.splitlines() if " step " in x and "/6 (" in x]
+    assert progress and all(" INFO step " in x for x in progress), r.stderr
+
+
+def test_log_lines_go_through_the_progress_bar(capsys):
+    import logging
+
+    from alexnet_jax.workdir import Progress
+
+    console = logging.StreamHandler(sys.stderr)             # what cli.setup_logging installs
+    logging.getLogger().addHandler(console)
+    try:
+        with Progress(100, 0, tty=True) as bar:
+            bar.advance(10)
+            logging.getLogger("alexnet_jax").warning("received signal 15")
+            bar.advance(20)
+    finally:
+        logging.getLogger().removeHandler(console)
+    err = capsys.readouterr().err
+    line = next(x for x in err.replace("\r", "\n").splitlines() if "received signal 15" in x)
+    assert line.strip() == "received signal 15" or line.rstrip().endswith("received signal 15")
+    assert "it/s]received" not in err and "step/s]received" not in err
