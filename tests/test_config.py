@@ -66,13 +66,15 @@ def test_cross_field_rules_and_nan():
     (["momentum=2"], "momentum=2.0 is not allowed: momentum must be 0 <= value < 1"),
     (["num_epochs=0"], "num_epochs=0.0 is not allowed: num_epochs must be 0 < value"),
 ])
-def test_the_values_seen_in_the_wild_are_refused_and_nothing_is_created(tfds_dir, tmp_path, overrides, message):
+def test_the_values_seen_in_the_wild_are_refused_and_nothing_is_created(tfds_dir, tmp_path, overrides, message,
+                                                                      capsys):
     from alexnet_jax import cli
 
     wd = tmp_path / "never"
     rc = cli.main(["train", "--workdir", str(wd), "--no-progress", "--data-dir", str(tfds_dir),
                    *[a for o in overrides for a in ("--set", o)]])
     assert rc == 2
+    assert message in capsys.readouterr().err
     assert not wd.exists()
 
 
