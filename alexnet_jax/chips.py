@@ -1,9 +1,7 @@
-"""The chips `alexnet-jax compile` compiles for (compile.py), and their compile-only devices on any host.
-
-`CHIPS` holds each chip's published figures (experiments/REPRODUCTION.md cites each), which the roofline
-prediction divides by; `parse_topology` reads a topology name ("v5e:2x2", "h100:2"); `devices` gives its
-compile-only devices: TPU chips through libtpu, NVIDIA GPUs through JAX's CUDA plugin given a description
-of the GPU (`gpu_target_config`; no CUDA libraries, no GPU).
+"""The chips `alexnet-jax compile` compiles for (compile.py): their published figures (`CHIPS`, cited in
+experiments/REPRODUCTION.md), topology names (`parse_topology`: "v5e:2x2", "h100:2") and compile-only devices
+(`devices`): TPU chips through libtpu, NVIDIA GPUs through JAX's CUDA plugin given a description of the GPU
+(`gpu_target_config`; no CUDA libraries, no GPU).
 """
 
 from __future__ import annotations
@@ -18,7 +16,9 @@ import tempfile
 from typing import Any
 
 import jax
+from jax.experimental import topologies
 
+from alexnet_jax.bench.step import peak_flops  # the benchmark's GPU peaks (NVIDIA datasheets)
 from alexnet_jax.errors import AlexnetJaxError
 
 log = logging.getLogger("alexnet_jax")
@@ -36,7 +36,7 @@ class Chip:
     platform: str                   # "tpu" or "gpu"
     name: str                       # "TPU v5e", "NVIDIA H100"
     peak_bf16_flops: float          # FLOP/s, dense
-    peak_float32_flops: float       # FLOP/s of float32 matmuls at JAX's default precision (module docstring)
+    peak_float32_flops: float       # FLOP/s of float32 matmuls at JAX's default precision (compile.py)
     hbm_bytes: float                # as published (GB or GiB, see `hbm_published`)
     hbm_published: str
     hbm_bytes_per_second: float
@@ -51,8 +51,6 @@ def _tpu(gen: str, peak: float, hbm: float, hbm_text: str, bandwidth: float, ici
 
 
 def _nvidia(gen: str, device_kind: str, hbm: float, hbm_text: str, bandwidth: float) -> Chip:
-    from alexnet_jax.bench.step import peak_flops  # the benchmark's GPU peaks (NVIDIA datasheets)
-
     return Chip(gen, "gpu", f"NVIDIA {gen.upper()}", peak_flops(device_kind, "bfloat16")[0],
                 peak_flops(device_kind, "float32")[0], hbm, hbm_text, bandwidth, "NVLink", 900e9 / 2,
                 f"https://www.nvidia.com/en-us/data-center/{gen}/")
@@ -94,9 +92,6 @@ def gpu_target_config(generation: str) -> str:
             f'platform_name: "CUDA"\ndevice_description_str: "{GPU_NAMES[generation]}"\n')
 
 
-# ------------------------------------------------------------------------------------------------
-# Topology and compile-only devices
-# ------------------------------------------------------------------------------------------------
 def parse_topology(name: str) -> tuple[Chip, tuple[int, ...]]:
     """"v5e:2x2" -> (CHIPS["v5e"], (2, 2)); "h100:2" -> (CHIPS["h100"], (2,)); anything else is a
     CompileError naming what is accepted."""
@@ -160,8 +155,6 @@ def devices(topology: str) -> list:
     """The compile-only devices of a topology, one per chip in the topology's order: TPU chips from libtpu
     (v4 and v5p in megacore mode, as JAX runs them), NVIDIA GPUs of one host from the CUDA plugin."""
     chip, dims = parse_topology(topology)
-    from jax.experimental import topologies
-
     if chip.platform == "gpu":
         _require_cuda_plugin()
         try:

@@ -1,6 +1,5 @@
-"""The one Trainer compiled for an accelerator that is not here, on any host: TPU chips through libtpu's
-compile-only devices, NVIDIA GPUs through JAX's CUDA plugin given a description of the GPU (no CUDA
-libraries, no GPU).  Nothing runs; XLA compiles the real steps and reports what they would need.
+"""The one Trainer compiled for an accelerator that is not here, on any host: TPU chips or NVIDIA GPUs, through
+their compile-only devices (chips.py).  Nothing runs; XLA compiles the real steps and reports what they would need.
 
     report = compile_report(config, "v5e:2x2")          # or "h100:2"; eval=True adds the eval steps
     print(format_report(report)); print(json.dumps(report))
@@ -38,9 +37,13 @@ import jax
 import jax.numpy as jnp
 
 from alexnet_jax import comms, parallel
+from alexnet_jax.bench.step import macs_per_image, memory
 from alexnet_jax.chips import Chip, CompileError, devices, parse_topology
 from alexnet_jax.config import Config
+from alexnet_jax.data import make_augment
+from alexnet_jax.data.records import stored_shape_of
 from alexnet_jax.models.layers import FORMULATIONS, formulation
+from alexnet_jax.trainer import Trainer
 
 log = logging.getLogger("alexnet_jax")
 
@@ -69,10 +72,6 @@ def mesh_shape(config: Config, topology: str) -> tuple[int, int]:
 
 def build_trainer(config: Config, topology: str):
     """The Trainer of `config` on a compile-only mesh of `topology`'s chips, with the device augmentation."""
-    from alexnet_jax.data import make_augment
-    from alexnet_jax.data.records import stored_shape_of
-    from alexnet_jax.trainer import Trainer
-
     config.validate()
     data, model = mesh_shape(config, topology)
     mesh = parallel.make_mesh(data, model, devices=devices(topology))
@@ -135,8 +134,6 @@ def compile_steps(trainer, *, eval: bool = False) -> dict[str, tuple[Any, float]
 def memory_per_device(compiled, chip: Chip) -> dict[str, int | float]:
     """XLA's memory analysis of one chip's program (bench.step.memory) with the generated code and the
     published HBM: total = arguments + outputs - aliased (donated) + temporaries + generated code."""
-    from alexnet_jax.bench.step import memory
-
     m = memory(compiled)
     if m is None:
         raise CompileError("XLA gave no memory analysis for this program")
@@ -235,8 +232,6 @@ def step_report(compiled, seconds: float, trainer, chip: Chip, *, images: int, f
 def compile_report(config: Config, topology: str, *, eval: bool = False) -> dict[str, Any]:
     """Compile `config`'s train step (and with `eval` its eval steps) for `topology` and report them: the
     train step's figures at the top level, the eval steps' under "eval_steps"."""
-    from alexnet_jax.bench.step import macs_per_image
-
     chip, dims = parse_topology(topology)
     trainer = build_trainer(config, topology)
     config = trainer.config

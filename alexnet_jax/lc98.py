@@ -1,6 +1,5 @@
-"""LeNet-5's training as LC98 states it: the criterion (eq. 9) and the curvature estimate h_kk that the
-SDLM optimiser (sdlm.py) divides each parameter's step by (App. C), drawn through `LeNet5`'s own layers
-(models/lenet_layers.py).  experiments/REPRODUCTION.md derives both.
+"""LeNet-5's training as LC98 states it: the criterion (eq. 9), and the curvature estimate h_kk (App. C) by which
+SDLM (sdlm.py) scales each parameter's step, through `LeNet5`'s layers.  experiments/REPRODUCTION.md derives both.
 """
 
 from __future__ import annotations
@@ -11,8 +10,7 @@ from flax import nnx
 
 from alexnet_jax.models.lenet_layers import RBFOutput, squash_derivative
 
-# the layers the curvature estimate is back-propagated through, with squared weights
-CURVATURE_LAYERS = ("C1", "S2", "C3", "S4", "C5", "F6")
+CURVATURE_LAYERS = ("C1", "S2", "C3", "S4", "C5", "F6")   # back-propagated through with squared weights
 
 
 def lc98_criterion(logits_BK: jax.Array, labels_B: jax.Array, j: float) -> jax.Array:
@@ -35,9 +33,9 @@ def lc98_output_curvature(head: RBFOutput, x_BD: jax.Array, logits_BK: jax.Array
 
         2 + sum_i 4 (x_d - w_id)^2 q_i (1 - q_i),    q_i = e^{-y_i} / (e^{-j} + sum_k e^{-y_k})
 
-    2 is the squared-distance term's own second derivative; the sum is the log term's, carried
-    through the RBF units with LC98's two simplifications (no cross terms between units, no
-    second derivative of a unit times the loss's first derivative).  Independent of the label."""
+    2 is the squared-distance term's own second derivative; the sum is the log term's, carried through the RBF
+    units with LC98's two simplifications (no cross terms between units, no second derivative of a unit times
+    the loss's first derivative).  Independent of the label."""
     x = x_BD.astype(jnp.float32)
     w_KD = jax.lax.stop_gradient(head.codes_KD[...])
     z = logits_BK.astype(jnp.float32)
@@ -50,14 +48,14 @@ def lc98_curvature(model, x_BHWC: jax.Array, taps: dict[str, list[jax.Array]], *
     """LC98 App. C's estimate h_kk of d2E/dw_k^2 for a `LeNet5` with head="rbf", averaged over the B
     patterns ``x_BHWC``: a State shaped like the model's Params.
 
-    ``taps`` are the model's layer outputs on ``x_BHWC`` (``parallel.apply(..., taps=True)``): the
-    units' outputs x, from which f'(a) = S (A^2 - x^2) / A.  From the output term at F6
-    (``lc98_output_curvature``, criterion ``lc98_criterion`` with constant j) the
-    recursion runs down the layers, each unit's d2E/da^2 = f'(a)^2 d2E/dx^2 and each input's
-    d2E/dx^2 = sum over its connections of (weight^2 * d2E/da^2): the layer's own ``weighted_sum``
-    with every parameter squared, transposed (a VJP of a linear map).  A parameter's h is the sum over
-    the connections that share it of (input^2 * d2E/da^2) (a bias connection's input is 1): the
-    transpose of ``weighted_sum`` taken with respect to the parameters at the squared inputs."""
+    ``taps`` are the model's layer outputs on ``x_BHWC`` (``parallel.apply(..., taps=True)``): the units' outputs
+    x, from which f'(a) = S (A^2 - x^2) / A.  From the output term at F6 (``lc98_output_curvature``, criterion
+    ``lc98_criterion`` with constant j) the recursion runs down the layers, each unit's d2E/da^2 =
+    f'(a)^2 d2E/dx^2 and each input's d2E/dx^2 = sum over its connections of (weight^2 * d2E/da^2): the
+    layer's own ``weighted_sum`` with every parameter squared, transposed (a VJP of a linear map).  A
+    parameter's h is the sum over the connections that share it of (input^2 * d2E/da^2) (a bias
+    connection's input is 1): the transpose of ``weighted_sum`` taken with respect to the parameters at the
+    squared inputs."""
     if model.head != "rbf":
         raise ValueError("lc98_curvature starts from the RBF head's criterion (LC98 eq. 9): head='rbf'")
     b = x_BHWC.shape[0]

@@ -1,13 +1,10 @@
 """LeNet-5 (LeCun, Bottou, Bengio & Haffner 1998, "LC98") and the common modern variant.
 
-`LeNet5` is the network as published (LC98 §II), built from LC98's layers (models/lenet_layers.py):
+`LeNet5` is the network as published (LC98 §II) of LC98's layers (models/lenet_layers.py), with the paper's
+10 Euclidean RBF units as output (`head="rbf"`) or a trainable linear softmax layer (`head="softmax"`,
+the default); its criterion and curvature estimate are in alexnet_jax/lc98.py:
 
     input 32x32 -> C1 6@28x28 -> S2 6@14x14 -> C3 16@10x10 -> S4 16@5x5 -> C5 120@1x1 -> F6 84 -> OUT 10
-
-squashing hidden layers, trainable subsampling S2/S4, C3 with LC98 Table I's partial connections, and
-either the paper's 10 Euclidean RBF units with fixed +-1 codes (`head="rbf"`) or a trainable linear
-softmax layer (`head="softmax"`, the default).  Its training criterion (LC98 eq. 9) and curvature
-estimate (App. C) are in alexnet_jax/lc98.py.
 
 Parameter count with the RBF head: 156 + 12 + 1,516 + 32 + 48,120 + 10,164 = 60,000 (LC98 §II.A).
 
@@ -53,6 +50,16 @@ def c1_padding(input_size: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _c5_size(input_size: int) -> int:
+    """The side of C5's maps (1 at 32): through C1 on the padded input, S2, C3, S4 and C5."""
+    s = input_size + sum(c1_padding(input_size)) - 4   # C1
+    s = s // 2 - 4                                     # S2, C3
+    s = s // 2 - 4                                     # S4, C5
+    if s < 1:
+        raise ValueError(f"input_size {input_size} too small for LeNet-5")
+    return s
+
+
 class LeNet5(nnx.Module):
     """LeNet-5 as published (LC98; LC98 §II).
 
@@ -87,13 +94,7 @@ class LeNet5(nnx.Module):
             raise ValueError(f"head='rbf' needs F6 = 84 units (7x12 codes); width={width} gives {f6}")
         self.sparse_c3 = width == 1.0
         self.c1_padding = c1_padding(input_size)
-        # spatial sizes through the net
-        s = input_size + sum(self.c1_padding) - 4   # C1
-        s = s // 2 - 4                               # S2, C3
-        s = s // 2 - 4                               # S4, C5
-        if s < 1:
-            raise ValueError(f"input_size {input_size} too small for LeNet-5")
-        self.c5_hw = s
+        self.c5_hw = s = _c5_size(input_size)
         pad = (self.c1_padding, self.c1_padding)
         self.c1 = SquashConv(1, c1, padding=pad, dtype=dtype, rngs=rngs)
         self.s2 = Subsampling(c1, dtype=dtype, rngs=rngs)
@@ -151,12 +152,7 @@ class LeNet5Modern(nnx.Module):
         self.in_channels = 1
         c1, c3, c5, f6 = (_width(n, width) for n in (6, 16, 120, 84))
         pad = c1_padding(input_size)
-        s = input_size + sum(pad) - 4
-        s = s // 2 - 4
-        s = s // 2 - 4
-        if s < 1:
-            raise ValueError(f"input_size {input_size} too small for LeNet-5")
-        self.c5_hw = s
+        self.c5_hw = s = _c5_size(input_size)
         kw = dict(dtype=dtype, param_dtype=jnp.float32, kernel_init=_lecun_normal, rngs=rngs)
         self.c1 = nnx.Conv(1, c1, (5, 5), padding=(pad, pad), **kw)
         self.c3 = nnx.Conv(c1, c3, (5, 5), padding="VALID", **kw)

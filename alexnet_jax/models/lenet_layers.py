@@ -1,17 +1,11 @@
-"""LeNet-5's building blocks as LeCun, Bottou, Bengio & Haffner 1998 ("LC98") draw them (models/lenet.py
-assembles them):
-
-* every hidden layer up to F6 squashes its weighted sum with f(a) = 1.7159 tanh(2/3 a) (§4.2);
-* S2/S4 are *trainable subsampling* layers: the four inputs of a 2x2 non-overlapping window are added,
-  multiplied by one trainable coefficient per map, a trainable bias per map is added, then f (§4.1);
-* C3 uses the partial connection table LC98 Table I (`C3_TABLE`) with no dead trainable weights
-  (`SparseC3`), so it has exactly 1,516 parameters and 150,000 connections (§4.1, §5.3);
-* every weight and bias starts uniform in (-2.4/F, 2.4/F), F = the unit's fan-in (§4.2);
-* the output is either the paper's 10 Euclidean RBF units with fixed +-1 codes (`RBFOutput`) or a
-  trainable linear layer (`Dense`).
+"""LeNet-5's layers as LeCun, Bottou, Bengio & Haffner 1998 ("LC98", §II) draw them; models/lenet.py assembles
+them.  Hidden units squash their weighted sum a with f(a) = 1.7159 tanh(2/3 a) (`squash`), and every weight and
+bias starts uniform in (-2.4/F, 2.4/F), F = the unit's fan-in (App. A).  The layers: 5x5 convolution
+(`SquashConv`), trainable subsampling (`Subsampling`, S2/S4), C3 with exactly LC98 Table I's connections
+(`SparseC3`), fully connected (`Dense`) and the output's 10 Euclidean RBF units with fixed +-1 codes (`RBFOutput`).
 
 Each layer has `weighted_sum(x)` (the units' total input a, before f) and `__call__` (f(a)).  For XLA:CPU
-the convolutional layers compute in batch-minor (C, H, W, B) layout (layers.conv_batch_minor and
+the squashing layers (`SquashingLayer`) compute in batch-minor (C, H, W, B) layout (layers.conv_batch_minor and
 layers.sum_pool_2x2_batch_minor; see layers.py for why) and take and return NHWC like every model here;
 XLA removes the transposes between consecutive layers.  For any other compiler (layers.cpu_tuned() is
 False) they are NHWC convolutions and a 2x2 sum pool: the same functions.
@@ -37,9 +31,6 @@ from alexnet_jax.models.layers import (
     to_batch_minor,
 )
 
-# --------------------------------------------------------------------------------------------
-# Constants from the paper (LC98 §II)
-# --------------------------------------------------------------------------------------------
 SQUASH_A, SQUASH_S = 1.7159, 2.0 / 3.0   # f(a) = A tanh(S a), LC98 App. A
 INIT_SCALE = 2.4                          # U(-2.4/F, 2.4/F), LC98 App. A
 
@@ -83,9 +74,6 @@ def digit_codes() -> np.ndarray:
                     dtype=np.float32)
 
 
-# --------------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------------
 def squash(a: jax.Array) -> jax.Array:
     """LC98's sigmoid f(a) = 1.7159 tanh(2/3 a); f(+-1) = +-1."""
     return SQUASH_A * jnp.tanh(SQUASH_S * a)
@@ -115,16 +103,28 @@ def _per_channel(v_C: jax.Array, like_BHWC: jax.Array) -> jax.Array:
     return jnp.broadcast_to(channels_last(v_C, like_BHWC.ndim), like_BHWC.shape).astype(like_BHWC.dtype)
 
 
-def _conv(x_BHWC: jax.Array, kernel_HWIO: jax.Array, *, groups: int = 1, padding="VALID") -> jax.Array:
-    return jax.lax.conv_general_dilated(
-        x_BHWC, kernel_HWIO, window_strides=(1, 1), padding=padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+def _conv(x_BHWC: jax.Array, kernel_HWIO: jax.Array, *, padding="VALID") -> jax.Array:
+    return jax.lax.conv_general_dilated(x_BHWC, kernel_HWIO, window_strides=(1, 1), padding=padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-# --------------------------------------------------------------------------------------------
-# LeNet-5 layers (each computes x = f(a) for its units, except the output layers)
-# --------------------------------------------------------------------------------------------
-class SquashConv(nnx.Module):
+class SquashingLayer(nnx.Module):
+    """A layer of squashing units (C1, S2, C3, S4, C5) with its weighted sum in two forms: batch-minor for XLA:CPU
+    (`_weighted_sum_CHWB`) and NHWC for other compilers (`_weighted_sum_BHWC`), chosen by cpu_tuned()."""
+
+    def weighted_sum(self, x_BHWC: jax.Array) -> jax.Array:
+        """a, the units' total input before f (LC98's a_i)."""
+        if cpu_tuned():
+            return from_batch_minor(self._weighted_sum_CHWB(x_BHWC))
+        return self._weighted_sum_BHWC(x_BHWC)
+
+    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+        if cpu_tuned():   # f applied before leaving the batch-minor layout
+            return from_batch_minor(squash(self._weighted_sum_CHWB(x_BHWC)))
+        return squash(self._weighted_sum_BHWC(x_BHWC))
+
+
+class SquashConv(SquashingLayer):
     """Fully connected 5x5 convolution + bias, then f (C1, C5, and C3 when width != 1).
 
     Init U(-2.4/F, 2.4/F) with F = k*k*C_in for both kernel and bias.  For XLA:CPU computed batch-minor,
@@ -152,19 +152,8 @@ class SquashConv(nnx.Module):
         a = _conv(x_BHWC.astype(self.dtype), self.kernel_HWIO[...].astype(self.dtype), padding=self.padding)
         return a + _per_channel(self.bias_C[...], a)
 
-    def weighted_sum(self, x_BHWC: jax.Array) -> jax.Array:
-        """a = kernel * x + bias, the units' total input before f (LC98's a_i)."""
-        if cpu_tuned():
-            return from_batch_minor(self._weighted_sum_CHWB(x_BHWC))
-        return self._weighted_sum_BHWC(x_BHWC)
 
-    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-        if cpu_tuned():   # f applied before leaving the batch-minor layout
-            return from_batch_minor(squash(self._weighted_sum_CHWB(x_BHWC)))
-        return squash(self._weighted_sum_BHWC(x_BHWC))
-
-
-class Subsampling(nnx.Module):
+class Subsampling(SquashingLayer):
     """LC98 trainable subsampling (S2, S4): f(coef_c * sum_{2x2} x + bias_c), non-overlapping windows.
 
     Fan-in choice: F = 4.  Each subsampling unit has 4 input connections that all carry the same
@@ -187,19 +176,8 @@ class Subsampling(nnx.Module):
         s = sum_pool_2x2(x_BHWC.astype(self.dtype))
         return s * _per_channel(self.coef_C[...], s) + _per_channel(self.bias_C[...], s)
 
-    def weighted_sum(self, x_BHWC: jax.Array) -> jax.Array:
-        """a = coef * (sum of the 2x2 window) + bias, before f."""
-        if cpu_tuned():
-            return from_batch_minor(self._weighted_sum_CHWB(x_BHWC))
-        return self._weighted_sum_BHWC(x_BHWC)
 
-    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-        if cpu_tuned():
-            return from_batch_minor(squash(self._weighted_sum_CHWB(x_BHWC)))
-        return squash(self._weighted_sum_BHWC(x_BHWC))
-
-
-class SparseC3(nnx.Module):
+class SparseC3(SquashingLayer):
     """C3 with LC98 Table I connectivity (`C3_TABLE`), exactly, with no dead trainable weights.
 
     Parameters are only the connections Table I has: kernels (5,5,3,6) for maps 0-5 (contiguous
@@ -246,17 +224,6 @@ class SparseC3(nnx.Module):
             raise ValueError(f"sparse C3 needs 6 S2 maps, got {x_BHWC.shape[-1]}")
         a = _conv(x_BHWC.astype(self.dtype), self.dense_kernel_HWIO().astype(self.dtype))
         return a + _per_channel(self.bias_C[...], a)
-
-    def weighted_sum(self, x_BHWC: jax.Array) -> jax.Array:
-        """a = (Table I kernel) * x + bias, before f."""
-        if cpu_tuned():
-            return from_batch_minor(self._weighted_sum_CHWB(x_BHWC))
-        return self._weighted_sum_BHWC(x_BHWC)
-
-    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-        if cpu_tuned():
-            return from_batch_minor(squash(self._weighted_sum_CHWB(x_BHWC)))
-        return squash(self._weighted_sum_BHWC(x_BHWC))
 
 
 @functools.cache
