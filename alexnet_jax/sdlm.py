@@ -20,7 +20,7 @@ the first pass.
 parameter, same shape and dtype, i.e. float32 for the project's models; zeros after ``init``, which makes
 the first update plain SGD with rate eta / mu until an estimate is installed). The trainer installs a new
 estimate with ``set_curvature(opt_state, h)`` before each pass (h from ``gauss_newton_diagonal`` or the
-model's ``lc98_curvature``); nothing in the update itself touches h.
+model's ``lc98.lc98_curvature``); nothing in the update itself touches h.
 
 The curvature estimate
 ----------------------
@@ -75,7 +75,7 @@ operations changes which cross terms step 2 drops. For example the RBF output la
 derivatives separately gives 4 x^2 + 4 w^2 instead of 4 (x - w)^2. A model-independent version (a jaxpr
 interpreter squaring each primitive's partial derivatives) would therefore silently give different,
 model-code-dependent answers. So it is written with the model, per layer type, for LeNet-5's units as
-LC98 draws them (``LeNet5.lc98_curvature``: convolution, trainable subsampling, sparse C3, dense, and the
+LC98 draws them (``lc98.lc98_curvature``: convolution, trainable subsampling, sparse C3, dense, and the
 RBF output under LC98's criterion; derived in experiments/REPRODUCTION.md), and the trainer installs it
 with ``sdlm_curvature=paper``. Where the cut between "network" and "loss" is made also matters. For
 ``gauss_newton_diagonal`` on LeNet-5 the outputs are the 10 logits -y_i = -|x - w_i|^2 of the RBF head

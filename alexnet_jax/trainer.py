@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from alexnet_jax import optim, parallel
 from alexnet_jax.config import Config, ConfigError
+from alexnet_jax.lc98 import lc98_criterion, lc98_curvature
 from alexnet_jax.models import create_model
 from alexnet_jax.sdlm import curvature_summary, gauss_newton_diagonal, set_curvature
 
@@ -72,7 +73,6 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def criterion(config: Config):
     """The per-example training loss `config.loss` names: (logits, labels) -> (B,)."""
     if config.loss == "lc98":
-        from alexnet_jax.models.lenet import lc98_criterion
         return functools.partial(lc98_criterion, j=config.lc98_j)
     return cross_entropy
 
@@ -269,7 +269,7 @@ class Trainer:
             if c.sdlm_curvature == "paper":   # LC98 App. C, through the model's own layers and taps
                 model = nnx.merge(graphdef, state.params, state.extra)
                 _, taps = parallel.apply(model, x, taps=True)
-                h = model.lc98_curvature(x, taps, j=j)
+                h = lc98_curvature(model, x, taps, j=j)
             else:
                 apply = lambda p, xb: nnx.merge(graphdef, p, state.extra)(xb)   # noqa: E731 - evaluation-mode logits
                 h = gauss_newton_diagonal(apply, state.params, x, labels, batch=50, loss_fn=per_pattern)

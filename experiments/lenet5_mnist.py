@@ -155,7 +155,7 @@ def _diagnose(run, steps: int = 1000, warm: int = 3000) -> dict:
     import numpy as np
     from flax import nnx
 
-    from alexnet_jax.models.lenet import digit_codes
+    from alexnet_jax.models.lenet_layers import digit_codes
     from alexnet_jax.sdlm import get_curvature
     from alexnet_jax.trainer import Trainer, criterion
 

@@ -219,7 +219,8 @@ def test_torch_lenet_twin_computes_our_lenet5():
 
     from alexnet_jax.bench.torch_lenet import C3_TABLE as TWIN_TABLE
     from alexnet_jax.bench.torch_lenet import SUBSAMPLING, lenet5_twin
-    from alexnet_jax.models.lenet import C3_TABLE, LeNet5
+    from alexnet_jax.models.lenet import LeNet5
+    from alexnet_jax.models.lenet_layers import C3_TABLE
     from alexnet_jax.trainer import cross_entropy
 
     assert [tuple(t) for t in TWIN_TABLE] == [tuple(t) for t in C3_TABLE]
@@ -237,7 +238,7 @@ def test_torch_lenet_twin_computes_our_lenet5():
 
 
 def _check_lenet_twin(torch, net, model, x, y, logits, grads):
-    from alexnet_jax.models.lenet import C3_TABLE
+    from alexnet_jax.models.lenet_layers import C3_TABLE
 
     hwio = lambda k: torch.from_numpy(np.asarray(k, np.float64).transpose(3, 2, 0, 1).copy())  # noqa: E731
     vec = lambda v: torch.from_numpy(np.asarray(v, np.float64).copy())  # noqa: E731

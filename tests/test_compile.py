@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alexnet_jax import cli
+from alexnet_jax import chips, cli
 from alexnet_jax import compile as compile_lib
 from alexnet_jax.config import apply_overrides
 from alexnet_jax.configs import get_config
@@ -38,16 +38,16 @@ def _have_libtpu() -> bool:
 
 def _have_cuda_plugin() -> bool:
     try:
-        compile_lib._require_cuda_plugin()
-    except compile_lib.CompileError:
+        chips._require_cuda_plugin()
+    except chips.CompileError:
         return False
     return True
 
 
 needs_libtpu = pytest.mark.skipif(not _have_libtpu(), reason=f"libtpu is not installed here (it has wheels for "
-                                                            f"Linux only): {compile_lib.LIBTPU_HINT}")
+                                                            f"Linux only): {chips.LIBTPU_HINT}")
 needs_cuda_plugin = pytest.mark.skipif(not _have_cuda_plugin(), reason=f"JAX's CUDA plugin is not installed "
-                                                                     f"here: {compile_lib.CUDA_HINT}")
+                                                                     f"here: {chips.CUDA_HINT}")
 PAPER_LAYERS = ("conv3", "fc6", "fc7", "fc8")
 
 
@@ -81,7 +81,7 @@ def test_mesh_larger_than_topology_is_one_line(capsys):
 
 
 def test_missing_cuda_plugin_is_one_line(capsys, monkeypatch):
-    monkeypatch.setattr(compile_lib.importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setattr(chips.importlib.util, "find_spec", lambda name, *a: None)
     line = _error_line(capsys, ["compile", "--topology", "h100:2", "--config", "alexnet_cifar10",
                                 "--set", "mesh_data=1", "--set", "mesh_model=2"])
     assert "needs JAX's CUDA plugin" in line and "jax-cuda13-plugin" in line
@@ -188,7 +188,7 @@ def test_the_two_formulations_compute_the_same():
 @pytest.fixture(scope="module")
 def small_report():
     if not _have_libtpu():
-        pytest.skip(f"libtpu is not installed here: {compile_lib.LIBTPU_HINT}")
+        pytest.skip(f"libtpu is not installed here: {chips.LIBTPU_HINT}")
     return compile_lib.compile_report(small_config(), "v5e:2x2")
 
 
@@ -218,7 +218,7 @@ def test_two_column_exchanges_only_where_the_paper_does(small_report):
 
 @needs_libtpu
 def test_memory_flops_and_roofline_by_hand(small_report):
-    r, chip = small_report, compile_lib.CHIPS["v5e"]
+    r, chip = small_report, chips.CHIPS["v5e"]
     assert (chip.peak_bf16_flops, chip.hbm_bytes, chip.hbm_bytes_per_second, chip.link_bytes_per_second) == (
         197e12, 16e9, 819e9, 200e9)                     # cloud.google.com/tpu/docs/v5e; ICI: 400 GB/s both ways
     # parameters per column, by hand from the layer shapes (widths 6-16-24-24-16, fc 256; 32 px small stem)

@@ -21,8 +21,9 @@ from flax import nnx
 from reference import C3_KERNELS, SQUASH_A, SQUASH_S, c3_inputs
 
 from alexnet_jax import parallel
+from alexnet_jax.lc98 import lc98_criterion, lc98_curvature
 from alexnet_jax.models import create_model
-from alexnet_jax.models.lenet import digit_codes, lc98_criterion
+from alexnet_jax.models.lenet_layers import digit_codes
 
 # ---------------------------------------------------------------------------------------------
 # LC98 eq. 9
@@ -204,7 +205,7 @@ def curvature_of(lenet_rbf):
     graph = lenet5_graph(P)
     x = jnp.asarray(images)
     logits, taps = parallel.apply(model, x, taps=True)
-    estimate = jax.jit(lambda m, x, t, j: m.lc98_curvature(x, t, j=j))
+    estimate = jax.jit(lambda m, x, t, j: lc98_curvature(m, x, t, j=j))
 
     def run(j):
         h = nnx.to_pure_dict(estimate(model, x, taps, jnp.float32(j)))
@@ -247,7 +248,7 @@ def test_lc98_curvature_is_the_exact_diagonal_where_nothing_is_dropped(lenet_rbf
     jac = nnx.to_pure_dict(jax.jit(jax.jacrev(f6_outputs))(params))             # (B, 84, *shape) per leaf
     exact = jax.tree.map(lambda j: 2.0 * np.mean(np.sum(np.square(np.asarray(j, np.float64)), axis=1), axis=0), jac)
     _, taps = parallel.apply(model, x, taps=True)
-    paper = nnx.to_pure_dict(jax.jit(lambda m, x, t: m.lc98_curvature(x, t, j=-math.inf))(model, x, taps))
+    paper = nnx.to_pure_dict(jax.jit(lambda m, x, t: lc98_curvature(m, x, t, j=-math.inf))(model, x, taps))
     for layer in ("f6", "c5"):
         for p in paper[layer]:
             np.testing.assert_allclose(np.asarray(paper[layer][p]), exact[layer][p], rtol=2e-4,

@@ -14,7 +14,8 @@ from flax import nnx
 
 from alexnet_jax.models import create_model
 from alexnet_jax.models.layers import channels_last
-from alexnet_jax.models.lenet import C3_TABLE, DIGIT_BITMAPS, LeNet5, LeNet5Modern, RBFCode, RBFOutput
+from alexnet_jax.models.lenet import LeNet5, LeNet5Modern
+from alexnet_jax.models.lenet_layers import C3_TABLE, DIGIT_BITMAPS, RBFCode, RBFOutput
 
 # LC98 Table I transcribed as printed (tests/reference.py): rows = S2 maps 0-5, columns = C3 maps 0-15
 TABLE_I_MASK = np.array([[c == "X" for c in row] for row in ref.TABLE_I]).T   # (16 C3, 6 S2)
@@ -421,7 +422,7 @@ def _compare_layer(layer, ref_fn, x, dtype, tol):
 @pytest.mark.parametrize("case", [(1, 6, 32, "VALID"), (1, 6, 28, ((2, 2), (2, 2))), (16, 120, 5, "VALID"),
                                   (9, 24, 13, "VALID"), (3, 5, 9, ((1, 2), (2, 1)))])
 def test_squash_conv_matches_lax_conv(case, dtype, tol):
-    from alexnet_jax.models.lenet import SquashConv
+    from alexnet_jax.models.lenet_layers import SquashConv
     ci, co, hw, pad = case
     layer = SquashConv(ci, co, padding=pad, dtype=dtype, rngs=nnx.Rngs(ci))
     x = jax.random.normal(jax.random.key(co), (3, hw, hw, ci), jnp.float32)
@@ -431,7 +432,7 @@ def test_squash_conv_matches_lax_conv(case, dtype, tol):
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-6), (jnp.bfloat16, 3e-2)])
 @pytest.mark.parametrize("shape", [(3, 28, 28, 6), (2, 10, 10, 16), (2, 9, 11, 4)])
 def test_subsampling_matches_reshape_sum(shape, dtype, tol):
-    from alexnet_jax.models.lenet import Subsampling
+    from alexnet_jax.models.lenet_layers import Subsampling
     layer = Subsampling(shape[-1], dtype=dtype, rngs=nnx.Rngs(shape[1]))
     x = jax.random.normal(jax.random.key(shape[2]), shape, jnp.float32)
     _compare_layer(layer, ref_subsampling, x, dtype, tol)
@@ -439,7 +440,7 @@ def test_subsampling_matches_reshape_sum(shape, dtype, tol):
 
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-6), (jnp.bfloat16, 3e-2)])
 def test_sparse_c3_matches_stacked_kernel_conv(rbf_model, dtype, tol):
-    from alexnet_jax.models.lenet import SparseC3
+    from alexnet_jax.models.lenet_layers import SparseC3
     layer = SparseC3(dtype=dtype, rngs=nnx.Rngs(8))
     np.testing.assert_array_equal(np.asarray(layer.dense_kernel_HWIO()),
                                   np.asarray(ref_c3_dense_kernel(_params(layer))))

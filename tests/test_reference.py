@@ -53,7 +53,7 @@ from flax import nnx
 from alexnet_jax import parallel
 from alexnet_jax.config import Config
 from alexnet_jax.models import MODELS, create_model
-from alexnet_jax.models.lenet import digit_codes
+from alexnet_jax.models.lenet_layers import digit_codes
 from alexnet_jax.trainer import Trainer, cross_entropy
 
 EPS32 = float(np.finfo(np.float32).eps)

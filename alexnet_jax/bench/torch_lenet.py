@@ -42,7 +42,7 @@ from alexnet_jax.bench.protocol import epoch_protocol
 from alexnet_jax.bench.torch_configs import LAYOUTS, config_name, configurations, memory_format, num_params, summary
 
 SQUASH_A, SQUASH_S = 1.7159, 2.0 / 3.0
-# LC98 Table I, as alexnet_jax.models.lenet.C3_TABLE (tests/test_bench.py checks they are equal)
+# LC98 Table I, as alexnet_jax.models.lenet_layers.C3_TABLE (tests/test_bench.py checks they are equal)
 C3_TABLE = [
     (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
     (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
