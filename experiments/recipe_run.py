@@ -105,9 +105,10 @@ def main(argv=None) -> int:
         run(a.config, out, a.data_dir, a.splits.split(","))
     print(report(out))
     if a.publish:
-        for f in ("config.json", "provenance.json", "metrics.jsonl"):
+        record = ("config.json", "provenance.json", "metrics.jsonl")
+        for f in record:
             (out / f).write_bytes((out / "workdir" / f).read_bytes())
-        print(f"published to {publish(out, a.publish, ['results.json', 'report.md', 'config.json', 'provenance.json', 'metrics.jsonl'])}")
+        print(f"published to {publish(out, a.publish, ['results.json', 'report.md', *record])}")
     return 0
 
 

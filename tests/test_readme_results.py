@@ -5,7 +5,8 @@ Two rules, read from README.md itself:
   2. a block between `<!-- results: PATH [PATH ...] -->` and `<!-- /results -->` quotes only numbers found in
      those files: each decimal, percentage, exponent or thousands-separated number of its prose, and every
      number of its tables' cells but the first column, must be a rounding, at the printed precision, of a
-     number in one of the files (a percentage may be a fraction there).  A number typed by hand, or a result file that changed under the README, fails.
+     number in one of the files (a percentage may be a fraction there).  A number typed by hand, or a result
+     file that changed under the README, fails.
 """
 
 from __future__ import annotations
