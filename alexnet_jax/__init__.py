@@ -69,7 +69,7 @@ def _set_xla_flags() -> None:
     os.environ["XLA_FLAGS"] = merged
     if "jax" in sys.modules:
         try:
-            from jax._src import xla_bridge
+            from jax._src import xla_bridge  # lazy: only once jax is imported (`import alexnet_jax` imports no jax)
             started = xla_bridge.backends_are_initialized()
         except Exception:  # noqa: BLE001 - private API; if it moved, assume not started
             started = False

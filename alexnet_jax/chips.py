@@ -114,7 +114,7 @@ def _require_libtpu() -> None:
     if os.environ.get("TPU_LIBRARY_PATH"):
         return
     try:
-        import libtpu  # noqa: F401
+        import libtpu  # noqa: F401 - lazy: optional (the "tpu" extra)
     except ImportError:
         raise CompileError(f"compiling for TPU needs libtpu, which is not installed here: {LIBTPU_HINT}") from None
 

@@ -25,6 +25,25 @@ import logging
 import os
 import signal
 import sys
+import threading
+
+from alexnet_jax import data
+from alexnet_jax.config import apply_overrides, describe_keys
+from alexnet_jax.configs import CONFIGS, DEFAULT, get_config
+from alexnet_jax.data.catalog import JPEG256_QUALITY
+from alexnet_jax.errors import AlexnetJaxError, Interrupted
+
+# Start-up.  The imports above are light: `import alexnet_jax.cli` takes ~0.03 s.  Building the parser imports jax
+# and flax (~1.8 s: alexnet_jax.models for the model names) and every tool module.  The rest is imported where it is
+# used, marked at each site with its reason:
+# - lazy (Ctrl-C): jax and flax load inside _parse, whose handler turns a Ctrl-C into one line and exit 130; at the
+#   top of this module it would be a traceback (tests/test_faults.py::test_ctrl_c_while_prepare_starts_writes_nothing;
+#   tests/test_cli.py checks that this module imports no jax).
+# - lazy (command): one command's modules (run, restore, compile, zoo, summary: orbax, tensorstore,
+#   tensorflow_datasets) would add ~0.5 s to every other command and to --help.
+# - lazy (--help): the tool modules' likewise: restore and run (orbax, ~0.2 s), tensorflow_datasets (~0.15 s) and
+#   matplotlib (~0.4 s, which `train` does not import either).
+# Figures: the import time over what `alexnet-jax --help` imports already (python -X importtime, and wall clock).
 
 TOOLS = ("bench", "inspect", "filters", "neighbours", "predict", "plot", "activations", "init_stats")
 
@@ -37,9 +56,9 @@ def force_host_devices(n: int | None) -> None:
     kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(flag.split("=")[0])]
     os.environ["XLA_FLAGS"] = " ".join(kept + [flag])
     if "jax" in sys.modules:
-        from jax._src import xla_bridge
+        from jax._src import xla_bridge  # lazy (Ctrl-C): only once jax is imported
         if xla_bridge.backends_are_initialized():
-            import jax
+            import jax  # lazy (Ctrl-C)
             if jax.local_device_count("cpu") != n:
                 raise RuntimeError(f"--force-host-devices {n}: JAX has already started; set XLA_FLAGS={flag} "
                                    f"in the environment instead")
@@ -49,7 +68,7 @@ def _distributed(args) -> None:
     coord = getattr(args, "coordinator", None) or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if not coord or not hasattr(args, "coordinator"):
         return
-    import jax
+    import jax  # lazy (Ctrl-C)
     n = args.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0"))
     pid = args.process_id if args.process_id is not None else int(os.environ.get("JAX_PROCESS_ID", "-1"))
     if n <= 0 or pid < 0:
@@ -73,10 +92,8 @@ def _data_dir(config, args):
 
 
 def cmd_train(args) -> int:
-    from alexnet_jax.config import apply_overrides
-    from alexnet_jax.configs import DEFAULT, get_config
-    from alexnet_jax.run import train_and_evaluate
-    from alexnet_jax.workdir import load_config
+    from alexnet_jax.run import train_and_evaluate  # lazy (command)
+    from alexnet_jax.workdir import load_config  # lazy (Ctrl-C): numpy, tqdm
 
     workdir = args.workdir or os.path.join("runs", args.config or DEFAULT)
     # a workdir owns its run: without --config, the run in it resumes with its own config
@@ -89,7 +106,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from alexnet_jax.restore import evaluate_workdir
+    from alexnet_jax.restore import evaluate_workdir  # lazy (command)
 
     res = evaluate_workdir(args.workdir, split=args.split, ten_crop=True if args.ten_crop else None,
                            data_dir=args.data_dir)
@@ -98,14 +115,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from alexnet_jax.errors import Interrupted
-
-    try:
-        from alexnet_jax import data
-    except KeyboardInterrupt:       # prepare itself says what it kept once it has begun writing
-        raise Interrupted(f"prepare {args.dataset} stopped by SIGINT (Ctrl-C) while starting: nothing was written",
-                          signal.SIGINT) from None
-
     if args.clear_cache:
         path = data.dataset_dir(args.dataset, args.data_dir)
         print(json.dumps({"dataset": args.dataset, "path": str(path), "cleared_bytes": data.clear_disk_cache(path)}))
@@ -117,7 +126,7 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from alexnet_jax.summary import summarize, summary_table
+    from alexnet_jax.summary import summarize, summary_table  # lazy (command)
 
     extra = {"head": args.head} if args.model == "lenet5" and args.head else {}
     s = summarize(args.model, input_size=args.input_size, num_classes=args.num_classes, width=args.width, **extra)
@@ -128,9 +137,7 @@ def cmd_summary(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    from alexnet_jax import compile as compile_lib
-    from alexnet_jax.config import apply_overrides
-    from alexnet_jax.configs import get_config
+    from alexnet_jax import compile as compile_lib  # lazy (command)
 
     config = apply_overrides(get_config(args.config), args.set or [])
     compile_lib.mesh_shape(config, args.topology)      # a bad name or mesh is refused before JAX starts anything
@@ -144,20 +151,20 @@ def cmd_compile(args) -> int:
 def _host_backend_only() -> None:
     """`compile` runs nothing on a device: start only the CPU backend (where the user did not choose), so that
     a host with libtpu or the CUDA plugin installed does not try to bring up a runtime it does not need."""
-    from jax._src import xla_bridge
+    from jax._src import xla_bridge  # lazy (Ctrl-C)
 
     if not os.environ.get("JAX_PLATFORMS") and not xla_bridge.backends_are_initialized():
-        import jax
+        import jax  # lazy (Ctrl-C)
         jax.config.update("jax_platforms", "cpu")
 
 
 def cmd_import(args) -> int:
     if args.source == "torchvision":
-        from alexnet_jax.zoo.torchvision import import_torchvision
+        from alexnet_jax.zoo.torchvision import import_torchvision  # lazy (command)
 
         res = import_torchvision(args.file, args.workdir)
     else:
-        from alexnet_jax.zoo.caffe import import_caffe
+        from alexnet_jax.zoo.caffe import import_caffe  # lazy (command)
 
         res = import_caffe(args.file, args.deploy, args.mean, args.workdir, lrn=args.lrn)
     print(json.dumps(res))
@@ -165,7 +172,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from alexnet_jax.zoo.torchvision import export_torchvision
+    from alexnet_jax.zoo.torchvision import export_torchvision  # lazy (command)
 
     res = export_torchvision(args.workdir, args.file, step=args.step)
     for note in res["notes"]:
@@ -179,8 +186,6 @@ DATA_DIR_HELP = "TFDS data dir (default $TFDS_DATA_DIR, else ~/tensorflow_datase
 
 def _recipe_named(argv: list[str]) -> str:
     """The recipe `--config NAME` names on a command line (for `train --help`), else the default one."""
-    from alexnet_jax.configs import CONFIGS, DEFAULT
-
     for i, a in enumerate(argv):
         if a.startswith("--config="):
             name = a.split("=", 1)[1]
@@ -195,8 +200,7 @@ def _recipe_named(argv: list[str]) -> str:
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The command line; `argv` only chooses whose values `train --help` lists (its --config's)."""
-    from alexnet_jax.config import describe_keys
-    from alexnet_jax.configs import CONFIGS, DEFAULT, get_config
+    from alexnet_jax.models import MODELS  # lazy (Ctrl-C): jax and flax
 
     p = argparse.ArgumentParser(prog="alexnet-jax", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -227,7 +231,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_device_args(e, multihost=True)
     e.set_defaults(fn=cmd_eval)
 
-    from alexnet_jax.data.catalog import JPEG256_QUALITY
     pr = sub.add_parser("prepare", help="build a TFDS dataset offline from files you have")
     pr.add_argument("dataset", help="digits | mnist | cifar10 | imagenet2012[/jpeg256|/raw256]")
     pr.add_argument("--source", help="the files: MNIST .gz dir, CIFAR tarball/folder tree, ILSVRC tars/tree")
@@ -239,7 +242,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     pr.set_defaults(fn=cmd_prepare)
 
     s = sub.add_parser("summary", help="per-layer table of output shapes, parameters and multiply-adds")
-    from alexnet_jax.models import MODELS
     s.add_argument("model", choices=list(MODELS))
     s.add_argument("--input-size", type=int)
     s.add_argument("--num-classes", type=int)
@@ -307,8 +309,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace | None:
     """The parsed command line, or None after a Ctrl-C while parsing (it imports JAX and Flax: seconds).  The
     Ctrl-C is only noted meanwhile: a KeyboardInterrupt raised in a garbage-collector callback (JAX installs
     one) would be printed as a traceback and swallowed, and the command would go on as if none had come."""
-    import threading
-
     seen: list[int] = []
 
     def note(signum, frame):
@@ -340,7 +340,6 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped by SIGINT (Ctrl-C)", file=sys.stderr)
         return 128 + signal.SIGINT
     except Exception as e:
-        from alexnet_jax.errors import AlexnetJaxError, Interrupted
         if isinstance(e, Interrupted):    # stopped at a step or batch boundary: what was saved, and the exit code
             print(e, file=sys.stderr)
             return e.exit_code

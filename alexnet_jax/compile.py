@@ -151,7 +151,7 @@ def cost(compiled) -> dict[str, float]:
     c = compiled.cost_analysis()
     c = c[0] if isinstance(c, (list, tuple)) else c
     if c is None:
-        try:   # private API: if it moves, the report says the cost is unknown
+        try:   # private API, imported lazily here: if it moves, the report says the cost is unknown
             from jax._src import xla_bridge
             from jax._src.lib import _jax
 

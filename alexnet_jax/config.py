@@ -14,6 +14,7 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from alexnet_jax.data.catalog import AUGMENTS, dataset_names
 from alexnet_jax.errors import ConfigError
 
 
@@ -93,24 +94,15 @@ class Text:
         return "any text" if self.empty_ok else "a non-empty name"
 
 
+# lazy (Ctrl-C): models import jax and flax; the CLI imports this module before them (alexnet_jax/cli.py)
 def _models():
     from alexnet_jax.models import MODELS
     return tuple(MODELS)
 
 
 def _init_rules():
-    from alexnet_jax.models.init import INIT_RULES
+    from alexnet_jax.models.init import INIT_RULES  # lazy (Ctrl-C), as _models
     return INIT_RULES
-
-
-def _datasets():
-    from alexnet_jax.data.catalog import dataset_names
-    return dataset_names()
-
-
-def _augments():
-    from alexnet_jax.data.catalog import AUGMENTS
-    return AUGMENTS
 
 
 def field(default, accepts, doc: str = ""):
@@ -143,11 +135,11 @@ class Config:
     lrn: str = field("paper", OneOf(("paper", "caffe")),
                      "alexnet: the paper's LRN per column (k=2), or Caffe's across both columns (k=1, alpha/5)")
     # data
-    dataset: str = field("digits", OneOf(_datasets), "TFDS name, optionally /store (imagenet2012/raw256)")
+    dataset: str = field("digits", OneOf(dataset_names), "TFDS name, optionally /store (imagenet2012/raw256)")
     data_dir: str = field("", Text(empty_ok=True), "'' -> $TFDS_DATA_DIR or ~/tensorflow_datasets")
     train_split: str = field("train", Text())
     eval_split: str = field("test", Text())
-    augment: str = field("none", OneOf(_augments))
+    augment: str = field("none", OneOf(AUGMENTS))
     preprocess: str = field("dataset", OneOf(PREPROCESSING),
                             "what inputs are centred with: dataset (the training split's mean), torchvision (its "
                             "resize, crop and mean/std), caffe (the imported mean image, <workdir>/input_mean.npy)")

@@ -31,7 +31,7 @@ def _run_config(workdir: str) -> dict:
 def plain_log_ticks(ax) -> None:
     """Plain numbers (0.002, 0.5, not 2 x 10^-3) on a log y axis spanning under three decades: ticks
     at 1, 2 and 5 of each decade (every digit within one decade, evenly spaced within a narrower range)."""
-    from matplotlib import ticker
+    from matplotlib import ticker  # lazy (--help): matplotlib only where a figure is drawn (alexnet_jax/cli.py)
 
     lo, hi = ax.get_ylim()
     if not 0 < lo < hi or hi / lo > 1000:
@@ -46,7 +46,7 @@ def plain_log_ticks(ax) -> None:
 def curves_figure(workdirs: list[str], labels: list[str] | None = None):
     """Loss (left: training, the mean over each logging interval, and evaluation) and evaluation top-1
     error (right) against the training step, one colour per workdir."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy (--help), as plain_log_ticks
 
     fig = Figure(figsize=(11, 4.4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2, sharex=True)

@@ -129,6 +129,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from alexnet_jax.lr import ScalarOrSchedule, get_lr, is_variable
@@ -270,8 +271,6 @@ def curvature_summary(opt_state: Any, lr: float) -> dict[str, float]:
     lr / (mu + h) at the global rate ``lr`` (LC98 App. C reports 7e-5 .. 0.016 for its first pass):
     h quantiles 0, 10, 50, 90, 100%, the share of h below mu, the rates' min, median and max, and the median
     h of each top-level module (a model's layers)."""
-    import numpy as np
-
     by_module: dict[str, list[np.ndarray]] = {}
     for path, v in jax.tree_util.tree_leaves_with_path(jax.device_get(get_curvature(opt_state))):
         name = str(getattr(path[0], "key", path[0])) if path else ""

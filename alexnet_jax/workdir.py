@@ -36,6 +36,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from alexnet_jax.config import Config, show_value
 from alexnet_jax.errors import AlexnetJaxError, Interrupted
+from alexnet_jax.plotting import plot_runs
 from alexnet_jax.tensorboard import EventWriter, purge_events
 
 log = logging.getLogger("alexnet_jax")
@@ -201,8 +202,8 @@ def _record_step(line: str) -> int:
 # ------------------------------------------------------------------------------------------------
 # The run directory
 # ------------------------------------------------------------------------------------------------
-# Imported lazily below: checkpoint (orbax, ~3 s to import) and plotting (matplotlib, ~1.4 s), measured with
-# `python -X importtime`: every tool imports this module (check_writable) when the CLI builds its parser.
+# checkpoint is imported below where it is used, lazy (--help): orbax would add ~0.2 s to `alexnet-jax --help`,
+# which imports this module (every tool's check_writable; alexnet_jax/cli.py).
 class RunDir:
     """Opens a workdir for training: lock (process 0), config.json, provenance.json, the metric
     writer and the checkpointer.  Use as a context manager; everything is released on any exit."""
@@ -215,7 +216,7 @@ class RunDir:
         self.checkpointer = None
 
     def __enter__(self) -> RunDir:
-        from alexnet_jax.checkpoint import Checkpointer  # lazy: see the note above the class
+        from alexnet_jax.checkpoint import Checkpointer  # lazy (--help): see the note above the class
 
         if self.primary:
             self.lock.acquire()
@@ -231,7 +232,7 @@ class RunDir:
         """After the restore: write the config and this start's provenance, cut the record back."""
         if not self.primary:
             return
-        from alexnet_jax.checkpoint import provenance  # lazy: see the note above the class
+        from alexnet_jax.checkpoint import provenance  # lazy (--help): see the note above the class
         with open(os.path.join(self.path, "config.json"), "w") as f:
             f.write(self.config.to_json())
         prov_path = os.path.join(self.path, "provenance.json")
@@ -270,7 +271,6 @@ class RunDir:
             return
         self.metrics.close()
         try:
-            from alexnet_jax.plotting import plot_runs  # lazy: see the note above the class
             plot_runs([self.path], os.path.join(self.path, "curves.png"))
         except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
             log.warning("could not draw curves.png: %s", e)

@@ -107,6 +107,18 @@ def test_multihost_flags_only_where_they_apply():
         assert ("--coordinator" in opts) == (name in ("train", "eval")), name
 
 
+def test_help_leaves_what_commands_import_unimported():
+    """`import alexnet_jax.cli` imports no jax (a Ctrl-C while jax loads reaches _parse's guard), and `--help`, which
+    imports every tool module, none of orbax, tensorflow_datasets, matplotlib, scikit-learn (the notes in cli.py)."""
+    code = ("import sys\nimport alexnet_jax.cli\nprint('jax' in sys.modules)\n"
+            "try:\n  alexnet_jax.cli.main(['--help'])\nexcept SystemExit:\n  pass\n"
+            "print([m for m in ('orbax', 'tensorflow_datasets', 'matplotlib', 'sklearn') if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "False", r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stdout.splitlines()[-1] == "[]", r.stdout[-300:]
+
+
 def test_train_help_lists_the_recipes_values():
     def epilog(argv):
         p = cli.build_parser(argv)

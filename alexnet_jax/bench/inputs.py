@@ -27,7 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+from absl import flags
+
+from alexnet_jax import data as data_lib
+from alexnet_jax.config import Config
+from alexnet_jax.data import files
+from alexnet_jax.data.augment import Augment
+from alexnet_jax.data.loader import TrainLoader
+from alexnet_jax.data.preparation import prepare
+from alexnet_jax.data.sources import RecordSource
+from alexnet_jax.run import build_run
 
 STORES = {"raw256": "imagenet2012/raw256", "jpeg256": "imagenet2012/jpeg256", "jpeg": "imagenet2012"}
 STEP_RATE_IMG_S = 23_500.0
@@ -37,8 +48,6 @@ STEP_RATE_SOURCE = "plain Flax two-column AlexNet training step on one H100, bf1
 def _tree(images_tar, root: Path, records: int) -> int:
     """train/<wnid>/<name>_<k>.JPEG: the sample photos repeated (links) so that at least ``records`` remain
     for training after prepare holds round(10%) of each class (at least one) out for validation."""
-    from alexnet_jax.data import files
-
     photos = files.read_image_files(images_tar)
     src = root / "photos"
     src.mkdir(parents=True)
@@ -83,8 +92,6 @@ if _grain is not None:
             return {"path": self.path, "split": self.split, "_src": None}
 
         def map(self, i):
-            from alexnet_jax.data.sources import RecordSource
-
             if self._src is None:
                 self._src = RecordSource(self.path, self.split)
             rec = self._src.record(int(i))
@@ -96,9 +103,6 @@ def _grain_processes(path, workers: int, batch: int, batches: int) -> dict[str, 
     dependency of the project (the threaded loader measured faster): `pip install grain` to compare."""
     if _grain is None:
         return {"skipped": "grain is not installed (pip install grain)"}
-    from absl import flags
-
-    from alexnet_jax.data.sources import RecordSource
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()          # grain 0.2.18 workers read an absl flag (google/grain#1355)
@@ -122,10 +126,6 @@ def augment_cost(input_size: int = 224, batch: int = 128, repeats: int = 10, ste
                  seed: int = 0) -> dict[str, Any]:
     """Seconds per batch of the jitted ``alexnet`` training augmentation (and eval centre crop) on the
     default JAX device, from uint8 (batch, 256, 256, 3), synchronised."""
-    import jax
-
-    from alexnet_jax.data.augment import Augment
-
     rng = np.random.default_rng(seed)
     aug = Augment("alexnet", input_size, (256, 256, 3), rng.uniform(0, 255, (256, 256, 3)).astype(np.float32))
     x = jax.device_put(rng.integers(0, 256, (batch, 256, 256, 3), dtype=np.uint8))
@@ -152,11 +152,6 @@ def input_pipeline(store: str, images_tar: str | os.PathLike, *, records: int = 
                    step_rate: float = STEP_RATE_IMG_S, step_seconds: float | None = None, augment: bool = True,
                    compare_processes: bool = False, workdir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Loader images/s per core for ``store`` (module docstring); returns a JSON-able dict."""
-    from alexnet_jax.config import Config
-    from alexnet_jax.data.loader import TrainLoader
-    from alexnet_jax.data.preparation import prepare
-    from alexnet_jax.data.sources import RecordSource
-
     if store not in STORES:
         raise ValueError(f"unknown store {store!r}; choose from {', '.join(STORES)}")
     tmp = Path(tempfile.mkdtemp(prefix="alexnet_jax_bench_", dir=workdir))
@@ -207,12 +202,6 @@ def end_to_end(store: str, images_tar: str | os.PathLike, *, model: str = "alexn
     each and their ratio (1.0: the step never waits for its input).  `threads` reader threads (0: every
     core); the loader prefetches in the background, and dispatch is asynchronous, so the host reads the
     next batch while the device runs the step."""
-    import jax
-
-    from alexnet_jax import data as data_lib
-    from alexnet_jax.config import Config
-    from alexnet_jax.run import build_run
-
     if store not in STORES:
         raise ValueError(f"unknown store {store!r}; choose from {', '.join(STORES)}")
     tmp = Path(tempfile.mkdtemp(prefix="alexnet_jax_e2e_", dir=workdir))

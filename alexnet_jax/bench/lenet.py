@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from alexnet_jax.bench.protocol import epoch_protocol
+from alexnet_jax.data import read_idx
+
 
 def load_mnist_train(mnist_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(images float32 (N, 32, 32, 1) in [0, 1], zero-padded 2 px like the peer; labels int32 (N,))."""
-    from alexnet_jax.data import read_idx
-
     d = Path(mnist_dir)
     x = read_idx(_idx_file(d, "train-images-idx3-ubyte"))
     y = read_idx(_idx_file(d, "train-labels-idx1-ubyte")).astype(np.int32)
@@ -48,9 +49,9 @@ def lenet_epoch(mnist_dir: str | os.PathLike, *, batch: int = 128, chunks: list[
     one array per dispatch.  After compiling, one untimed warm-up epoch, then `epochs` timed epochs; the
     best is reported (alexnet_jax.bench.protocol, as the torch twin does).  Training continues across
     the runs of different K."""
+    # lazy (torch twin): bench/torch_lenet.py imports load_mnist_train from here, in a process kept free of jax
     import jax
 
-    from alexnet_jax.bench.protocol import epoch_protocol
     from alexnet_jax.bench.step import bench_config, device_info, macs_per_image
     from alexnet_jax.trainer import Trainer
 

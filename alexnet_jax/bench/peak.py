@@ -13,6 +13,12 @@ import statistics
 import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax.bench import peers
+
 
 def jax_matmul_rate(size: int = 4096, dtype: str = "float32", reps: int = 5,
                     accumulate: str | None = None) -> dict[str, Any]:
@@ -20,10 +26,6 @@ def jax_matmul_rate(size: int = 4096, dtype: str = "float32", reps: int = 5,
     warm-up call after compiling, then the median of `reps` synchronised calls (2 size^3 FLOP each).
     `accumulate="float32"` asks for a float32 result (preferred_element_type): on XLA:CPU the only
     bfloat16 product that runs on the CPU's bfloat16 units; a bfloat16 result is computed in float32."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
     rng = np.random.default_rng(0)
     a, b = (jax.device_put(jnp.asarray(rng.standard_normal((size, size)), dtype)) for _ in range(2))
     f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=accumulate)).lower(a, b).compile()
@@ -45,8 +47,6 @@ def measure_peaks(threads: int | None, *, size: int = 4096, dtypes=("float32", "
     """{dtype: {"jax": run, ["jax_float32_result": run,] "torch": run, "peak_flops_per_second": the fastest,
     "source": which}}; bfloat16 is timed with a bfloat16 and with a float32 result through jax (torch's
     bfloat16 mm accumulates in float32 and returns bfloat16)."""
-    from alexnet_jax.bench import peers
-
     out: dict[str, Any] = {}
     torch_runs = {}
     if torch_too:

@@ -4,6 +4,7 @@ ours/peer ratios, taken in the same invocation."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -24,7 +25,6 @@ def default_data_dir(name: str) -> Path:
 
 
 def torch_available() -> bool:
-    import importlib.util
     return importlib.util.find_spec("torch") is not None
 
 

@@ -14,7 +14,11 @@ import tempfile
 import time
 from typing import Any
 
+import jax
+
 from alexnet_jax import comms
+from alexnet_jax.bench.step import synthetic_batch
+from alexnet_jax.trainer import Trainer
 
 
 def describe_ops(hlo_text: str) -> dict[str, str]:
@@ -72,11 +76,6 @@ def profile_step(config, *, steps: int = 3, top: int = 15, trace_dir: str | None
                  name: str | None = None) -> dict[str, Any]:
     """The `top` ops of the train step by time per step (summed over XLA:CPU's worker threads), their
     share of all op time, what each op is, and the shares per layer."""
-    import jax
-
-    from alexnet_jax.bench.step import synthetic_batch
-    from alexnet_jax.trainer import Trainer
-
     trainer = Trainer.build(config)
     state = trainer.init()
     data = synthetic_batch(trainer)

@@ -16,11 +16,21 @@ CPU) get mfu = null unless `peak_tflops` is given.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import statistics
 import time
 from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from alexnet_jax.bench.protocol import step_protocol
+from alexnet_jax.config import Config, ConfigError
+from alexnet_jax.models import MODELS, model_class
+from alexnet_jax.summary import summarize
+from alexnet_jax.trainer import Trainer
 
 # name -> the Config fields of a benchmark preset (any registry model name works too)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -44,13 +54,9 @@ def bench_config(name: str, *, batch: int, dtype: str = "float32", mesh: tuple[i
                  input_size: int | None = None, width: float | None = None, num_classes: int | None = None,
                  lr: float = 0.01, weight_decay: float = 5e-4, seed: int = 0):
     """The Config a benchmark trains: a preset or any registry model, with overrides."""
-    from alexnet_jax.config import Config, ConfigError
-    from alexnet_jax.models import MODELS, model_class
-
     if name in PRESETS:
         p = dict(PRESETS[name])
     elif name in MODELS:
-        import inspect
         defaults = inspect.signature(model_class(name).__init__).parameters
         p = dict(model=name, input_size=defaults["input_size"].default, width=1.0,
                  num_classes=defaults["num_classes"].default)
@@ -63,7 +69,6 @@ def bench_config(name: str, *, batch: int, dtype: str = "float32", mesh: tuple[i
 
 
 def device_info() -> dict[str, Any]:
-    import jax
     d = jax.devices()[0]
     return {"platform": d.platform, "device": d.device_kind, "device_count": jax.device_count(),
             "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -83,8 +88,6 @@ def peak_flops(device_kind: str, dtype: str, override_tflops: float | None = Non
 
 def macs_per_image(config) -> int:
     """Forward multiply-adds per image (alexnet_jax.summary's counting rule), traced abstractly."""
-    from alexnet_jax.summary import summarize
-
     extra = {"head": config.head} if config.model == "lenet5" else {}
     return int(summarize(config.model, input_size=config.input_size, num_classes=config.num_classes,
                          width=config.width, **extra)["macs"])
@@ -92,9 +95,6 @@ def macs_per_image(config) -> int:
 
 def synthetic_batch(trainer, seed: int = 1):
     """Random normal images and random labels, created directly on the devices (never zeros)."""
-    import jax
-    import jax.numpy as jnp
-
     c = trainer.config
     shape = (c.batch_size, *trainer.input_shape)
     k1, k2 = jax.random.split(jax.random.key(seed))
@@ -124,11 +124,6 @@ def memory(compiled) -> dict[str, int] | None:
 def bench_step(config, *, steps: int = 10, warmup: int = 2, peak_tflops: float | None = None,
                name: str | None = None) -> dict[str, Any]:
     """Compile and time the train step of `config` (see the module docstring for each number)."""
-    import jax
-
-    from alexnet_jax.bench.protocol import step_protocol
-    from alexnet_jax.trainer import Trainer
-
     info = device_info()
     trainer = Trainer.build(config)
     state = trainer.init()

@@ -28,6 +28,7 @@ import statistics
 import time
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from alexnet_jax.bench.protocol import step_protocol
 from alexnet_jax.bench.torch_configs import LAYOUTS, config_name, configurations, memory_format, num_params, summary
@@ -160,7 +161,6 @@ def profile_cifar(config: dict, batch: int = 128, steps: int = 3, device: str = 
                         width)
     for _ in range(2):
         fn()
-    from torch.profiler import ProfilerActivity, profile
     t = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):

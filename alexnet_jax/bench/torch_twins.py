@@ -77,7 +77,7 @@ def run_alexnet_peer(peer_dir: str, batch: int, steps: int, warmup: int, device:
     amp = device == "cuda"
     args = argparse.Namespace(batch=batch, steps=steps, warmup=warmup, device=device)
     try:
-        import torchvision
+        import torchvision  # lazy: optional, not in the "peer" extra (torch only)
         tv = lambda: torchvision.models.alexnet()  # noqa: E731
     except ImportError:
         tv = None

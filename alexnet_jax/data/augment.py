@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any
 
 import jax
@@ -55,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax.errors import ConfigError
+from alexnet_jax.workdir import WorkdirError
 
 from .cache import mean_image
 from .catalog import AUGMENTS, RECORD_KEYED_AUGMENTS
@@ -330,9 +332,6 @@ def preprocess_mean(config, workdir: str | None) -> np.ndarray:
     """The mean an imported net's inputs are centred with (``config.preprocess`` torchvision or caffe)."""
     if config.preprocess == "torchvision":
         return np.array(TORCHVISION_MEAN, np.float32)
-    import os
-
-    from alexnet_jax.workdir import WorkdirError
 
     path = os.path.join(workdir or "<workdir>", CAFFE_MEAN_FILE)
     try:

@@ -219,7 +219,7 @@ def _need_source(name: str, source) -> Path:
 # ----------------------------------------------------------------------------------------------------
 def _list_digits(store) -> Listing:
     from sklearn.datasets import load_digits  # lazy: sklearn takes ~1 s to import, digits only
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # lazy: as load_digits
 
     d = load_digits()
     idx = np.arange(len(d.target))

@@ -307,7 +307,7 @@ def locate(config, *, auto: bool = True) -> Dataset:
         if jax.process_index() == 0:
             prepare("digits", None, data_dir, workers=0)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
+            from jax.experimental import multihost_utils  # lazy: as jax above
             multihost_utils.sync_global_devices("alexnet_jax: digits prepared")
     ds = dataset_at(dataset_dir(name, data_dir), name)
     s = int(config.input_size)

@@ -1,19 +1,24 @@
 """What every analysis tool shares: its arguments, where it writes, its last JSON line, and running a
 restored checkpoint over inputs with the model's own taps.
 
-Kept import-light at module level (no JAX): `alexnet-jax --help` imports every tool module.
+`alexnet-jax --help` imports every tool module: what it would not import otherwise (orbax, tensorflow_datasets,
+matplotlib) is imported where it is used (alexnet_jax/cli.py says what it costs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+
+from alexnet_jax.workdir import check_writable
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser, out_help: str) -> None:
@@ -38,8 +43,6 @@ def add_input_args(p: argparse.ArgumentParser, *, limit: int) -> None:
 
 def out_path(args, workdir: str, name: str) -> str:
     """`--out`, else `<workdir>/analysis/<name>`; its folder is created and must be writable."""
-    from alexnet_jax.workdir import check_writable
-
     if getattr(args, "out", None):
         check_writable(os.path.dirname(os.path.abspath(args.out)), "output folder")
         return args.out
@@ -70,7 +73,7 @@ def emit(summary: dict[str, Any]) -> None:
 
 def restore_from_args(args):
     """The checkpoint of `--workdir` (`--step`), restored onto every device present (restore_workdir)."""
-    from alexnet_jax.restore import restore_workdir
+    from alexnet_jax.restore import restore_workdir  # lazy (--help): orbax, tensorflow_datasets
 
     return restore_workdir(args.workdir, step=getattr(args, "step", None), data_dir=getattr(args, "data_dir", None))
 
@@ -80,8 +83,6 @@ def run_model(restored, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray
     mesh's batch split (one compilation).  taps[layer] holds one array per column (Tap, layers.py): the
     layer's output after its activation, exactly as the model's forward pass computed it; the layers
     in network order."""
-    import jax
-
     trainer, state = restored.trainer, restored.state
     n = len(x)
     div = trainer.plan.batch_divisor
@@ -114,7 +115,5 @@ def features(restored, taps: dict[str, list[np.ndarray]]) -> np.ndarray:
 
 
 def grid_shape(n: int, cols: int | None = None) -> tuple[int, int]:
-    import math
-
     cols = cols or max(1, math.ceil(math.sqrt(n)))
     return math.ceil(n / cols), cols

@@ -1,10 +1,11 @@
 """The analysis tools' inputs: image files, folders and tars, a dataset split, class names.
 
-Kept import-light at module level (no JAX): `alexnet-jax --help` imports every tool module.
+`alexnet-jax --help` imports every tool module: tensorflow_datasets is imported where it is used (alexnet_jax/cli.py).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import logging
@@ -12,7 +13,13 @@ import os
 import re
 from pathlib import Path
 
+import jax
 import numpy as np
+from PIL import Image
+
+from alexnet_jax import data as data_lib
+from alexnet_jax.data.files import decode, decode_error, decode_fit
+from alexnet_jax.errors import InputFileError
 
 log = logging.getLogger("alexnet_jax.tools")
 
@@ -30,9 +37,7 @@ def read_image_files(paths, limit: int | None = None) -> list[tuple[str, bytes]]
     """(full relative name, encoded bytes) of every image among `paths` (files, folders, tars).  A named
     file that is not an image or cannot be read is skipped with one warning naming it; a missing path,
     or no image at all, is an error (InputNotFoundError)."""
-    from alexnet_jax.data import read_image_files as read
-
-    return read(paths, limit, skip=_skipping)
+    return data_lib.read_image_files(paths, limit, skip=_skipping)
 
 
 def sample_label(name: str) -> tuple[str, str] | None:
@@ -47,10 +52,6 @@ def torchvision_fit(data: bytes, size: int) -> np.ndarray:
     antialiasing, as torchvision's resize of a PIL image), then the centre size x size kept with
     torchvision's CenterCrop offsets (round((h - size) / 2)).  The device's centre crop of this
     (Augment.eval: offset (size - s) // 2, an even difference for s = 224) is then exactly CenterCrop(s)."""
-    from PIL import Image
-
-    from alexnet_jax.data.files import decode
-
     arr = decode(data, 3)
     h, w, _ = arr.shape
     short, long = (w, h) if w <= h else (h, w)
@@ -74,9 +75,6 @@ def display_crop(img: np.ndarray, size: int) -> np.ndarray:
 def decode_files(items: list[tuple[str, bytes]], fit, source: str) -> tuple[list[str], np.ndarray]:
     """(names, stored images) of the (name, bytes) `items` that `fit(bytes)` decodes; each one it cannot
     is skipped with one warning naming the file.  None decodable: InputFileError."""
-    from alexnet_jax.data.files import decode_error
-    from alexnet_jax.errors import InputFileError
-
     names, stored = [], []
     for name, data in items:
         try:
@@ -181,11 +179,6 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
     `torchvision_fit`; the first `limit`) or from a prepared dataset split (default: the checkpoint's dataset
     and eval split; `limit` examples picked by `pick_from_split` with `seed`), then the run's own evaluation
     preprocessing on the device (Trainer.augment.eval)."""
-    import jax
-
-    from alexnet_jax import data as data_lib
-    from alexnet_jax.data.files import decode_fit
-
     augment = restored.trainer.augment
     if images:
         items = read_image_files(images, limit)
@@ -210,7 +203,6 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
         stored, names, labels = stored[ok], [m for m, k in zip(names, ok) if k], labels[ok].tolist()
         source = f"{cfg.dataset}:{split}"
     if not len(stored):
-        from alexnet_jax.errors import InputFileError
         raise InputFileError(f"no decodable images in {source} (see the warnings above)")
     x = np.asarray(jax.jit(augment.eval)(stored))
     return Inputs(x=x, display=[display_crop(d, augment.input_size) for d in stored], names=names,
@@ -222,7 +214,7 @@ def load_inputs(restored, *, images=None, dataset=None, split=None, limit=None, 
 # ------------------------------------------------------------------------------------------------
 def imagenet_synsets() -> list[str]:
     """The 1000 ILSVRC-2012 wnids in TFDS label order (sorted), from tensorflow_datasets' labels.txt."""
-    from alexnet_jax.data.datasets import imagenet_synsets as synsets
+    from alexnet_jax.data.datasets import imagenet_synsets as synsets  # lazy (--help): tensorflow_datasets
 
     return synsets()
 
@@ -234,10 +226,8 @@ def imagenet_readable_names() -> dict[str, str]:
     the standard 1000 ImageNet class names in label order (`IMAGENET_LABELS_LIST`, the same order as
     labels.txt: sorted wnids).  It is read as text (not imported); the first synonym is kept.
     """
-    import ast
-
     try:
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # lazy (--help)
 
         src = Path(os.fspath(tfds.core.tfds_path("datasets/siscore/labels.py"))).read_text()
         m = re.search(r"IMAGENET_LABELS_LIST\s*=\s*(\[.*?\])", src, re.S)
@@ -262,8 +252,6 @@ def class_names(config) -> ClassNames:
     """Class names of a checkpoint: its dataset's (dataset_info(config).class_names) when the dataset
     is prepared here; else, for a 1000-way model, the ILSVRC-2012 wnids; else class_<index>.
     ImageNet wnids are given readable names from `imagenet_readable_names()`."""
-    from alexnet_jax import data as data_lib
-
     k = int(config.num_classes)
     try:
         ids, source = list(data_lib.dataset_info(config).class_names), f"dataset {config.dataset}"

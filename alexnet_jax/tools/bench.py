@@ -29,7 +29,10 @@ import json
 import os
 import sys
 
+from alexnet_jax.bench import lenet, peak, peers, profile, step
+from alexnet_jax.bench.peak import share_of_peak
 from alexnet_jax.errors import UsageError
+from alexnet_jax.workdir import check_writable
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -174,14 +177,12 @@ def _peaks(args, threads: int) -> dict | None:
     """The achievable matmul rate in this run's precision (--matmul-peak), jax and (with --peer) torch."""
     if not args.matmul_peak:
         return None
-    from alexnet_jax.bench import peak
     return peak.measure_peaks(threads, size=args.matmul_size, dtypes=(args.dtype,), torch_too=args.peer)
 
 
 def _peak_lines(peaks: dict | None, dtype: str, achieved: list[tuple[str, float]]) -> list[str]:
     if not peaks or dtype not in peaks:
         return []
-    from alexnet_jax.bench.peak import share_of_peak
     e = peaks[dtype]
     fr = ", ".join(f"{k} {e[k]['flops_per_second'] / 1e9:.0f}" for k in ("jax", "jax_float32_result", "torch")
                    if k in e)
@@ -192,9 +193,6 @@ def _peak_lines(peaks: dict | None, dtype: str, achieved: list[tuple[str, float]
 
 
 def _lenet(args, threads: int, peer_dir: str) -> int:
-    from alexnet_jax.bench import lenet, peers
-    from alexnet_jax.bench.peak import share_of_peak
-
     mnist = args.mnist_dir or str(peers.default_data_dir("mnist"))
     chunks = [int(c) for c in args.chunks.split(",") if c.strip()] or None
     amp = args.dtype == "bfloat16"
@@ -243,9 +241,6 @@ def _lenet(args, threads: int, peer_dir: str) -> int:
 
 
 def run(args) -> int:
-    from alexnet_jax.bench import peers, step
-    from alexnet_jax.workdir import check_writable
-
     if args.out:                     # before the measurement, not after it
         check_writable(os.path.dirname(os.path.abspath(args.out)), "output folder")
     peer_dir = args.peer_dir or str(peers.default_peer_dir())
@@ -254,7 +249,7 @@ def run(args) -> int:
     if args.lenet_epoch:
         return _lenet(args, threads, peer_dir)
     if args.input_pipeline:
-        from alexnet_jax.bench import inputs
+        from alexnet_jax.bench import inputs  # lazy (--help); `bench` itself runs without tensorflow_datasets
         images = args.images or str(peers.default_data_dir("imagenet_samples") / "imagenet_samples_100.tar")
         if args.end_to_end:
             r = inputs.end_to_end(args.store, images, model=args.model[0], records=args.records,
@@ -310,14 +305,12 @@ def run(args) -> int:
                                            name=m))
     profiles = None
     if args.profile:
-        from alexnet_jax.bench import profile
         profiles = [profile.profile_step(c, name=m) for m, c in configs.items()]
     ok = [r for r in results if "error" not in r]
     ratios = peers.peer_ratios(ok, peer_results) if peer_results else {}
     peaks = _peaks(args, threads)
     achieved = []
     if peaks:
-        from alexnet_jax.bench.peak import share_of_peak
         for r in ok:
             r["share_of_peak"] = share_of_peak(r["achieved_flops_per_second"], peaks, r["dtype"])
             achieved.append((f"ours {r['model']}", r["achieved_flops_per_second"]))

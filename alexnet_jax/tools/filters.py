@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import textwrap
 
+import jax
 import numpy as np
 
 from alexnet_jax.tools import _cli
@@ -42,8 +43,6 @@ def add_arguments(p) -> None:
 
 def conv1_kernels(model) -> tuple[str, list[np.ndarray]]:
     """(layer name, one (N, H, W, C) array of kernels per column) of the model's first layer."""
-    import jax
-
     layer = next(iter(model.layer_kinds))                       # conv1, or LeNet's C1
     module = getattr(model, layer, None) or getattr(model, layer.lower())
     kernel = getattr(module, "kernel", None) or module.kernel_HWIO
@@ -91,7 +90,7 @@ def mosaic(kernels_NHWC: np.ndarray, cols: int, scale: int, gap: int = 1) -> np.
 
 def figure(blocks: list[np.ndarray], scores: list[float | None], layer: str, scale: int = 0, title: str = ""):
     """One panel per column: its kernels as a mosaic, titled with their count, shape and column score."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy (--help)
 
     h = blocks[0].shape[1]
     scale = scale or max(1, round(60 / h))

@@ -24,11 +24,21 @@ runs/init_stats/<config>.{png,json}); the last stdout line is a JSON summary.
 
 from __future__ import annotations
 
+import itertools
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from alexnet_jax import parallel
+from alexnet_jax.config import apply_overrides
+from alexnet_jax.configs import get_config
+from alexnet_jax.plotting import plain_log_ticks
 from alexnet_jax.tools import _cli
+from alexnet_jax.trainer import AUGMENT_STREAM, cross_entropy
+from alexnet_jax.workdir import check_writable
 
 USES_DEVICES = True
 
@@ -46,12 +56,6 @@ def add_arguments(p) -> None:
 
 def layer_stats(trainer, state, batch) -> dict:
     """Per-layer statistics of one batch (module docstring), on the model's own forward pass."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from alexnet_jax.trainer import AUGMENT_STREAM, cross_entropy
-
     c = trainer.config
     key = jax.random.fold_in(jax.random.key(c.seed), AUGMENT_STREAM)
     x = trainer.augment.train(jnp.asarray(batch["image"]), jnp.asarray(batch["index"]), key)
@@ -106,12 +110,7 @@ def layer_stats(trainer, state, batch) -> dict:
 
 def measure(config, *, batch: int, steps: int) -> dict:
     """Init (and after `steps` train steps) statistics of one variant on a batch of its real data."""
-    import itertools
-
-    import jax
-
-    from alexnet_jax import parallel
-    from alexnet_jax.run import build_run
+    from alexnet_jax.run import build_run  # lazy (--help): orbax, tensorflow_datasets
 
     config = config.replace(batch_size=batch, mesh_data=1, mesh_model=1)
     with build_run(config, parallel.make_mesh(1, 1), evaluation=False, prefetch=0) as run:
@@ -158,9 +157,7 @@ def describe_variants(variants: list[dict]) -> str:
 def figure(variants: list[dict], recipe: str, batch: int):
     """The figure of `plot`: input-dependent activation std (left) and gradient std (right) per layer, in
     network order, one line per variant; a second row after the training steps when measured."""
-    from matplotlib.figure import Figure
-
-    from alexnet_jax.plotting import plain_log_ticks
+    from matplotlib.figure import Figure  # lazy (--help)
 
     whens = ["at_init"] + (["after_steps"] if any("after_steps" in v for v in variants) else [])
     fig = Figure(figsize=(12, 4.2 * len(whens) + 0.5), layout="constrained")
@@ -196,10 +193,6 @@ def plot(variants: list[dict], out_png: str, recipe: str, batch: int) -> str:
 
 
 def run(args) -> int:
-    from alexnet_jax.config import apply_overrides
-    from alexnet_jax.configs import get_config
-    from alexnet_jax.workdir import check_writable
-
     base = apply_overrides(get_config(args.config), args.set)
     out = args.out or os.path.join("runs", "init_stats", f"{args.config}.png")
     check_writable(os.path.dirname(os.path.abspath(out)), "output folder")   # before minutes of measuring

@@ -16,8 +16,11 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
+from flax import nnx
 
+from alexnet_jax.models.layers import COLUMN_AXIS
 from alexnet_jax.tools import _cli
 
 SMALL = 1e-3
@@ -35,10 +38,6 @@ def _path_str(path) -> str:
 def column_paths(model) -> set[str]:
     """Paths ("conv1.kernel", ...) of the parameters stacked by column: their logical axes start with
     the column axis (layers.COLUMN_AXIS)."""
-    from flax import nnx
-
-    from alexnet_jax.models.layers import COLUMN_AXIS
-
     return {_path_str(path) for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
             if (var.get_metadata().get("axes") or (None,))[0] == COLUMN_AXIS}
 
@@ -51,9 +50,6 @@ def weight_stats(w: np.ndarray) -> dict[str, float]:
 
 def parameter_table(model, stats: bool = False) -> list[dict]:
     """One row per parameter (per column for column layers): path, shape, dtype, size, column."""
-    import jax
-    from flax import nnx
-
     cols = column_paths(model)
     rows = []
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
@@ -75,9 +71,6 @@ def parameter_table(model, stats: bool = False) -> list[dict]:
 
 def other_variables(model) -> int:
     """Number of values in non-trainable variables (BatchNorm statistics, LeNet's RBF codes)."""
-    import jax
-    from flax import nnx
-
     return int(sum(np.size(x) for x in jax.tree.leaves(nnx.state(model, nnx.Not(nnx.Param)))))
 
 

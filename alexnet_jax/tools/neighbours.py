@@ -21,6 +21,7 @@ and distances are in the .json beside the PNG).
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +73,6 @@ def distances(features_NxD: np.ndarray, queries_idx, idx: np.ndarray) -> np.ndar
 def cell_caption(name: str, caption: str | None, width: int = 26) -> list[str]:
     """The lines under a cell's distance: its class (`caption`) wrapped, not cut, then which file it is
     (the wnid of a file named like the ImageNet samples, whose name is the caption)."""
-    import textwrap
-
     path = Path(name)
     sample = _images.sample_label(name)
     ident = sample[0] if sample and sample[1] == caption else \
@@ -85,9 +84,7 @@ def figure(display: list[np.ndarray], names: list[str], queries, idx: np.ndarray
            title: str = "", captions: list[str | None] | None = None):
     """One row per query: the query (red frame), then its neighbours nearest first, each titled with its
     distance and its class (`captions`, e.g. class names) or file name."""
-    import textwrap
-
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy (--help)
 
     q, k = idx.shape
     cells = [[(queries[r], "query")] + [(j, f"d={dist[r, c]:.3g}") for c, j in enumerate(idx[r])]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from alexnet_jax.errors import UsageError
+from alexnet_jax.plotting import plot_runs, read_metrics
 from alexnet_jax.tools import _cli
 
 USES_DEVICES = False
@@ -36,8 +37,6 @@ def parse_labels(labels: list[str] | None, n: int) -> list[str] | None:
 
 
 def run(args) -> int:
-    from alexnet_jax.plotting import plot_runs, read_metrics
-
     workdirs = list(args.workdirs) + list(args.workdir)
     if not workdirs:
         raise UsageError("give at least one workdir (a folder with the metrics.jsonl `alexnet-jax train` writes)")

@@ -27,9 +27,15 @@ import os
 import shutil
 from typing import Any
 
+import jax
 import numpy as np
+from flax import nnx
 
+from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import parallel
 from alexnet_jax.errors import AlexnetJaxError
+from alexnet_jax.trainer import Trainer, TrainState
+from alexnet_jax.workdir import check_writable
 
 
 class ZooError(AlexnetJaxError, ValueError):
@@ -58,14 +64,6 @@ def write_workdir(workdir: str, config, params: dict[str, np.ndarray], imported:
     """Write `config` and a step-0 checkpoint of `params` ({"conv1.kernel": array, ...}, every parameter of
     the config's model, float32, in the model's shapes) to `workdir`, plus `files` ({name: array} saved as
     .npy beside config.json).  Assembled in a staging folder and renamed into place."""
-    import jax
-    from flax import nnx
-
-    from alexnet_jax import checkpoint as ckpt_lib
-    from alexnet_jax import parallel
-    from alexnet_jax.trainer import Trainer, TrainState
-    from alexnet_jax.workdir import check_writable
-
     config.validate()
     workdir = check_target(workdir)
     check_writable(os.path.dirname(workdir), "folder of the workdir")

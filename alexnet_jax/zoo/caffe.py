@@ -28,6 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from alexnet_jax.configs import get_config
+from alexnet_jax.data.augment import CAFFE_MEAN_FILE
+from alexnet_jax.data.records import STORE_SIZE
+from alexnet_jax.models.alexnet import COLUMNS, _w
 from alexnet_jax.zoo import check_target, file_record, write_workdir
 from alexnet_jax.zoo.caffe_proto import CaffeError, Layer, read_caffemodel, read_mean, read_prototxt
 
@@ -41,8 +45,6 @@ PASSIVE = {"Input", "Data", "ImageData", "MemoryData", "DummyData", "HDF5Data", 
 def bvlc_plan(width: float, num_classes: int) -> list[tuple[str, dict[str, Any]]]:
     """The layers of bvlc_alexnet's forward pass at a width (Dropout, Softmax and inputs left out):
     [(type, expected parameters)], each learnable layer tagged with our layer name."""
-    from alexnet_jax.models.alexnet import _w
-
     c1, c2, c3, c4, c5, f = (2 * _w(n, width) for n in (48, 128, 192, 192, 128, 2048))
 
     def conv(ours, n, k, pad, group, stride=1):
@@ -150,8 +152,6 @@ def _shaped(blob: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
 
 def to_params(blobs: dict[str, list[np.ndarray]], width: float, num_classes: int, path: str) -> dict[str, np.ndarray]:
     """bvlc_alexnet's blobs ({our layer: [weight, bias]}, Caffe layouts, BGR) -> our alexnet parameters."""
-    from alexnet_jax.models.alexnet import COLUMNS, _w
-
     c1, c2, c3, c4, c5, f = (_w(n, width) for n in (48, 128, 192, 192, 128, 2048))
     cin = {"conv1": 3, "conv2": c1, "conv3": 2 * c2, "conv4": c3, "conv5": c4}     # per group
     cout = {"conv1": c1, "conv2": c2, "conv3": c3, "conv4": c4, "conv5": c5, "fc6": f, "fc7": f}
@@ -183,8 +183,6 @@ def to_params(blobs: dict[str, list[np.ndarray]], width: float, num_classes: int
 def config_for(width: float, num_classes: int, lrn: str = "caffe"):
     """The workdir config of an imported bvlc net: the two-column alexnet at 227 with Caffe's LRN and mean
     image, the 2012 recipe's optimiser settings for fine-tuning, centre-crop evaluation."""
-    from alexnet_jax.configs import get_config
-
     return get_config("alexnet_imagenet").replace(
         model="alexnet", num_classes=int(num_classes), input_size=INPUT_SIZE, width=float(width), init="paper",
         lrn=lrn, preprocess="caffe", ten_crop=False)
@@ -192,9 +190,6 @@ def config_for(width: float, num_classes: int, lrn: str = "caffe"):
 
 def import_caffe(path: str, deploy: str, mean: str, workdir: str, lrn: str = "caffe") -> dict[str, Any]:
     """Import bvlc_alexnet (.caffemodel + deploy .prototxt + mean image) as an alexnet workdir."""
-    from alexnet_jax.data.augment import CAFFE_MEAN_FILE
-    from alexnet_jax.data.records import STORE_SIZE
-
     assert CAFFE_MEAN_FILE == MEAN_FILE
     check_target(workdir)
     layers, shape = read_prototxt(deploy)

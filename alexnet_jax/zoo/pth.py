@@ -29,6 +29,7 @@ import struct
 import zipfile
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from alexnet_jax.zoo import ZooError
@@ -38,8 +39,6 @@ LEGACY_PROTOCOL = 1001
 
 
 def _bfloat16():
-    import ml_dtypes
-
     return np.dtype(ml_dtypes.bfloat16)
 
 

@@ -26,8 +26,15 @@ import collections
 import os
 from typing import Any
 
+import jax
 import numpy as np
+from flax import nnx
 
+from alexnet_jax.configs import get_config
+from alexnet_jax.models.init import IMAGENET_STD
+from alexnet_jax.restore import restore_workdir
+from alexnet_jax.trainer import abstract_model_of
+from alexnet_jax.workdir import check_writable
 from alexnet_jax.zoo import ZooError, check_target, file_record, write_workdir
 from alexnet_jax.zoo.pth import read_state_dict
 
@@ -97,8 +104,6 @@ def torch_shapes(params_shapes: dict[str, tuple]) -> dict[str, tuple]:
 def config_for(width: float, num_classes: int):
     """The workdir config of an imported torchvision net: alexnet_owt at 224 with torchvision's
     preprocessing, the 2012 recipe's optimiser settings for fine-tuning, centre-crop evaluation."""
-    from alexnet_jax.configs import get_config
-
     return get_config("alexnet_imagenet").replace(
         model="alexnet_owt", num_classes=int(num_classes), input_size=INPUT_SIZE, width=float(width), init="native",
         preprocess="torchvision", ten_crop=False)
@@ -106,10 +111,6 @@ def config_for(width: float, num_classes: int):
 
 def check_state_dict(sd: dict[str, np.ndarray], path: str):
     """(config, our parameters) of a torchvision alexnet state_dict, or a ZooError naming what is wrong."""
-    from flax import nnx
-
-    from alexnet_jax.trainer import abstract_model_of
-
     want = state_dict_keys()
     missing, extra = [k for k in want if k not in sd], sorted(set(sd) - set(want))
     if missing or extra:
@@ -157,11 +158,6 @@ def import_torchvision(path: str, workdir: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 def export_params(restored) -> tuple[collections.OrderedDict, list[str]]:
     """(torchvision state_dict as numpy, notes) of a restored alexnet_owt workdir."""
-    import jax
-    from flax import nnx
-
-    from alexnet_jax.models.init import IMAGENET_STD
-
     config, model = restored.config, restored.model
     if config.model != "alexnet_owt":
         raise ZooError(f"{restored.workdir} holds model={config.model}; torchvision's alexnet is model=alexnet_owt")
@@ -188,14 +184,12 @@ def export_params(restored) -> tuple[collections.OrderedDict, list[str]]:
 def export_torchvision(workdir: str, path: str, step: int | None = None) -> dict[str, Any]:
     """Write an alexnet_owt workdir's parameters as a torchvision alexnet state_dict (torch.save)."""
     try:
-        import torch
+        import torch  # lazy: optional (the "peer" extra)
     except ImportError:
         raise ZooError("export writes the file with torch.save: install torch (pip install 'alexnet-jax[peer]', "
                        "or a CPU build of torch)") from None
-    from alexnet_jax.restore import restore_workdir as restore
-    from alexnet_jax.workdir import check_writable
 
-    r = restore(workdir, step=step)
+    r = restore_workdir(workdir, step=step)
     sd, notes = export_params(r)
     path = os.path.abspath(path)
     check_writable(os.path.dirname(path), "output folder")
