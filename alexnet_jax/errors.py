@@ -35,6 +35,10 @@ class InputFileError(AlexnetJaxError, ValueError):
     """An input file that cannot be used (not an image, not decodable, damaged); the message names it."""
 
 
+class WorkdirError(AlexnetJaxError, RuntimeError):
+    """The workdir cannot be used (locked by another run, not writable); the message says what to do."""
+
+
 class UsageError(AlexnetJaxError, ValueError):
     """Command-line arguments that do not fit together (e.g. 2 labels for 1 workdir)."""
 

@@ -35,15 +35,11 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from alexnet_jax.config import Config, show_value
-from alexnet_jax.errors import AlexnetJaxError, Interrupted
+from alexnet_jax.errors import Interrupted, WorkdirError
 from alexnet_jax.plotting import plot_runs
 from alexnet_jax.tensorboard import EventWriter, purge_events
 
 log = logging.getLogger("alexnet_jax")
-
-
-class WorkdirError(AlexnetJaxError, RuntimeError):
-    """The workdir cannot be used (locked by another run, not writable); the message says what to do."""
 
 
 def check_writable(path: str, what: str = "workdir") -> str:

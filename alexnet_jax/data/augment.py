@@ -55,8 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax.errors import ConfigError
-from alexnet_jax.workdir import WorkdirError
+from alexnet_jax.errors import ConfigError, WorkdirError
 
 from .cache import mean_image
 from .catalog import AUGMENTS, RECORD_KEYED_AUGMENTS
