@@ -4,7 +4,9 @@
 * Implicit rank promotion is an error in every test (jax_numpy_rank_promotion="raise"): broadcasting a
   lower-rank array must be written out.
 * `digits_run`: one finished 4-step LeNet-5 run on the bundled digits per test session.
-* `tfds_dir`: the bundled `digits` dataset prepared once per test module into a temporary TFDS folder;
+* `tfds_dir`: the bundled `digits` dataset prepared once per test module into a temporary TFDS folder
+  (in this process, workers=0: a pool of fresh interpreters costs seconds and writes the same records,
+  tests/test_data.py::test_prepare_process_pool_same_records);
   `fast_config`, `train_in_process`, `metrics_records`, `read_events` and `damage_checkpoint` train on it
   in-process and read back what a run wrote (test modules import them: `from conftest import ...`).
 """
@@ -99,7 +101,7 @@ def digits_run(tmp_path_factory):
                 from alexnet_jax.data import prepare
                 from alexnet_jax.run import train_and_evaluate
 
-                prepare("digits", None, str(root / "tfds"))
+                prepare("digits", None, str(root / "tfds"), workers=0)
                 train_and_evaluate(Config(**DIGITS_RUN, data_dir=str(root / "tfds")), str(root / "wd"),
                                    progress=False)
                 (root / "ready").touch()
@@ -112,7 +114,7 @@ def digits_run(tmp_path_factory):
 def tfds_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tfds")
     from alexnet_jax.data import prepare
-    prepare("digits", None, str(d))
+    prepare("digits", None, str(d), workers=0)
     return d
 
 

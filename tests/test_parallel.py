@@ -618,7 +618,7 @@ def task_augmeshes(out: Path, steps: int) -> dict:
         d.mkdir(parents=True, exist_ok=True)
         for i in range(8):
             Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i:04d}.png")
-    data_lib.prepare("cifar10", str(out / "src"), str(out / "tfds"))
+    data_lib.prepare("cifar10", str(out / "src"), str(out / "tfds"), workers=0)
     config = _small_config(dataset="cifar10", data_dir=str(out / "tfds"), augment="cifar", input_size=32)
     res = {"losses": {}, "images_max_diff": {}, "param_max_diff": {}}
     ref_images = ref_params = None
