@@ -207,9 +207,13 @@ def test_communication_small_model(meshes8):
             assert all(c["sent"] == 0 for c in rep["collectives"] if c["axis"] == "none")
 
 
+@pytest.mark.slow
 def test_communication_bytes_match_paper_full_size(tmp_path):
     """Width 1.0, 227x227: compiled only (never run).  An all-gather's result holds both columns' maps;
-    each device sends its own half and receives the other's: the paper's floats per image per direction."""
+    each device sends its own half and receives the other's: the paper's floats per image per direction.
+    Slow (a full-width compile): the default suite has the paper's per-image floats at full size from the
+    model's exchange hook (test_alexnet.py::test_exchange_called_four_times_full_size) and the compiled
+    collectives of the small net (test_communication_small_model)."""
     res = run_task("fullsize", tmp_path)
     for name, batch in (("1x2", 2), ("2x2", 4)):
         per_image = res[name]["per_image"]

@@ -110,7 +110,10 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tfds_dir, tmp_path):
     assert steps and max(steps) > 0
 
 
+@pytest.mark.slow
 def test_corrupted_checkpoint_falls_back_to_previous(tfds_dir, tmp_path):
+    """Slow: the default suite checks the same fallback in eval (the newest checkpoint's two largest files cut,
+    one warning line, stricter) and in training: tests/test_checkpoint.py, the damaged-checkpoint tests."""
     wd = tmp_path / "corrupt"
     r = _cli(["train", "--workdir", str(wd), "--no-progress", *SMALL, "--set", "num_steps=10"], tfds_dir)
     assert r.returncode == 0, r.stderr[-3000:]
