@@ -28,13 +28,57 @@ FAST = dict(num_steps=10, checkpoint_every_steps=5, eval_every_epochs=100, log_e
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
+# The default suite's longest tests (5-15 s each on 2 quiet cores), longest first; a group shares a module
+# fixture and stays together.
+LONG_TESTS = (
+    ("test_parallel.py::test_meshes_train_identically_with_device_augmentation",),
+    ("test_golden.py::test_golden_run_is_bitwise_the_recorded_one",),
+    ("test_parallel.py::test_one_column_models_data_parallel_2x2",),
+    ("test_parallel.py::test_meshes_train_identically_8_steps",),
+    ("test_compile.py::test_two_column_exchanges_only_where_the_paper_does",
+     "test_compile.py::test_memory_flops_and_roofline_by_hand"),
+    ("test_train.py::test_train_resume_after_sigkill_is_bitwise",),
+    ("test_parallel.py::test_caffe_lrn_on_the_column_split",),
+    ("test_alexnet.py::test_conv_relu_lrn_pool_gradients_match_float64",),
+    ("test_parallel.py::test_checkpoints_move_between_meshes",),
+    ("test_bench.py::test_cifar_step_peer_same_protocol",),
+    ("test_bench.py::test_lenet_epoch_peer_same_protocol",),
+    ("test_multihost.py::test_two_processes_match_one_process",),
+    ("test_cli.py::test_force_host_devices_flag_reaches_xla",),
+)
+
+
 def pytest_collection_modifyitems(config, items):
+    items[:] = _long_tests_spread_over_the_first_quarter(items)
     if "slow" in (config.getoption("markexpr") or ""):
         return
     skip = pytest.mark.skip(reason="slow test: run with `pytest -m slow`")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def _long_tests_spread_over_the_first_quarter(items: list) -> list:
+    """`items` with the LONG_TESTS spread evenly over the first quarter of the run, the rest in their order.
+    pytest-xdist's `load` scheduling hands the workers contiguous first chunks that together hold the first
+    quarter of the tests, then the rest in small chunks as they finish: each worker starts with its share of
+    the long tests, and the run does not end with one worker on a long test while the others are idle."""
+    def name(item) -> str:
+        return f"{Path(str(item.fspath)).name}::{getattr(item, 'originalname', item.name)}"
+
+    units, taken = [], set()
+    for group in LONG_TESTS:
+        unit = [item for want in group for item in items if name(item) == want]
+        if unit:
+            units.append(unit)
+            taken.update(id(item) for item in unit)
+    rest = iter([item for item in items if id(item) not in taken])
+    stride = max(1, len(items) // 4 // max(1, len(units)))
+    out = []
+    for unit in units:
+        out += unit
+        out += [item for _, item in zip(range(stride - len(unit)), rest)]
+    return out + list(rest)
 
 
 @pytest.fixture
