@@ -4,7 +4,9 @@
 * Implicit rank promotion is an error in every test (jax_numpy_rank_promotion="raise"): broadcasting a
   lower-rank array must be written out.
 * `digits_run`: one finished 4-step LeNet-5 run on the bundled digits per test session.
-* `tfds_dir`: the bundled `digits` dataset prepared once per test module into a temporary TFDS folder;
+* `tfds_dir`: the bundled `digits` dataset prepared once per test module into a temporary TFDS folder
+  (in this process, workers=0: a pool of fresh interpreters costs seconds and writes the same records,
+  tests/test_data.py::test_prepare_process_pool_same_records);
   `fast_config`, `train_in_process`, `metrics_records`, `read_events` and `damage_checkpoint` train on it
   in-process and read back what a run wrote (test modules import them: `from conftest import ...`).
 """
@@ -26,13 +28,57 @@ FAST = dict(num_steps=10, checkpoint_every_steps=5, eval_every_epochs=100, log_e
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
+# The default suite's longest tests (5-15 s each on 2 quiet cores), longest first; a group shares a module
+# fixture and stays together.
+LONG_TESTS = (
+    ("test_parallel.py::test_meshes_train_identically_with_device_augmentation",),
+    ("test_golden.py::test_golden_run_is_bitwise_the_recorded_one",),
+    ("test_parallel.py::test_one_column_models_data_parallel_2x2",),
+    ("test_parallel.py::test_meshes_train_identically_8_steps",),
+    ("test_compile.py::test_two_column_exchanges_only_where_the_paper_does",
+     "test_compile.py::test_memory_flops_and_roofline_by_hand"),
+    ("test_train.py::test_train_resume_after_sigkill_is_bitwise",),
+    ("test_parallel.py::test_caffe_lrn_on_the_column_split",),
+    ("test_alexnet.py::test_conv_relu_lrn_pool_gradients_match_float64",),
+    ("test_parallel.py::test_checkpoints_move_between_meshes",),
+    ("test_bench.py::test_cifar_step_peer_same_protocol",),
+    ("test_bench.py::test_lenet_epoch_peer_same_protocol",),
+    ("test_multihost.py::test_two_processes_match_one_process",),
+    ("test_cli.py::test_force_host_devices_flag_reaches_xla",),
+)
+
+
 def pytest_collection_modifyitems(config, items):
+    items[:] = _long_tests_spread_over_the_first_quarter(items)
     if "slow" in (config.getoption("markexpr") or ""):
         return
     skip = pytest.mark.skip(reason="slow test: run with `pytest -m slow`")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def _long_tests_spread_over_the_first_quarter(items: list) -> list:
+    """`items` with the LONG_TESTS spread evenly over the first quarter of the run, the rest in their order.
+    pytest-xdist's `load` scheduling hands the workers contiguous first chunks that together hold the first
+    quarter of the tests, then the rest in small chunks as they finish: each worker starts with its share of
+    the long tests, and the run does not end with one worker on a long test while the others are idle."""
+    def name(item) -> str:
+        return f"{Path(str(item.fspath)).name}::{getattr(item, 'originalname', item.name)}"
+
+    units, taken = [], set()
+    for group in LONG_TESTS:
+        unit = [item for want in group for item in items if name(item) == want]
+        if unit:
+            units.append(unit)
+            taken.update(id(item) for item in unit)
+    rest = iter([item for item in items if id(item) not in taken])
+    stride = max(1, len(items) // 4 // max(1, len(units)))
+    out = []
+    for unit in units:
+        out += unit
+        out += [item for _, item in zip(range(stride - len(unit)), rest)]
+    return out + list(rest)
 
 
 @pytest.fixture
@@ -99,7 +145,7 @@ def digits_run(tmp_path_factory):
                 from alexnet_jax.data import prepare
                 from alexnet_jax.run import train_and_evaluate
 
-                prepare("digits", None, str(root / "tfds"))
+                prepare("digits", None, str(root / "tfds"), workers=0)
                 train_and_evaluate(Config(**DIGITS_RUN, data_dir=str(root / "tfds")), str(root / "wd"),
                                    progress=False)
                 (root / "ready").touch()
@@ -112,7 +158,7 @@ def digits_run(tmp_path_factory):
 def tfds_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tfds")
     from alexnet_jax.data import prepare
-    prepare("digits", None, str(d))
+    prepare("digits", None, str(d), workers=0)
     return d
 
 

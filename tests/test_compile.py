@@ -51,9 +51,12 @@ needs_cuda_plugin = pytest.mark.skipif(not _have_cuda_plugin(), reason=f"JAX's C
 PAPER_LAYERS = ("conv3", "fc6", "fc7", "fc8")
 
 
+BATCH = 4      # the small program's global batch (the figures below are per image or scale with it)
+
+
 def small_config(**kw):
-    """The two-column net at width 0.125 on 32 px inputs (small stem), bfloat16, batch 16, one column per chip."""
-    sets = dict(width=0.125, dtype="bfloat16", batch_size=16, mesh_data=1, mesh_model=2)
+    """The two-column net at width 0.125 on 32 px inputs (small stem), bfloat16, batch 4, one column per chip."""
+    sets = dict(width=0.125, dtype="bfloat16", batch_size=BATCH, mesh_data=1, mesh_model=2)
     sets.update(kw)
     return apply_overrides(get_config("alexnet_cifar10"), [f"{k}={v}" for k, v in sets.items()])
 
@@ -226,24 +229,24 @@ def test_memory_flops_and_roofline_by_hand(small_report):
               + (3 * 3 * 24 * 16 + 16) + (3 * 3 * 32 * 256 + 256) + (512 * 256 + 256))
     fc8 = 512 * 10 + 10
     state = 2 * 4 * (column + fc8)                      # float32 parameters and velocity: one column + fc8 per chip
-    batch = 16 * (32 * 32 * 3 + 4 + 4)                  # uint8 images, int32 labels and positions: all 16 on each chip
+    batch = BATCH * (32 * 32 * 3 + 4 + 4)               # uint8 images, int32 labels and positions: all on each chip
     m = r["memory_per_device"]
     assert m["arguments"] >= state + batch              # XLA:TPU pads arrays to its tiles: at least this
     assert m["aliased"] >= state                        # the state is donated
     assert m["total"] == m["arguments"] + m["outputs"] - m["aliased"] + m["temporaries"] + m["generated_code"]
     assert m["headroom"] == 16e9 - m["total"]
-    # the model's FLOPs per chip: 6 x multiply-adds per image (by hand) x 16 images / 2 chips
+    # the model's FLOPs per chip: 6 x multiply-adds per image (by hand) x BATCH images / 2 chips
     macs_column = (32 * 32 * 6 * 75 + 15 * 15 * 16 * 150 + 7 * 7 * 24 * 288 + 7 * 7 * 24 * 216 + 7 * 7 * 16 * 216
                    + 288 * 256 + 512 * 256)
     macs = 2 * macs_column + 512 * 10
     f = r["flops_per_device"]
-    assert r["macs_per_image"] == macs and f["model"] == 6 * macs * 16 / 2
+    assert r["macs_per_image"] == macs and f["model"] == 6 * macs * BATCH / 2
     assert 0.5 < f["ratio"] < 1.5 and f["ratio"] == f["xla"] / f["model"]
-    # the roofline, by hand: bytes each chip sends = 16 images x (the four gathers + three reduce-scatters)
+    # the roofline, by hand: bytes each chip sends = BATCH images x (the four gathers + three reduce-scatters)
     p = r["predicted"]
     sent = r["sent_bytes_per_device"]
     f_ = SMALL_FLOATS
-    exact = 16 * 2 * (2 * f_["conv3"] + 2 * f_["fc6"] + 2 * f_["fc7"] + f_["fc8"])
+    exact = BATCH * 2 * (2 * f_["conv3"] + 2 * f_["fc6"] + 2 * f_["fc7"] + f_["fc8"])
     assert sent >= exact and sent == sum(c["sent_bytes_per_device"] for c in r["collectives"])
     compute, memory, exchange = f["xla"] / 197e12, r["bytes_accessed_per_device"] / 819e9, sent / 200e9
     assert p["compute_seconds"] == pytest.approx(compute, rel=1e-12)
@@ -253,8 +256,8 @@ def test_memory_flops_and_roofline_by_hand(small_report):
     assert p["step_seconds_not_overlapped"] == pytest.approx(serial, rel=1e-12)
     assert p["step_seconds_overlapped"] == pytest.approx(overlapped, rel=1e-12)
     assert p["exchange_share"] == pytest.approx(exchange / serial, rel=1e-12)
-    assert p["images_per_second_per_chip_not_overlapped"] == pytest.approx(16 / serial / 2, rel=1e-12)
-    assert p["images_per_second_per_chip_overlapped"] == pytest.approx(16 / overlapped / 2, rel=1e-12)
+    assert p["images_per_second_per_chip_not_overlapped"] == pytest.approx(BATCH / serial / 2, rel=1e-12)
+    assert p["images_per_second_per_chip_overlapped"] == pytest.approx(BATCH / overlapped / 2, rel=1e-12)
     assert "not a measurement" in p["label"] and "bf16 peak" in p["precision"]
 
 
@@ -332,7 +335,7 @@ def test_eval_steps_compile_with_ten_crops():
     assert {c["layer"] for c in ten["collectives"]} == set(PAPER_LAYERS)
     assert {c["pass"] for c in ten["collectives"]} == {"fwd"}
     fwd = {c["layer"]: c["sent_bytes_per_image"] for c in ten["collectives"]}
-    assert fwd == {k: 2 * v for k, v in SMALL_FLOATS.items()}     # per view: 10 views of 16 images
+    assert fwd == {k: 2 * v for k, v in SMALL_FLOATS.items()}     # per view: 10 views of BATCH images
 
 
 # ------------------------------------------------------------------------------------------------

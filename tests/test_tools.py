@@ -39,7 +39,7 @@ from alexnet_jax.config import Config
 from alexnet_jax.data import prepare
 from alexnet_jax.run import train_and_evaluate
 spec = json.loads(sys.argv[1])
-prepare("imagenet2012", spec["source"], spec["data_dir"])
+prepare("imagenet2012", spec["source"], spec["data_dir"], workers=0)
 print(json.dumps(train_and_evaluate(Config.from_dict(spec["config"]), spec["workdir"], progress=False)))
 """
 
