@@ -31,7 +31,6 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # The default suite's longest tests (5-15 s each on 2 quiet cores), longest first; a group shares a module
 # fixture and stays together.
 LONG_TESTS = (
-    ("test_parallel.py::test_meshes_train_identically_with_device_augmentation",),
     ("test_golden.py::test_golden_run_is_bitwise_the_recorded_one",),
     ("test_parallel.py::test_one_column_models_data_parallel_2x2",),
     ("test_parallel.py::test_meshes_train_identically_8_steps",),
