@@ -98,6 +98,12 @@ do, so a reader could not see whether conv1 had learned colour structure at all.
   0.5 (24 kernels per column), `--schedule recipe` (alexnet_cifar10's own: 20 epochs, lr 0.01, /10 after
   epochs 12 and 17), the two-column net only, seeds 0-3 (four runs of about half an hour of 2 cores: the two
   hours it may take), claim B by the same rules.
+  Amendment 3 (2026-12-02 18:55, after the width-0.5 runs of seeds 0 and 1 had started, before any test error or
+  conv1 kernel of theirs was read).  The estimate above was wrong by a factor of two: a width-0.5 run is 6,250 steps at
+  1.2 s per step with two runs sharing the two cores, i.e. about an hour of 2 cores, so seeds 0-3 take about
+  four hours.  The point keeps the issue's budget (as many seeds as two hours allow): seeds 0 and 1, run
+  together (`--jobs 2`).  The rules are unchanged; with n = 2, "most seeds" is 2 of 2, and the combined
+  Stouffer p is over two seeds.  Claim A is not tested at this point (the two-column net only).
 
 Where it runs: a GPU host (`experiments/gpu_run.sh` runs the full-width version, input 32, in one call);
 on 2 CPU cores, at width 0.25 and the rule's seed count, it decides the claims for "CIFAR-10 at width 0.25
@@ -452,7 +458,10 @@ def claim_a(rows: list[dict], out: Path, max_seeds: int) -> dict:
         sd = json.loads((out / "pilot.json").read_text())["sd"]
         a["seeds_rule"] = {"pilot_sd": sd, "max_seeds": max_seeds,
                            "n": seeds_needed(sd, max_seeds) if sd == sd else max_seeds, "ran": len(ds)}
-    a["verdict"] = verdict_a(a["ci95"]) if "ci95" in a else "cannot decide: fewer than 2 paired seeds"
+    if not any(r["model"] == "alexnet_half" for r in rows):
+        a["verdict"] = "not tested: these runs hold no alexnet_half (the two-column net only, a claim-B point)"
+    else:
+        a["verdict"] = verdict_a(a["ci95"]) if "ci95" in a else "cannot decide: fewer than 2 paired seeds"
     return a
 
 

@@ -186,6 +186,23 @@ def test_report_from_finished_runs(cols, tmp_path):
     assert "fewer than the rule asks" in md and "Stouffer Z" in md and "Gate" in md
 
 
+def test_report_of_the_two_column_net_alone_tests_claim_b_only(cols, tmp_path):
+    """The width-0.5 point trains the two-column net alone: claim A is reported as not tested (there is no
+    one-GPU net to pair with), never as a verdict, and claim B is decided over the seeds there are (n = 2: both
+    must separate)."""
+    rng = np.random.default_rng(4)
+    out = tmp_path / "w05"
+    (out / "main").mkdir(parents=True)
+    for s in (0, 1):
+        row = _row(s, _kernels("grey", 24, rng), _kernels("opponent", 24, rng))
+        (out / "main" / f"alexnet_seed{s}.json").write_text(json.dumps(row))
+    assert cols.main(["report", "--out", str(out), "--permutations", "2000"]) == 0
+    res = json.loads((out / "report.json").read_text())
+    assert res["claim_A"]["verdict"].startswith("not tested") and "ci95" not in res["claim_A"]
+    assert res["claim_B"]["verdict"] == "supports" and [q["seed"] for q in res["claim_B"]["per_seed"]] == [0, 1]
+    assert "Claim A: not tested" in (out / "report.md").read_text()
+
+
 def test_bad_report_input_is_one_error_line(cols, tmp_path, capsys):
     assert cols.main(["report", "--out", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.startswith("error: no finished runs")
