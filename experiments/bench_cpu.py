@@ -16,11 +16,15 @@ measurement; torch and ours on the same threads, the cores available to this pro
                     every configuration, median of --steps steps after --warmup, both sides profiled
                     (jax.profiler with the compiled program's arithmetic types; torch.profiler)
   cifar_bfloat16    the same in bfloat16 / bf16 autocast
+  cifar_float32_ynnpack
+                    our CIFAR step again with XLA:CPU's YNNPACK convolutions (the jaxlib default, which
+                    alexnet_jax's XLA flag turns off: alexnet_jax/__init__.py), same protocol, ours only
   alexnet_float32   the full-size two-column AlexNet (227) step, ours only
 
 and writes --out/results.json (every part's JSON, command, wall time and load average before and after)
-and --out/report.md (the tables).  --publish copies them to experiments/results/bench_cpu_<date>.json /
-.md and rewrites README's CPU performance table (between the `bench_cpu` markers) from them, so every
+and --out/report.md (the tables).  --publish copies them to experiments/results/<name>.json / .md (--name,
+default bench_cpu_<date>; a published file of another machine is never overwritten) and rewrites README's
+CPU performance table (between the `bench_cpu` markers) from them (not with --no-readme), so every
 number README states about CPU speed comes from that file.  Expected wall time on the 2-core
 development machine: about 30 minutes (torch.compile compiles for about a minute per configuration,
 eight times).
@@ -53,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/bench_cpu", help="output directory (default runs/bench_cpu)")
     p.add_argument("--publish", action="store_true",
                    help="copy the results to experiments/results/bench_cpu_<date>.{json,md} and rewrite README's table")
+    p.add_argument("--name", help="published file name, without .json/.md (default bench_cpu_<date>)")
+    p.add_argument("--no-readme", action="store_true",
+                   help="publish the files only; leave README's table (e.g. a second machine's run)")
     p.add_argument("--report", metavar="RESULTS_JSON", help="only (re)write the tables from a results.json")
     p.add_argument("--parts", help="comma list of parts to run (default: all)")
     p.add_argument("--epochs", type=int, default=5, help="timed LeNet epochs per side (default 5)")
@@ -86,9 +93,19 @@ def parts(args) -> dict[str, list[str]]:
         cifar = [*cifar[:cifar.index("--batch")], *tiny, *cifar[cifar.index("--batch") + 2:], "--peer-no-compile",
                  "--matmul-size", "256"]
         full = [*full[:full.index("--model")], "--model", "alexnet", "--input-size", "67", *tiny, "--steps", "1"]
+    ours_only = [a for a in cifar if a not in ("--peer", "--matmul-peak", "--profile", "--peer-no-compile")]
+    if "--matmul-size" in ours_only:
+        i = ours_only.index("--matmul-size")
+        del ours_only[i:i + 2]
     return {"lenet_float32": lenet, "lenet_bfloat16": [*lenet, "--dtype", "bfloat16"],
             "cifar_float32": cifar, "cifar_bfloat16": [*cifar, "--dtype", "bfloat16"],
-            "alexnet_float32": full}
+            "cifar_float32_ynnpack": ours_only, "alexnet_float32": full}
+
+
+# Parts run with extra environment: YNNPACK convolutions back on (a value set in XLA_FLAGS wins over the
+# package's default flag, alexnet_jax._merge_xla_flags).
+YNNPACK_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+PART_ENV = {"cifar_float32_ynnpack": {"XLA_FLAGS": YNNPACK_CONVOLUTIONS}}
 
 
 def load() -> list[float] | None:
@@ -118,7 +135,8 @@ def machine() -> dict:
 
 
 def run_part(name: str, cmd: list[str], out: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               **PART_ENV.get(name, {}))
     before, t = load(), time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     wall, after = time.perf_counter() - t, load()
@@ -132,7 +150,9 @@ def run_part(name: str, cmd: list[str], out: Path) -> dict:
         result["error"] = f"exit {p.returncode}: {p.stderr[-600:]}"
     print(f"== {name}: {wall:.0f} s, load {before} -> {after}" + (f"  ERROR {result['error'][:200]}"
                                                                    if "error" in result else ""), flush=True)
-    return {"cmd": " ".join(["python", *cmd[1:]] if cmd[0] == sys.executable else cmd), "wall_seconds": round(wall, 1),
+    prefix = [f"{k}={v}" for k, v in PART_ENV.get(name, {}).items()]
+    shown = ["python", *cmd[1:]] if cmd[0] == sys.executable else cmd
+    return {"cmd": " ".join(prefix + shown), "wall_seconds": round(wall, 1),
             "load_before": before, "load_after": after, "result": result}
 
 
@@ -255,6 +275,18 @@ def profile_section(res: dict) -> str:
     return "\n".join(out)
 
 
+def ynnpack_section(res: dict) -> str:
+    """Our CIFAR float32 step with the package's flag (Eigen convolutions) and with YNNPACK's (jaxlib's default)."""
+    base, ynn = (res["parts"].get(n) for n in ("cifar_float32", "cifar_float32_ynnpack"))
+    if not base or not ynn or "error" in base["result"] or "error" in ynn["result"]:
+        return "(not run)"
+    a, b = base["result"]["images_per_second"], ynn["result"]["images_per_second"]
+    return (f"Our CIFAR two-column step, float32, batch {base['result']['batch']}: {a:,.1f} img/s with alexnet_jax's "
+            f"default flag (XLA's own convolutions), {b:,.1f} img/s with `XLA_FLAGS={YNNPACK_CONVOLUTIONS}` "
+            f"(YNNPACK's, jaxlib's default): the flag is {a / b:.2f}x (loads {base['load_before'][0]}, "
+            f"{ynn['load_before'][0]}).")
+
+
 def subsampling_table(res: dict) -> str:
     out = []
     for name in ("lenet_float32", "lenet_bfloat16"):
@@ -310,6 +342,7 @@ def report(res: dict, published: str = "") -> str:
              "## Achieved FLOP/s against the measured matmul peak", "", peak_table(rows), "",
              "Matmul rates (size x size times size x size, GFLOP/s, median of 5 after one warm-up):", "",
              matmul_table(rows), "",
+             "## XLA:CPU's YNNPACK convolutions", "", ynnpack_section(res), "",
              "## Where the time goes (CIFAR step)", "", profile_section(res),
              "## LeNet twin: the trainable subsampling's torch idioms", "", subsampling_table(res), "",
              "## Commands, wall time and load", ""]
@@ -350,7 +383,7 @@ def main(argv=None) -> int:
         for name, cmd in todo.items():
             res["parts"][name] = run_part(name, cmd, out)
             (out / "results.json").write_text(json.dumps(res, indent=1, default=float))
-    published = f"bench_cpu_{res['date']}.json"
+    published = f"{args.name or 'bench_cpu_' + res['date']}.json"
     (out / "report.md").write_text(report(res, published if args.publish else ""))
     print((out / "report.md").read_text())
     if args.publish:
@@ -358,11 +391,21 @@ def main(argv=None) -> int:
             print("error: a --smoke run is plumbing, not a measurement: not published", file=sys.stderr)
             return 2
         RESULTS.mkdir(parents=True, exist_ok=True)
+        if (RESULTS / published).exists():
+            cpu = json.loads((RESULTS / published).read_text()).get("machine", {}).get("cpu")
+            if cpu != res["machine"].get("cpu"):
+                print(f"error: experiments/results/{published} holds a run on {cpu}, this one is on "
+                      f"{res['machine'].get('cpu')}: not overwritten; pass --name for this machine's file",
+                      file=sys.stderr)
+                return 2
         (RESULTS / published).write_text(json.dumps(res, indent=1, default=float) + "\n")
         (RESULTS / published.replace(".json", ".md")).write_text(report(res, published))
-        ok = rewrite_readme(readme_block(res, published.replace(".json", ".md")))
-        print(f"published experiments/results/{published} (+ .md); README table "
-              f"{'rewritten' if ok else 'NOT rewritten: markers not found'}")
+        if args.no_readme:
+            print(f"published experiments/results/{published} (+ .md); README table left as it is (--no-readme)")
+        else:
+            ok = rewrite_readme(readme_block(res, published.replace(".json", ".md")))
+            print(f"published experiments/results/{published} (+ .md); README table "
+                  f"{'rewritten' if ok else 'NOT rewritten: markers not found'}")
     return 0 if all("error" not in p["result"] for p in res["parts"].values()) else 1
 
 

@@ -145,6 +145,30 @@ def test_bench_cpu_tables_and_readme_block(tmp_path):
     assert "old table" not in text and "**2.00x**" in text and "bench_cpu_2030-01-02.md" in text
 
 
+def test_bench_cpu_never_overwrites_another_machines_results(tmp_path, monkeypatch, capsys):
+    """Publishing under a name that holds another CPU's run is refused (exit 2, the file unchanged); --name
+    gives this machine's file, and --no-readme leaves README's table alone."""
+    bench_cpu = _bench_cpu()
+    results, readme = tmp_path / "results", tmp_path / "README.md"
+    results.mkdir()
+    monkeypatch.setattr(bench_cpu, "RESULTS", results)
+    monkeypatch.setattr(bench_cpu, "README", readme)
+    readme.write_text(f"{bench_cpu.BEGIN}\nold table\n{bench_cpu.END}\n")
+    theirs = {"date": "2030-01-02", "machine": {"cores": 2, "cpu": "CPU A"}, "parts": {}}
+    (results / "bench_cpu_2030-01-02.json").write_text(json.dumps(theirs))
+    mine = dict(theirs, machine={"cores": 2, "cpu": "CPU B"})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(mine))
+    assert bench_cpu.main(["--report", str(run / "results.json"), "--publish"]) == 2
+    assert "holds a run on CPU A" in capsys.readouterr().err
+    assert json.loads((results / "bench_cpu_2030-01-02.json").read_text())["machine"]["cpu"] == "CPU A"
+    assert bench_cpu.main(["--report", str(run / "results.json"), "--publish", "--name", "bench_cpu_b",
+                           "--no-readme"]) == 0
+    assert json.loads((results / "bench_cpu_b.json").read_text())["machine"]["cpu"] == "CPU B"
+    assert (results / "bench_cpu_b.md").exists() and "old table" in readme.read_text()
+
+
 @pytest.mark.slow
 def test_bench_cpu_smoke(tmp_path):
     """Every part of experiments/bench_cpu.py runs (tiny nets, fake MNIST, eager torch when installed);
@@ -164,7 +188,8 @@ def test_bench_cpu_smoke(tmp_path):
                         "--mnist-dir", str(mnist)], env=env, capture_output=True, text=True, timeout=3000)
     res = json.loads((out / "results.json").read_text())
     assert set(res["parts"]) == {"lenet_float32", "lenet_bfloat16", "cifar_float32", "cifar_bfloat16",
-                                 "alexnet_float32"}
+                                 "cifar_float32_ynnpack", "alexnet_float32"}
+    assert res["parts"]["cifar_float32_ynnpack"]["cmd"].startswith("XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+")
     for name, part in res["parts"].items():
         assert "error" not in part["result"], (name, part["result"]["error"])
     assert r.returncode == 0, r.stderr[-3000:]
