@@ -14,7 +14,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["lenet5_mnist.py", "alexnet_columns_cifar10.py", "alexnet_imagenet.py", "compare_splits.py", "bench_cpu.py",
-           "tpu_compile.py", "recipe_run.py", "zoo_fidelity.py"]
+           "tpu_compile.py", "recipe_run.py", "zoo_fidelity.py", "lrn_formulations.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -24,6 +24,40 @@ def test_help(script):
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / script), "--help"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and "usage" in r.stdout.lower()
+
+
+def _lrn_f64(x, k=2.0, n=5, alpha=1e-4, beta=0.75):
+    """The printed LRN formula in float64 numpy: b_i = a_i / (k + alpha * sum of a_j^2 over the clipped window)^beta."""
+    c = x.shape[-1]
+    sq = x ** 2
+    win = np.stack([sq[..., max(0, i - n // 2):min(c, i + n // 2 + 1)].sum(-1) for i in range(c)], -1)
+    return x / (k + alpha * win) ** beta
+
+
+def test_lrn_formulations_measure_the_same_function():
+    """Every window-sum formulation experiments/lrn_formulations.py times is the LRN: forward against the
+    float64 formula, gradient against float64 central differences of it."""
+    import importlib.util
+
+    import jax
+    import jax.numpy as jnp
+    spec = importlib.util.spec_from_file_location("lrn_formulations", ROOT / "experiments" / "lrn_formulations.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 2, 9)) * 30          # large enough that the denominator is far from k
+    w = rng.standard_normal(x.shape)
+    eps, num = 1e-6, np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        d = np.zeros_like(x)
+        d[i] = eps
+        num[i] = ((_lrn_f64(x + d) * w).sum() - (_lrn_f64(x - d) * w).sum()) / (2 * eps)
+    for name, lrn in mod.VARIANTS.items():
+        y = np.asarray(jax.jit(lrn)(jnp.asarray(x, jnp.float32)), np.float64)
+        g = np.asarray(jax.jit(jax.grad(lambda v, lrn=lrn: jnp.vdot(lrn(v), jnp.asarray(w, jnp.float32))))(
+            jnp.asarray(x, jnp.float32)), np.float64)
+        assert np.abs(y - _lrn_f64(x)).max() <= 1e-5 * np.abs(_lrn_f64(x)).max(), name
+        assert np.abs(g - num).max() <= 1e-4 * np.abs(num).max(), name
 
 
 def _jpeg_tree(root: Path, wnids: list[str], per_class: int, rng) -> None:
