@@ -346,6 +346,8 @@ def report(res: dict, published: str = "") -> str:
              "## Where the time goes (CIFAR step)", "", profile_section(res),
              "## LeNet twin: the trainable subsampling's torch idioms", "", subsampling_table(res), "",
              "## Commands, wall time and load", ""]
+    if res.get("notes"):     # written by hand into a results.json (e.g. parts merged from two invocations)
+        lines[-2:-2] = ["## Notes", "", *[f"- {n}" for n in res["notes"]], ""]
     for name, part in res["parts"].items():
         lines.append(f"- `{name}`: `{part['cmd']}` ({part['wall_seconds']:.0f} s, load {part['load_before']} -> "
                      f"{part['load_after']})" + (f" ERROR: {part['result']['error'][:200]}"

@@ -797,10 +797,11 @@ def test_conv_relu_lrn_pool_gradients_match_float64(ynn_convolutions):
     """With the package's default XLA flags, conv1/conv2 kernel and bias gradients through conv -> ReLU
     -> LRN -> max-pool (twice, both columns, CIFAR size, batch 16) are float32-accurate against float64.
 
-    XLA:CPU's default YNNPACK convolutions (jaxlib 0.10.2) get the conv1/conv2 kernel gradients of this
-    chain wrong by ~1e-3 (xfail case; the reason for the flag).  If that case starts passing, a jaxlib
-    fixed it and the flag in alexnet_jax.XLA_DEFAULT_FLAGS can be reconsidered (slow: it watches jaxlib, not
-    the package, whose flags the default case checks)."""
+    XLA:CPU's default YNNPACK convolutions (jaxlib 0.10.2) got the conv1/conv2 kernel gradients of this
+    chain wrong by ~1e-3 when the package's flag was introduced (2026-11-29); the YNNPACK case watches for
+    that (xfail when it recurs).  It passes since at least 2026-12-02 (about 1e-6); the flag stays for
+    speed (alexnet_jax/__init__.py).  Slow: it watches jaxlib, not the package, whose flags the default case
+    checks."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     env["JAX_PLATFORMS"] = "cpu"
